@@ -1,0 +1,32 @@
+"""dsref — an executable numerical spec of the DeepSeek V3.2 / V4 attention front.
+
+Pure functional JAX references with every rounding point pinned (SEMANTICS.md)::
+
+    import dsref
+    cfg = dsref.config("v32-tiny")
+    ins = dsref.make_inputs("v32.decode_front", cfg, batch=4, seed=0)
+    outs = dsref.run("v32.decode_front", cfg, ins)
+"""
+
+from dsref import v4, v32  # noqa: F401  (registers the models and their stages)
+from dsref.config import (
+    VARIANTS,
+    V4Config,
+    V32Config,
+    config,
+    config_names,
+    parse_variants,
+    variant_values,
+    with_variants,
+)
+from dsref.inputs import make_inputs, rope_tables
+from dsref.model import MODELS, STAGES, get_model, model_names
+from dsref.run import InputError, model_jaxpr, run, run_stage, validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODELS", "STAGES", "VARIANTS", "InputError", "V32Config", "V4Config", "config",
+    "config_names", "get_model", "make_inputs", "model_jaxpr", "model_names", "parse_variants",
+    "rope_tables", "run", "run_stage", "validate", "variant_values", "with_variants",
+]

@@ -1,0 +1,170 @@
+"""Deterministic model inputs with pypto-lib tensor names, shapes, dtypes and realistic scales.
+
+Same (model, config, batch, seq, seed, options) → same bits, on every platform: values come
+from ``numpy.random.default_rng(seed)`` (PCG64) and are rounded with ml_dtypes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+from dsref.config import Config, V4Config, YarnRope
+from dsref.model import get_model
+
+BF16 = ml_dtypes.bfloat16
+TABLES = ("real", "adversarial")
+
+
+def rope_freqs(rope_dim: int, p: YarnRope) -> np.ndarray:
+    """Inverse frequencies ``f_i = θ^(−2i/R)`` in fp32, YaRN-corrected as ds32's
+    ``precompute_freqs_cis`` does when the model's context exceeds ``original_seq_len``."""
+    f32 = np.float32
+    exponent = np.arange(0, rope_dim, 2, dtype=f32) / f32(rope_dim)
+    freqs = f32(1.0) / (f32(p.theta) ** exponent)
+    if not p.yarn:
+        return freqs.astype(f32)
+    low, high = yarn_correction_range(rope_dim, p)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(rope_dim // 2, dtype=f32) - f32(low)) / f32(high - low), 0, 1)
+    smooth = f32(1) - ramp.astype(f32)
+    return (freqs / f32(p.factor) * (f32(1) - smooth) + freqs * smooth).astype(f32)
+
+
+def yarn_correction_range(rope_dim: int, p: YarnRope) -> tuple[int, int]:
+    """ds32 ``find_correction_range(beta_fast, beta_slow, ...)``: (low, high) clamped dims."""
+
+    def dim(num_rotations: float) -> float:
+        return (rope_dim * math.log(p.original_seq_len / (num_rotations * 2 * math.pi))
+                / (2 * math.log(p.theta)))
+
+    low = math.floor(dim(p.beta_fast))
+    high = math.ceil(dim(p.beta_slow))
+    return max(low, 0), min(high, rope_dim - 1)
+
+
+def rope_tables(positions: np.ndarray, rope_dim: int, p: YarnRope) -> tuple[np.ndarray, np.ndarray]:
+    """fp32 ``(cos, sin)`` rows for ``positions``: angle ``pos·f_i`` in fp32, cos/sin correctly
+    rounded to fp32, halves duplicated ``[cos(a_0..a_{R/2-1}) | cos(a_0..a_{R/2-1})]``."""
+    freqs = rope_freqs(rope_dim, p)
+    angles = np.asarray(positions, dtype=np.float32)[:, None] * freqs[None, :]  # fp32 product
+    cos = np.cos(angles.astype(np.float64)).astype(np.float32)
+    sin = np.sin(angles.astype(np.float64)).astype(np.float32)
+    return np.concatenate([cos, cos], axis=1), np.concatenate([sin, sin], axis=1)
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).astype(BF16)
+
+
+def _normal(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _tie_weights(rng: np.random.Generator, shape) -> np.ndarray:
+    """fp32 weights with 9 significant bits: ``w · ±1`` lands exactly halfway between bf16s."""
+    m = rng.integers(256, 512, size=shape) * 2 + 1  # odd 10-bit → exactly 9 significant bits
+    return (m.astype(np.float32) / np.float32(512)).astype(np.float32)
+
+
+def _tie_rows(rng: np.random.Generator, shape) -> np.ndarray:
+    """±1024 entries: mean(x²) + eps rounds to 2**20, so inv_rms is exactly 2**-10."""
+    return _bf16(np.where(rng.random(shape) < 0.5, -1024.0, 1024.0))
+
+
+def make_inputs(
+    model: str, cfg: Config, *, batch: int, seed: int = 0, seq: int = 1, tables: str = "real",
+    ties: bool = False,
+) -> dict[str, np.ndarray]:
+    """Inputs of ``model`` at ``cfg`` for ``batch`` (× ``seq`` for V4), keyed by tensor name.
+
+    Weights ~ N(0, 1/fan_in) rounded to bf16; norm weights ~ N(1, 0.1²); RoPE tables real
+    (SEMANTICS.md). ``tables="adversarial"``: V3.2 tables whose halves differ (the hi half uses
+    angles of a different frequency set); V4 tables with NaN in the never-read columns R/2...
+    ``ties=True``: the first norm's inputs are built so that most of its outputs are exact bf16
+    ties (±1024 rows, 9-bit weights) — for cast-mode tests.
+    """
+    if tables not in TABLES:
+        raise ValueError(f"tables: expected one of {TABLES}, got {tables!r}")
+    m = get_model(model)
+    if not isinstance(cfg, m.config_type):
+        raise ValueError(f"config: {model} expects a {m.config_type.__name__}, got {cfg.name!r}")
+    if batch < 1 or seq < 1:
+        raise ValueError(f"batch/seq: expected >= 1, got batch={batch}, seq={seq}")
+    rng = np.random.default_rng(seed)
+    if isinstance(cfg, V4Config):
+        return _v4_inputs(cfg, rng, batch, seq, tables, ties)
+    if seq != 1:
+        raise ValueError(f"seq: v32.decode_front decodes one token per entry, got seq={seq}")
+    return _v32_inputs(cfg, rng, batch, tables, ties)
+
+
+def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool) -> dict[str, np.ndarray]:
+    d, ql, kl, r, h = cfg.hidden, cfg.q_lora, cfg.kv_lora, cfg.rope, cfg.heads
+    ins = {
+        "hidden_states": _bf16(_normal(rng, (batch, d))),
+        "input_rms_weight": (1 + _normal(rng, (1, d), 0.1)),
+        "wq_a": _bf16(_normal(rng, (d, ql), d**-0.5)),
+        "q_norm_weight": (1 + _normal(rng, (1, ql), 0.1)),
+        "wq_b": _bf16(_normal(rng, (ql, h * cfg.head_dim), ql**-0.5)),
+        "wkv_a": _bf16(_normal(rng, (d, kl + r), d**-0.5)),
+        "kv_norm_weight": (1 + _normal(rng, (1, kl), 0.1)),
+    }
+    seq_lens = rng.integers(1, cfg.max_seq + 1, size=batch)
+    seq_lens[0] = 1  # pos 0: the identity rotation
+    if batch > 1:
+        seq_lens[-1] = cfg.max_seq  # the last cache row of its block
+    ins["seq_lens"] = seq_lens.astype(np.int32)
+    cos, sin = rope_tables(np.arange(cfg.max_seq), r, cfg.rope_params)
+    if tables == "adversarial":  # halves differ: hi half from a frequency set 1.5x higher
+        p = cfg.rope_params
+        alt_cos, alt_sin = rope_tables(np.arange(cfg.max_seq) * 1.5, r, p)
+        cos[:, r // 2:], sin[:, r // 2:] = alt_cos[:, r // 2:], alt_sin[:, r // 2:]
+    ins["rope_cos"], ins["rope_sin"] = cos, sin
+    rows = batch * cfg.max_seq
+    ins["kv_cache"] = _bf16(_normal(rng, (rows, kl)))
+    ins["pe_cache"] = _bf16(_normal(rng, (rows, r)))
+    if ties:
+        ins["hidden_states"] = _tie_rows(rng, (batch, d))
+        ins["input_rms_weight"] = _tie_weights(rng, (1, d))
+    return ins
+
+
+def v4_positions(cfg: V4Config, rng: np.random.Generator, batch: int, seq: int) -> np.ndarray:
+    """Token positions ``[T]``: entry b's S tokens at ``start_b .. start_b + S − 1``; the first
+    entry starts at 0."""
+    starts = rng.integers(0, max(cfg.max_pos - seq, 1), size=batch)
+    starts[0] = 0
+    return (starts[:, None] + np.arange(seq)[None, :]).reshape(-1)
+
+
+def _v4_inputs(cfg: V4Config, rng, batch: int, seq: int, tables: str, ties: bool):
+    d, ql, h, hd, r = cfg.hidden, cfg.q_lora, cfg.heads, cfg.head_dim, cfg.rope
+    w_b = _normal(rng, (ql, h * hd), ql**-0.5)
+    w_scale = (np.abs(w_b).max(axis=0) / np.float32(127)).astype(np.float32)
+    codes = np.clip(np.rint(w_b / w_scale), -127, 127).astype(np.int8)
+    ins = {
+        "x": _bf16(_normal(rng, (batch, seq, d))),
+        "norm_w": (1 + _normal(rng, (d,), 0.1)),
+        "wq_a": _bf16(_normal(rng, (d, ql), d**-0.5)),
+        "wq_b": codes,
+        "wq_b_scale": w_scale,
+        "wkv": _bf16(_normal(rng, (d, hd), d**-0.5)),
+    }
+    pos = v4_positions(cfg, rng, batch, seq)
+    cos, sin = rope_tables(pos, r, cfg.compressed_rope)
+    if cfg.rope_table == "element":  # CANN: element j reads column j: [c0, c0, c1, c1, ...]
+        cos, sin = np.repeat(cos[:, : r // 2], 2, axis=1), np.repeat(sin[:, : r // 2], 2, axis=1)
+    elif tables == "adversarial":
+        cos[:, r // 2:] = np.nan
+        sin[:, r // 2:] = np.nan
+    ins["rope_cos"], ins["rope_sin"] = _bf16(cos), _bf16(sin)
+    ins["gamma_cq"] = _bf16(1 + _normal(rng, (ql,), 0.1))
+    ins["gamma_ckv"] = _bf16(1 + _normal(rng, (hd,), 0.1))
+    if ties:
+        ins["x"] = _tie_rows(rng, (batch, seq, d))
+        ins["norm_w"] = _tie_weights(rng, (d,))
+    return ins

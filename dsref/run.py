@@ -1,0 +1,130 @@
+"""Running a model: input validation, the jitted (or eager) reference, jaxprs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsref.config import Config, V4Config
+from dsref.model import Model, get_model
+from dsref.numerics import x64
+
+
+class InputError(ValueError):
+    """A model input has the wrong name, shape, dtype or value (one line, names the tensor)."""
+
+
+def infer_batch_seq(model: Model, inputs: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """(batch, seq) implied by the model's leading activation (``x`` or ``hidden_states``)."""
+    if model.name.startswith("v4"):
+        if "x" in inputs and np.ndim(inputs["x"]) == 3:
+            b, s = np.shape(inputs["x"])[:2]
+            return int(b), int(s)
+        raise InputError("x: missing or not of rank 3 [B, S, D], cannot infer batch and seq")
+    if "hidden_states" in inputs and np.ndim(inputs["hidden_states"]) == 2:
+        return int(np.shape(inputs["hidden_states"])[0]), 1
+    raise InputError("hidden_states: missing or not of rank 2 [B, D], cannot infer the batch")
+
+
+def validate(model_name: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> None:
+    """Check names, shapes, dtypes, finiteness and index ranges; raise :class:`InputError`."""
+    model = get_model(model_name)
+    if not isinstance(cfg, model.config_type):
+        raise InputError(
+            f"config: {model_name} expects a {model.config_type.__name__}, got {type(cfg).__name__}"
+        )
+    batch, seq = infer_batch_seq(model, inputs)
+    specs = model.input_specs(cfg, batch, seq)
+    missing = [k for k in specs if k not in inputs]
+    extra = [k for k in inputs if k not in specs]
+    if missing:
+        raise InputError(f"{missing[0]}: missing input (expected {sorted(specs)})")
+    if extra:
+        raise InputError(f"{extra[0]}: unknown input for {model_name} (expected {sorted(specs)})")
+    for name, spec in specs.items():
+        a = inputs[name]
+        if tuple(np.shape(a)) != spec.shape:
+            raise InputError(f"{name}: expected shape {list(spec.shape)}, got {list(np.shape(a))}")
+        if np.asarray(a).dtype != spec.dtype:
+            raise InputError(f"{name}: expected dtype {spec.dtype.name}, got {np.asarray(a).dtype.name}")
+    for name, region in _finite_regions(cfg, inputs).items():
+        bad = ~np.isfinite(region.astype(np.float32))
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"{name}: expected finite values, got {region[idx]} at index {list(idx)}")
+    if "seq_lens" in inputs:
+        sl = np.asarray(inputs["seq_lens"])
+        bad = np.flatnonzero((sl < 1) | (sl > cfg.max_seq))
+        if bad.size:
+            b = int(bad[0])
+            raise InputError(
+                f"seq_lens: expected 1 <= seq_lens[b] <= MAX_SEQ={cfg.max_seq}, "
+                f"got seq_lens[{b}]={int(sl[b])}"
+            )
+
+
+def _finite_regions(cfg: Config, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parts of each float input that the model reads (V4 pair tables: columns < R/2)."""
+    out = {}
+    for name, a in inputs.items():
+        a = np.asarray(a)
+        if a.dtype.kind not in "fV" and a.dtype.name != "bfloat16":
+            continue
+        if isinstance(cfg, V4Config) and name in ("rope_cos", "rope_sin") and cfg.rope_table == "pair":
+            a = a[:, : cfg.rope // 2]
+        out[name] = a
+    return out
+
+
+@functools.cache
+def _compiled(model_name: str, cfg: Config):
+    model = get_model(model_name)
+    return jax.jit(functools.partial(model.fn, cfg=cfg))
+
+
+def run(model: str, cfg: Config, inputs: Mapping[str, np.ndarray], *, jit: bool = True,
+        check: bool = True) -> dict[str, np.ndarray]:
+    """Run ``model`` at ``cfg`` on ``inputs`` → dict of numpy outputs (bf16 as ml_dtypes).
+
+    Inputs are validated first (:class:`InputError`). In/out tensors (the V3.2 caches) come
+    back as new arrays; rows the run does not own are bit-identical to the input.
+    ``jit=False`` runs every op eagerly (the jit == eager tests).
+    """
+    if check:
+        validate(model, cfg, inputs)
+    m = get_model(model)
+    with x64():
+        ins = {k: jnp.asarray(v) for k, v in inputs.items()}
+        if jit:
+            outs = _compiled(model, cfg)(ins)
+        else:
+            with jax.disable_jit():
+                outs = m.fn(ins, cfg=cfg)
+        return {k: np.asarray(v) for k, v in outs.items()}
+
+
+def run_stage(stage: str, cfg: Config, *args: np.ndarray, jit: bool = True) -> tuple[np.ndarray, ...]:
+    """Run one stage on stored arrays → tuple of numpy outputs (no input validation)."""
+    from dsref.model import STAGES
+
+    st = STAGES[stage]
+    with x64():
+        args = tuple(jnp.asarray(a) for a in args)
+        if jit:
+            outs = st.fn(*args, cfg=cfg)
+        else:
+            with jax.disable_jit():
+                outs = st.fn(*args, cfg=cfg)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return tuple(np.asarray(o) for o in outs)
+
+
+def model_jaxpr(model: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> jax.core.ClosedJaxpr:
+    """The model's jaxpr (one ``jit[name=<stage>]`` equation per stage), traced with x64."""
+    m = get_model(model)
+    with x64():
+        return jax.make_jaxpr(functools.partial(m.fn, cfg=cfg))(dict(inputs))

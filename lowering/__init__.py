@@ -1,0 +1,1 @@
+"""Lowering checker: jaxpr regions, tile kernels on a CPU emulator, per-region diffs."""
