@@ -23,7 +23,10 @@ def rope_freqs(rope_dim: int, p: YarnRope) -> np.ndarray:
     ``precompute_freqs_cis`` does when the model's context exceeds ``original_seq_len``."""
     f32 = np.float32
     exponent = np.arange(0, rope_dim, 2, dtype=f32) / f32(rope_dim)
-    freqs = f32(1.0) / (f32(p.theta) ** exponent)
+    # θ^e correctly rounded to fp32 (what torch computes; numpy's float32 pow is 1 ulp off
+    # on 4 of V3.2's 32 frequencies)
+    power = (float(p.theta) ** exponent.astype(np.float64)).astype(f32)
+    freqs = f32(1.0) / power
     if not p.yarn:
         return freqs.astype(f32)
     low, high = yarn_correction_range(rope_dim, p)
@@ -66,8 +69,8 @@ def _normal(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
 
 def _tie_weights(rng: np.random.Generator, shape) -> np.ndarray:
     """fp32 weights with 9 significant bits: ``w · ±1`` lands exactly halfway between bf16s."""
-    m = rng.integers(256, 512, size=shape) * 2 + 1  # odd 10-bit → exactly 9 significant bits
-    return (m.astype(np.float32) / np.float32(512)).astype(np.float32)
+    m = rng.integers(128, 256, size=shape) * 2 + 1  # odd, 9 bits: 257..511
+    return (m.astype(np.float32) / np.float32(256)).astype(np.float32)
 
 
 def _tie_rows(rng: np.random.Generator, shape) -> np.ndarray:

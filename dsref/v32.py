@@ -7,7 +7,6 @@ docstrings repeat it with the rounding points.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np

@@ -28,6 +28,11 @@ def bf16(x, mode: str = "rne") -> np.ndarray:
     assert mode == "rhaz"
     rf = r.astype(np.float64)
     xd = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return _rhaz(r, rf, xd)
+
+
+def _rhaz(r, rf, xd):
     below = np.where(rf <= xd, r, np.nextafter(r, BF16(-np.inf)))
     above = np.where(rf >= xd, r, np.nextafter(r, BF16(np.inf)))
     d_lo = xd - below.astype(np.float64)
@@ -97,33 +102,64 @@ def quant_int8(v) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models
+# Stages: each reads what it needs from ``env`` (model inputs + upstream outputs) by name
 # ---------------------------------------------------------------------------------------------
 
 
-def v32_stages(cfg, ins: dict) -> dict[str, np.ndarray]:
-    """Every V3.2 stage output, chained, keyed by dsref's output names."""
-    kw = dict(eps=cfg.eps, variance=cfg.variance, kind=cfg.rmsnorm, cast=cfg.cast)
-    B, H, nope, kl = ins["hidden_states"].shape[0], cfg.heads, cfg.nope, cfg.kv_lora
-    out = {}
-    out["normed"] = normed = rms_norm(ins["hidden_states"], ins["input_rms_weight"], **kw)
-    out["qr_raw"] = qr_raw = bf16(matmul32(normed, ins["wq_a"]), cfg.cast)
-    out["qr_out"] = qr_out = rms_norm(qr_raw, ins["q_norm_weight"], **kw)
-    out["q"] = q = bf16(matmul32(qr_out, ins["wq_b"]), cfg.cast)
-    out["kv_a_out"] = kv_a = bf16(matmul32(normed, ins["wkv_a"]), cfg.cast)
-    pos = ins["seq_lens"].astype(np.int64) - 1
-    c, s = ins["rope_cos"][pos], ins["rope_sin"][pos]  # [B, R]
+def _norm_kw(cfg) -> dict:
+    return dict(eps=cfg.eps, variance=cfg.variance, kind=cfg.rmsnorm, cast=cfg.cast)
+
+
+def _v32_rot(cfg, env, x, heads: bool):
+    pos = env["seq_lens"].astype(np.int64) - 1
+    c, s = env["rope_cos"][pos], env["rope_sin"][pos]  # [B, R]
+    if heads:
+        c, s = c[:, None], s[:, None]
     rot = rope_half if cfg.rope_layout == "half" else rope_interleaved
-    q3 = q.reshape(B, H, cfg.head_dim)
-    out["q_nope_out"] = q3[..., :nope].reshape(B, -1)
-    out["q_pe_out"] = bf16(rot(q3[..., nope:], c[:, None], s[:, None]), cfg.cast).reshape(B, -1)
-    out["kv_normed"] = kv_n = rms_norm(kv_a[:, :kl], ins["kv_norm_weight"], **kw)
-    rows = np.arange(B) * cfg.max_seq + pos
-    kv_cache, pe_cache = ins["kv_cache"].copy(), ins["pe_cache"].copy()
-    kv_cache[rows] = kv_n
-    pe_cache[rows] = bf16(rot(kv_a[:, kl:], c, s), cfg.cast)
-    out["kv_cache"], out["pe_cache"] = kv_cache, pe_cache
-    return out
+    return bf16(rot(x, c, s), cfg.cast)
+
+
+def input_rmsnorm(cfg, env):
+    return {"normed": rms_norm(env["hidden_states"], env["input_rms_weight"], **_norm_kw(cfg))}
+
+
+def q_lora_proj(cfg, env):
+    return {"qr_raw": bf16(matmul32(env["normed"], env["wq_a"]), cfg.cast)}
+
+
+def q_lora_rmsnorm(cfg, env):
+    return {"qr_out": rms_norm(env["qr_raw"], env["q_norm_weight"], **_norm_kw(cfg))}
+
+
+def q_head_proj(cfg, env):
+    return {"q": bf16(matmul32(env["qr_out"], env["wq_b"]), cfg.cast)}
+
+
+def kv_a_proj(cfg, env):
+    return {"kv_a_out": bf16(matmul32(env["normed"], env["wkv_a"]), cfg.cast)}
+
+
+def q_rope(cfg, env):
+    q3 = env["q"].reshape(env["q"].shape[0], cfg.heads, cfg.head_dim)
+    b = q3.shape[0]
+    return {
+        "q_nope_out": q3[..., : cfg.nope].reshape(b, -1),
+        "q_pe_out": _v32_rot(cfg, env, q3[..., cfg.nope:], heads=True).reshape(b, -1),
+    }
+
+
+def kv_rmsnorm(cfg, env):
+    kv_a = env["kv_a_out"][:, : cfg.kv_lora]
+    return {"kv_normed": rms_norm(kv_a, env["kv_norm_weight"], **_norm_kw(cfg))}
+
+
+def decode_cache_write(cfg, env):
+    b = env["kv_normed"].shape[0]
+    rows = np.arange(b) * cfg.max_seq + env["seq_lens"].astype(np.int64) - 1
+    kv_cache, pe_cache = env["kv_cache"].copy(), env["pe_cache"].copy()
+    kv_cache[rows] = env["kv_normed"]
+    pe_cache[rows] = _v32_rot(cfg, env, env["kv_a_out"][:, cfg.kv_lora:], heads=False)
+    return {"kv_cache": kv_cache, "pe_cache": pe_cache}
 
 
 def _v4_norm_rope(v, gamma, cos, sin, cfg) -> np.ndarray:
@@ -137,22 +173,70 @@ def _v4_norm_rope(v, gamma, cos, sin, cfg) -> np.ndarray:
     return bf16(np.concatenate([n[..., : cfg.nope], pe], axis=-1), cfg.cast)
 
 
-def v4_stages(cfg, ins: dict) -> dict[str, np.ndarray]:
-    """Every V4 stage output, chained, keyed by dsref's output names."""
-    B, S, D = ins["x"].shape
-    T = B * S
+def attn_norm(cfg, env):
+    x = env["x"].reshape(-1, env["x"].shape[-1])
+    return {"tok": rms_norm(x, env["norm_w"], **_norm_kw(cfg))}
+
+
+def qr_proj_matmul(cfg, env):
+    return {"qr32": matmul32(env["tok"], env["wq_a"])}
+
+
+def qr_rms(cfg, env):
+    qr32 = f32(env["qr32"])
+    qrn = qr32 * inv_rms(qr32, cfg.eps, cfg.variance) * f32(env["gamma_cq"])
+    return {"qr_norm": bf16(qrn, cfg.cast) if cfg.qr_prequant_round else qrn}
+
+
+def qr_quant(cfg, env):
+    qr, qr_scale = quant_int8(env["qr_norm"])
+    return {"qr": qr, "qr_scale": qr_scale}
+
+
+def qproj_matmul(cfg, env):
+    acc = env["qr"].astype(np.int64) @ env["wq_b"].astype(np.int64)
+    qf = acc.astype(np.int32).astype(F32) * env["qr_scale"] * env["wq_b_scale"][None, :]
+    return {"qf": qf}
+
+
+def q_head_rms_rope(cfg, env):
+    cos, sin = f32(env["rope_cos"]), f32(env["rope_sin"])
+    qf = env["qf"].reshape(env["qf"].shape[0], cfg.heads, cfg.head_dim)
+    return {"q": _v4_norm_rope(qf, None, cos[:, None], sin[:, None], cfg)}
+
+
+def kv_proj_matmul(cfg, env):
+    return {"kv32": matmul32(env["tok"], env["wkv"])}
+
+
+def kv_rms_rope(cfg, env):
+    cos, sin = f32(env["rope_cos"]), f32(env["rope_sin"])
+    return {"kv": _v4_norm_rope(f32(env["kv32"]), env["gamma_ckv"], cos, sin, cfg)}
+
+
+STAGES = {
+    "v32.decode_front": (input_rmsnorm, q_lora_proj, q_lora_rmsnorm, q_head_proj, kv_a_proj,
+                         q_rope, kv_rmsnorm, decode_cache_write),
+    "v4.qkv_proj_rope": (attn_norm, qr_proj_matmul, qr_rms, qr_quant, qproj_matmul,
+                         q_head_rms_rope, kv_proj_matmul, kv_rms_rope),
+}
+STAGE = {fn.__name__: fn for fns in STAGES.values() for fn in fns}
+
+
+def chain(model: str, cfg, ins: dict) -> dict[str, np.ndarray]:
+    """Every stage output of ``model``, chained from the inputs, keyed by output name."""
+    env = dict(ins)
     out = {}
-    kw = dict(eps=cfg.eps, variance=cfg.variance, kind=cfg.rmsnorm, cast=cfg.cast)
-    out["tok"] = tok = rms_norm(ins["x"].reshape(T, D), ins["norm_w"], **kw)
-    out["qr32"] = qr32 = matmul32(tok, ins["wq_a"])
-    qrn = qr32 * inv_rms(qr32, cfg.eps, cfg.variance) * f32(ins["gamma_cq"])
-    out["qr_norm"] = qr_norm = bf16(qrn, cfg.cast) if cfg.qr_prequant_round else qrn
-    out["qr"], out["qr_scale"] = qr, qr_scale = quant_int8(qr_norm)
-    acc = qr.astype(np.int64) @ ins["wq_b"].astype(np.int64)
-    out["qf"] = qf = acc.astype(np.int32).astype(F32) * qr_scale * ins["wq_b_scale"][None, :]
-    cos, sin = f32(ins["rope_cos"]), f32(ins["rope_sin"])
-    q = _v4_norm_rope(qf.reshape(T, cfg.heads, cfg.head_dim), None, cos[:, None], sin[:, None], cfg)
-    out["q"] = q
-    out["kv32"] = kv32 = matmul32(tok, ins["wkv"])
-    out["kv"] = _v4_norm_rope(kv32, ins["gamma_ckv"], cos, sin, cfg)
+    for fn in STAGES[model]:
+        res = fn(cfg, env)
+        env.update(res)
+        out.update(res)
     return out
+
+
+def v32_stages(cfg, ins: dict) -> dict[str, np.ndarray]:
+    return chain("v32.decode_front", cfg, ins)
+
+
+def v4_stages(cfg, ins: dict) -> dict[str, np.ndarray]:
+    return chain("v4.qkv_proj_rope", cfg, ins)

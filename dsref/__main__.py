@@ -1,0 +1,5 @@
+import sys
+
+from dsref.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Shared test settings: deterministic hypothesis, the oracle importable as ``oracle``."""
+
+import os
+import sys
+
+import numpy as np
+from hypothesis import settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+settings.register_profile("dsref", derandomize=True, deadline=None, max_examples=200)
+settings.load_profile("dsref")
+
+
+def bits(a) -> np.ndarray:
+    """The raw bytes of an array, for bitwise comparison (NaN payloads and signed zeros too)."""
+    a = np.ascontiguousarray(np.asarray(a))
+    return a.view(np.uint8)
+
+
+def assert_bitwise(got, want, name: str = "") -> None:
+    """Bit-identical (signed zeros distinguished); NaN payloads are not compared."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    if got.size == 0:
+        return
+    diff = (bits(got).reshape(got.size, -1) != bits(want).reshape(want.size, -1)).any(axis=-1)
+    if got.dtype.kind == "f" or got.dtype.name == "bfloat16":  # any NaN equals any NaN
+        g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+        diff &= ~(np.isnan(g) & np.isnan(w))
+    bad = np.flatnonzero(diff)
+    if bad.size:
+        i = np.unravel_index(bad[0], got.shape)
+        raise AssertionError(
+            f"{name}: {bad.size}/{got.size} elements differ; first at {tuple(map(int, i))}: "
+            f"got {got[i]!r}, want {want[i]!r}"
+        )

@@ -1,0 +1,169 @@
+"""Input validation (one clear error naming the tensor) and the RoPE tables."""
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import dsref
+from dsref.config import YarnRope
+from dsref.inputs import rope_freqs, rope_tables, yarn_correction_range
+
+V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
+
+
+@pytest.fixture(scope="module")
+def v32():
+    cfg = dsref.config("v32-tiny")
+    return cfg, dsref.make_inputs(V32, cfg, batch=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def v4():
+    cfg = dsref.config("v4-tiny")
+    return cfg, dsref.make_inputs(V4, cfg, batch=2, seq=2, seed=0)
+
+
+def _run_err(model, cfg, ins) -> str:
+    with pytest.raises(dsref.InputError) as e:
+        dsref.run(model, cfg, ins)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_and_unknown_names(v32):
+    cfg, ins = v32
+    ins2 = {k: v for k, v in ins.items() if k != "wq_b"}
+    assert _run_err(V32, cfg, ins2).startswith("wq_b: missing input")
+    assert _run_err(V32, cfg, {**ins, "wq_c": ins["wq_b"]}).startswith("wq_c: unknown input")
+
+
+def test_wrong_shape_names_expected_and_got(v32):
+    cfg, ins = v32
+    msg = _run_err(V32, cfg, {**ins, "wq_a": ins["wq_a"][:, :-1]})
+    assert msg == f"wq_a: expected shape [{cfg.hidden}, {cfg.q_lora}], got [{cfg.hidden}, {cfg.q_lora - 1}]"
+
+
+def test_wrong_dtype(v4):
+    cfg, ins = v4
+    msg = _run_err(V4, cfg, {**ins, "wq_b": ins["wq_b"].astype(np.int32)})
+    assert msg == "wq_b: expected dtype int8, got int32"
+    msg = _run_err(V4, cfg, {**ins, "x": ins["x"].astype(np.float32)})
+    assert msg == "x: expected dtype bfloat16, got float32"
+
+
+@pytest.mark.parametrize("bad", [0, -1, "max+1"])
+def test_seq_lens_out_of_range(v32, bad):
+    cfg, ins = v32
+    sl = ins["seq_lens"].copy()
+    sl[1] = cfg.max_seq + 1 if bad == "max+1" else bad
+    msg = _run_err(V32, cfg, {**ins, "seq_lens": sl})
+    assert msg == (f"seq_lens: expected 1 <= seq_lens[b] <= MAX_SEQ={cfg.max_seq}, "
+                   f"got seq_lens[1]={sl[1]}")
+
+
+@pytest.mark.parametrize("name,value", [("hidden_states", np.nan), ("input_rms_weight", np.inf),
+                                        ("kv_cache", -np.inf)])
+def test_non_finite_inputs_rejected(v32, name, value):
+    cfg, ins = v32
+    a = ins[name].copy()
+    a.reshape(-1)[5] = value
+    msg = _run_err(V32, cfg, {**ins, name: a})
+    assert msg.startswith(f"{name}: expected finite values, got")
+
+
+def test_v4_nan_only_allowed_in_unread_table_columns(v4):
+    cfg, ins = v4
+    r = cfg.rope
+    cos = ins["rope_cos"].copy()
+    cos[:, r // 2:] = np.nan
+    dsref.run(V4, cfg, {**ins, "rope_cos": cos})  # columns R/2.. are never read
+    cos[0, 0] = np.nan
+    assert _run_err(V4, cfg, {**ins, "rope_cos": cos}).startswith("rope_cos: expected finite")
+    element = dsref.with_variants(cfg, rope_table="element")
+    cos = ins["rope_cos"].copy()
+    cos[:, -1] = np.nan  # element tables read every column
+    assert _run_err(V4, element, {**ins, "rope_cos": cos}).startswith("rope_cos: expected finite")
+
+
+def test_wrong_config_type_and_unknown_model(v32):
+    cfg, ins = v32
+    with pytest.raises(dsref.InputError, match="expects a V4Config"):
+        dsref.run(V4, cfg, ins)
+    with pytest.raises(ValueError, match="model: expected one of"):
+        dsref.make_inputs("v5.attn", cfg, batch=1)
+    with pytest.raises(ValueError, match="config: expected one of"):
+        dsref.config("v33")
+
+
+def test_caches_in_rows_are_not_mutated(v32):
+    cfg, ins = v32
+    before = {k: v.copy() for k, v in ins.items()}
+    dsref.run(V32, cfg, ins)
+    for k in ins:
+        assert np.array_equal(before[k].view(np.uint8), ins[k].view(np.uint8)), k
+
+
+# ---- RoPE tables --------------------------------------------------------------------------
+
+
+def test_yarn_correction_ranges_match_semantics():
+    v32 = dsref.config("v32")
+    assert yarn_correction_range(64, v32.rope_params) == (10, 23)
+    v4 = dsref.config("v4-flash")
+    assert yarn_correction_range(64, v4.compressed_rope) == (15, 25)
+    assert v32.rope_params.yarn and v4.compressed_rope.yarn and not v4.swa_rope.yarn
+
+
+def test_freqs_known_values():
+    plain = rope_freqs(64, YarnRope(theta=10000.0))
+    assert plain[0] == 1.0 and plain.dtype == np.float32
+    np.testing.assert_allclose(plain[1], 10000 ** (-2 / 64), rtol=1e-6)
+    yarn = rope_freqs(64, dsref.config("v32").rope_params)
+    # below the correction range: extrapolated (unchanged); above: interpolated (/ factor)
+    assert np.array_equal(yarn[:11], plain[:11])  # ramp = 0 up to low = 10
+    np.testing.assert_allclose(yarn[23:], plain[23:] / 40, rtol=1e-6)
+    assert np.all(yarn[11:23] < plain[11:23]) and np.all(yarn[11:23] > plain[11:23] / 40)
+
+
+def test_tables_duplicate_halves_and_use_fp32_angles():
+    p = dsref.config("v32").rope_params
+    cos, sin = rope_tables(np.array([0, 1, 4095]), 64, p)
+    assert cos.dtype == np.float32 and cos.shape == (3, 64)
+    assert np.array_equal(cos[:, :32], cos[:, 32:]) and np.array_equal(sin[:, :32], sin[:, 32:])
+    assert np.all(cos[0] == 1) and np.all(sin[0] == 0)
+    angle = np.float32(4095) * rope_freqs(64, p)  # an fp32 product, then exact trig rounded once
+    want = np.array([math.cos(float(a)) for a in angle], np.float32)
+    assert np.array_equal(cos[2, :32], want)
+
+
+def test_tables_agree_with_official_precompute_freqs_cis_in_torch():
+    """The official ds32 formula run in torch: freqs bitwise, cos/sin within 1 fp32 ulp."""
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+    p = dsref.config("v32").rope_params
+    dim, seqlen = 64, 4096
+    freqs = 1.0 / (p.theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    low, high = yarn_correction_range(dim, p)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    smooth = 1 - ramp
+    freqs = freqs / p.factor * (1 - smooth) + freqs * smooth
+    angles = torch.outer(torch.arange(seqlen), freqs)
+    cis = torch.polar(torch.ones_like(angles), angles)
+    np.testing.assert_array_equal(rope_freqs(dim, p), freqs.numpy())
+    cos, sin = rope_tables(np.arange(seqlen), dim, p)
+    for ours, theirs in ((cos[:, :32], cis.real.numpy()), (sin[:, :32], cis.imag.numpy())):
+        ulp = np.abs(ours.view(np.int32).astype(np.int64) - theirs.view(np.int32).astype(np.int64))
+        assert ulp[np.sign(ours) == np.sign(theirs)].max() <= 1
+
+
+def test_v4_tables_are_bf16_rows_per_token_and_element_layout():
+    cfg = dsref.config("v4-tiny")
+    ins = dsref.make_inputs(V4, cfg, batch=2, seq=3, seed=1)
+    assert ins["rope_cos"].dtype == ml_dtypes.bfloat16 and ins["rope_cos"].shape == (6, cfg.rope)
+    assert np.all(ins["rope_cos"][0].astype(np.float32) == 1)  # token 0 sits at position 0
+    el = dsref.make_inputs(V4, dsref.with_variants(cfg, rope_table="element"), batch=2, seq=3, seed=1)
+    h = cfg.rope // 2
+    assert np.array_equal(el["rope_cos"][:, 0::2], ins["rope_cos"][:, :h])
+    assert np.array_equal(el["rope_cos"][:, 1::2], ins["rope_cos"][:, :h])
