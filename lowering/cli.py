@@ -1,0 +1,176 @@
+"""The ``lowering`` command line (exit 0 all pass, 1 a check failed, 2 bad usage or input).
+
+    lowering plan MODEL --config C
+    lowering diff [MODEL --config C --batch B [--seq S] --seed N] [--mode isolated|chained]
+                  [--backend numpy|torch] [--device cpu|cuda|npu] [--platform a2a3|a5]
+                  [--json FILE] [--plot FILE]
+    lowering budget MODEL --config C --batch B [--platform a2a3|a5]
+
+``lowering diff`` with no MODEL runs both models at their tiny configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+import dsref
+from lowering import pipeline
+from lowering.registry import kernel_for
+from lowering.report import PASS, render
+
+# `lowering diff` with no MODEL: both models at tiny dims; V4 with an odd token count
+DEFAULT_RUNS = (("v32.decode_front", "v32-tiny", 16, 1), ("v4.qkv_proj_rope", "v4-tiny", 3, 3))
+
+
+class UsageError(ValueError):
+    """Bad usage or input: exit 2."""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
+def _cfg(args: argparse.Namespace, model: str, default: str | None = None):
+    name = args.config or default
+    if name is None:
+        raise UsageError("--config is required with a MODEL")
+    cfg = dsref.config(name, **dsref.parse_variants(args.variant))
+    if not isinstance(cfg, dsref.get_model(model).config_type):
+        raise UsageError(f"--config {name} is not a config of {model}")
+    return cfg
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    if args.backend == "numpy":
+        if args.device not in (None, "cpu"):
+            raise UsageError(f"--device {args.device}: the numpy backend runs on cpu only")
+        return "numpy"
+    from lowering.backends import get_backend
+
+    return get_backend(args.backend, device=args.device)
+
+
+def _runs(args: argparse.Namespace) -> list[tuple[str, Any, int, int]]:
+    if args.model is None:
+        return [(m, dsref.config(c, **dsref.parse_variants(args.variant)), b, s)
+                for m, c, b, s in DEFAULT_RUNS]
+    return [(args.model, _cfg(args, args.model), args.batch, args.seq)]
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    reports = []
+    for model, cfg, batch, seq in _runs(args):
+        ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed)
+        reports.append(pipeline.diff(model, cfg, ins, mode=args.mode, backend=backend,
+                                     platform=args.platform, seed=args.seed))
+    if not args.quiet:
+        render(reports, _console())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in reports], f, indent=2, default=str)
+    if args.plot:
+        from lowering.plots import write_plots
+
+        write_plots(reports, args.plot)
+    return 0 if all(r.verdict == PASS for r in reports) else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    model = args.model
+    cfg = _cfg(args, model)
+    ins = dsref.make_inputs(model, cfg, batch=args.batch, seq=args.seq, seed=0)
+    from lowering.trace import trace
+
+    tr = trace(model, cfg, ins)
+    con = _console()
+    con.print(f"{model}  config={cfg.name}  batch={args.batch} seq={args.seq}")
+    for r in tr.regions:
+        k = kernel_for(model, r.name)
+        shapes = {n: np.shape(a) for n, a in {**r.inputs, **r.outputs}.items()}
+        where = "reference (no kernel)" if k is None else k.file
+        con.print(f"[bold]{r.index:>2} {r.name}[/]  → {where}")
+        con.print("     in:  " + ", ".join(f"{n} {a.dtype.name}{list(a.shape)}" for n, a in r.inputs.items()))
+        con.print("     out: " + ", ".join(f"{n} {a.dtype.name}{list(a.shape)}" for n, a in r.outputs.items()))
+        if k is not None:
+            con.print(f"     tiling: {k.tiling(cfg, shapes)}")
+    for u in tr.unrecognised:
+        con.print(f"[red]unrecognised[/]: {u}")
+    return 0 if not tr.unrecognised else 1
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from lowering.tile import LIMITS
+
+    model = args.model
+    cfg = _cfg(args, model)
+    ins = dsref.make_inputs(model, cfg, batch=args.batch, seq=args.seq, seed=0)
+    rep = pipeline.diff(model, cfg, ins, mode="isolated", platform=args.platform)
+    con = _console()
+    p = args.platform
+    con.print(f"{model}  config={cfg.name}  batch={args.batch} seq={args.seq}  platform={p}  (KiB)")
+    con.print(f"{'region':<20} {'scope':<28} {'space':<5} {'shape':>9} {'peak':>9} {'limit':>7}")
+    over = False
+    for r in rep.regions:
+        for row in r.budget:
+            flag = row[f"shape_{p}"] > LIMITS[p][row["space"]]
+            over |= flag
+            con.print(f"{r.name:<20} {row['scope']:<28} {row['space']:<5} "
+                      f"{row[f'shape_{p}'] / 1024:>9.1f} {row[f'peak_{p}'] / 1024:>9.1f} "
+                      f"{LIMITS[p][row['space']] / 1024:>7.0f}{'  OVER' if flag else ''}")
+    return 1 if over else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowering", description="Check NPU tile kernels against dsref.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, model_required: bool) -> None:
+        sp.add_argument("model", nargs=None if model_required else "?", choices=dsref.model_names())
+        sp.add_argument("--config")
+        sp.add_argument("--batch", type=int, default=4)
+        sp.add_argument("--seq", type=int, default=1)
+        sp.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+
+    d = sub.add_parser("diff", help="diff every region's kernel against the reference")
+    common(d, model_required=False)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--mode", choices=pipeline.MODES, default="isolated")
+    d.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    d.add_argument("--device", default=None, help="cpu | cuda[:N] | npu[:N] (torch backend)")
+    d.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
+    d.add_argument("--json", metavar="FILE")
+    d.add_argument("--plot", metavar="FILE")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(fn=cmd_diff)
+    pl = sub.add_parser("plan", help="show the regions, their tensors and kernels")
+    common(pl, model_required=True)
+    pl.set_defaults(fn=cmd_plan)
+    b = sub.add_parser("budget", help="on-chip buffer use per kernel scope")
+    common(b, model_required=True)
+    b.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
+    b.set_defaults(fn=cmd_budget)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (UsageError, ValueError) as e:  # dsref.InputError is a ValueError
+        print(f"lowering: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"lowering: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

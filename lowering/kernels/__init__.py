@@ -1,0 +1,1 @@
+"""Hand-tiled kernels, one file per dsref stage."""

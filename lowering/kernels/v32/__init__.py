@@ -1,0 +1,1 @@
+"""V3.2 decode front kernels (PR #134 tiling)."""

@@ -1,0 +1,142 @@
+"""Diff reports: per region and output, as a terminal table (rich) and as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lowering.diff import OutputDiff
+from lowering.tile import Finding
+
+PASS, FAIL, REFERENCE = "PASS", "FAIL", "reference"
+
+
+@dataclass
+class RegionReport:
+    """One region: ``status`` PASS / FAIL, or ``reference`` when no kernel covers it."""
+
+    name: str
+    status: str
+    kernel: str | None = None  # kernel file
+    tiling: dict[str, Any] | None = None
+    outputs: list[OutputDiff] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    budget: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "fail"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "status": self.status, "kernel": self.kernel, "tiling": self.tiling,
+            "seconds": round(self.seconds, 4), "outputs": [o.to_dict() for o in self.outputs],
+            "findings": [_finding(f) for f in self.findings], "budget": self.budget,
+        }
+
+
+@dataclass
+class Report:
+    model: str
+    config: str
+    mode: str
+    backend: str
+    platform: str
+    batch: int
+    seq: int
+    seed: int | None
+    regions: list[RegionReport]
+    unrecognised: list[str] = field(default_factory=list)
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """FAIL when any region fails or the trace has unrecognised structure."""
+        bad = self.unrecognised or any(r.status == FAIL for r in self.regions)
+        return FAIL if bad else PASS
+
+    @property
+    def first_fail(self) -> str | None:
+        return next((r.name for r in self.regions if r.status == FAIL), None)
+
+    def region(self, name: str) -> RegionReport:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "config": self.config, "variants": self.variants, "mode": self.mode,
+            "backend": self.backend, "platform": self.platform, "batch": self.batch, "seq": self.seq,
+            "seed": self.seed, "verdict": self.verdict, "first_fail": self.first_fail,
+            "unrecognised": self.unrecognised, "regions": [r.to_dict() for r in self.regions],
+        }
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), indent=kw.pop("indent", 2), default=_jsonable, **kw)
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    return {"check": f.check, "severity": f.severity, "kernel": f.kernel, "scope": f.scope,
+            "loop_indices": [list(i) for i in f.loop_indices], "tensor": f.tensor,
+            "message": f.message}
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, float) and o != o:
+        return None
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def render(reports: list[Report], console: Any = None) -> None:
+    """Print each report as a rich table, then its findings, then the verdict line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for rep in reports:
+        title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  mode={rep.mode}"
+                 f"  backend={rep.backend}  platform={rep.platform}")
+        t = Table(title=title, title_justify="left")
+        for col in ("region", "status", "output", "preset", "max abs", "max rel", "max ulp",
+                    "bad %", "differ %", "cosine", "checks"):
+            t.add_column(col, justify="left" if col in ("region", "status", "output", "preset") else "right")
+        for r in rep.regions:
+            style = {PASS: "green", FAIL: "bold red", REFERENCE: "yellow"}[r.status]
+            checks = f"{len(r.failures)} fail, {len(r.warnings)} warn" if r.findings else ""
+            rows = r.outputs or [None]
+            for i, o in enumerate(rows):
+                cells = [r.name if i == 0 else "", f"[{style}]{r.status}[/]" if i == 0 else ""]
+                if o is None:
+                    cells += ["—", "", "", "", "", "", "", ""]
+                else:
+                    mark = "" if o.ok else " [red]✗[/]"
+                    cells += [o.name + mark, o.preset, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+                              str(o.max_ulp), f"{100 * o.mismatch_ratio:.3f}",
+                              f"{100 * o.differ_ratio:.3f}", f"{o.cosine:.7f}"]
+                cells.append(checks if i == 0 else "")
+                t.add_row(*cells)
+        console.print(t)
+        for r in rep.regions:
+            for o in r.outputs:
+                if not o.ok:
+                    console.print(f"  [red]{r.name}.{o.name}[/]: {o.message}; first at "
+                                  f"{[list(i) for i in o.first_mismatches[:3]]}")
+            for f in r.findings:
+                color = "red" if f.severity == "fail" else "yellow"
+                console.print(f"  [{color}]{f.severity.upper()} [{f.check}][/] {f.message}",
+                              markup=True, highlight=False)
+        for u in rep.unrecognised:
+            console.print(f"  [red]unrecognised[/]: {u}")
+        first = f" (first FAIL: {rep.first_fail})" if rep.first_fail else ""
+        color = "green" if rep.verdict == PASS else "red"
+        console.print(f"[{color}]{rep.verdict}[/] {rep.model}{first}\n")
