@@ -1,0 +1,104 @@
+"""Comparators and metrics against hand-computed values; reports; the lowering CLI."""
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import dsref
+import lowering
+from lowering import cli, tolerances
+from lowering.diff import compare, ulp_distance
+
+BF16 = ml_dtypes.bfloat16
+
+
+def _bf(a):
+    return np.asarray(a, np.float32).astype(BF16)
+
+
+def test_bf16_ulp_distance_counts_representable_steps_and_signed_zeros():
+    a = _bf([1.0, -0.0, 0.0, 1.0, -1.0, 2.0 ** -133])
+    b = _bf([1.0078125, 0.0, -0.0, 1.0234375, -1.0078125, -(2.0 ** -133)])
+    np.testing.assert_array_equal(ulp_distance(a, b), [1, 0, 0, 3, 1, 2])
+
+
+def test_bf16_preset_tolerates_half_a_percent_of_one_ulp_errors():
+    want = _bf(np.random.default_rng(0).standard_normal(2000))
+    got = want.copy()
+    got[:10] = np.nextafter(want[:10], BF16(np.inf))  # 0.5% of elements, 1 ulp (rel 2^-8 > 1/128? no)
+    d = compare("x", got, want, tolerances.PRESETS["bf16"])
+    assert d.ok and d.max_ulp == 1 and d.differ_ratio == pytest.approx(0.005)
+    got[:200] = (want[:200].astype(np.float32) * 1.05).astype(BF16)  # 10% off by 5%
+    d = compare("x", got, want, tolerances.PRESETS["bf16"])
+    assert not d.ok and "outside tolerance" in d.message and d.mismatch_ratio >= 0.09
+    assert d.first_mismatches[0] == (0,)
+
+
+def test_nan_on_either_side_fails_and_names_the_index():
+    want = _bf(np.ones(16))
+    got = want.copy()
+    got[3] = np.nan
+    d = compare("q", got, want, tolerances.PRESETS["bf16"])
+    assert not d.ok and "NaN/Inf element(s), first at [3]" in d.message
+
+
+def test_int8_codes_allow_off_by_one_on_few_elements():
+    want = np.zeros(1000, np.int8)
+    got = want.copy()
+    got[:5] = 1
+    assert compare("qr", got, want, tolerances.PRESETS["int8_codes"]).ok
+    got[0] = 2
+    d = compare("qr", got, want, tolerances.PRESETS["int8_codes"])
+    assert not d.ok and "|Δ| up to 2 > 1" in d.message
+    got[:] = 0
+    got[:6] = 1
+    assert not compare("qr", got, want, tolerances.PRESETS["int8_codes"]).ok
+
+
+def test_shape_or_dtype_mismatch_fails_clearly():
+    d = compare("kv", np.zeros((2, 3), np.float32), _bf(np.zeros((2, 4))), tolerances.PRESETS["bf16"])
+    assert not d.ok and d.message == "kv: expected bfloat16[2, 4], got float32[2, 3]"
+
+
+def test_cosine_and_rel_l2():
+    want = np.array([3.0, 4.0], np.float32)
+    got = np.array([4.0, 3.0], np.float32)
+    d = compare("s", got, want, tolerances.PRESETS["fp32"])
+    assert d.cosine == pytest.approx(24 / 25) and d.rel_l2 == pytest.approx(np.sqrt(2) / 5)
+
+
+def test_presets_by_dtype():
+    assert tolerances.preset_for("q", np.dtype(BF16)).name == "bf16"
+    assert tolerances.preset_for("qr", np.dtype(np.int8)).name == "int8_codes"
+    assert tolerances.preset_for("qr_scale", np.dtype(np.float32)).name == "scale"
+    assert tolerances.preset_for("qf", np.dtype(np.float32)).name == "fp32"
+    with pytest.raises(ValueError, match="tolerance preset"):
+        tolerances.get("loose")
+
+
+def test_report_json_round_trips(tmp_path):
+    cfg = dsref.config("v4-tiny")
+    ins = dsref.make_inputs("v4.qkv_proj_rope", cfg, batch=1, seq=3, seed=0)
+    rep = lowering.diff("v4.qkv_proj_rope", cfg, ins, mode="chained")
+    d = json.loads(rep.to_json())
+    assert d["model"] == "v4.qkv_proj_rope" and d["mode"] == "chained"
+    assert [r["name"] for r in d["regions"]] == list(dsref.get_model("v4.qkv_proj_rope").stages)
+    assert d["verdict"] == rep.verdict
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    assert cli.main(["diff", "v32.decode_front", "--config", "v4-tiny", "--quiet"]) == 2
+    assert "not a config of v32.decode_front" in capsys.readouterr().err
+    assert cli.main(["diff", "v32.decode_front", "--quiet"]) == 2
+    assert cli.main(["diff", "v32.decode_front", "--config", "v32-tiny", "--variant", "cast=odd",
+                     "--quiet"]) == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["diff", "v9.model"])
+    assert e.value.code == 2
+    out = tmp_path / "r.json"
+    rc = cli.main(["diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2", "--json",
+                   str(out), "--quiet"])
+    rep = json.loads(out.read_text())[0]
+    assert rc == (0 if rep["verdict"] == "PASS" else 1)
