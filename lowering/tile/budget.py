@@ -1,0 +1,238 @@
+"""On-chip memory budgets per ``pl.at`` scope, memory space and platform.
+
+Memory-space model (decided when the scope entry ends, from how each buffer was used):
+- a tile produced by a vector op, ``pl.full`` or ``pl.create_tensor`` in a scope: **Vec**;
+- a tile loaded from GM (subscript / ``pl.slice``), or a value crossing in from another
+  scope: **Vec** if any vector op reads it (or nothing does); a load read only by the cube
+  does not occupy Vec;
+- a matmul lhs additionally occupies **Mat** + **Left**, an rhs **Mat** + **Right** (GM ->
+  L1 -> L0A/L0B);
+- a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
+  ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
+- ``row_sum``/``row_max``/``row_min`` need a scratch Vec tile ``[R, max(C,128)]`` fp32 live
+  during the op (none when the kernel passes ``tmp_tile``).
+
+Lifetime: a buffer is live from the op that creates it to the last op, in the same scope
+entry, that reads it (the compiler's last-use rule; Python reference counting would keep a
+loop-carried variable alive into the next iteration). Each op k has a read instant 2k and a
+write instant 2k+1: inputs are live until 2k, outputs from 2k+1, so an op may write its
+result over an operand it is the last reader of (vector ops run in place); a reduction's
+scratch is live over [2k, 2k+1]. Tiles loaded from GM inside a ``pl.pipeline(stage=F)``
+loop of the scope count F times (ping-pong copies).
+
+Calibration: on the pypto-lib PR #332 V4 qkv_proj_rope kernel (FLASH dims, T = 128) this
+model gives attn_norm 165.0 KiB, q_head_rms_rope 220.5 / 110.2 KiB and kv_rms 205.1 /
+102.9 KiB without / with RMS_T_TILES = 2 (shape model) against the ≈162, 217 / 109 and
+202 / 101 KiB estimates in TILE_OPS.md.
+
+A tile nothing reads (e.g. a ``pl.create_tensor`` placeholder rebound before use) takes no
+space: the compiler removes it.
+
+Bytes: Vec ``rows × roundup(cols·size, 32)`` rounded up to 128 (rows = product of all but the
+last dim); cube tiles ``roundup(rows, 16) × roundup(cols·size, 32)``, a2a3 int32
+accumulators ``roundup(rows, 32)`` rows.
+
+Reuse models (both reported): **shape** — a buffer is reused only by a later tile of identical
+shape, dtype and space whose lifetime does not overlap (per key: the maximum number of
+simultaneously live tiles × bytes, summed over keys); **peak** — the maximum over time of the
+bytes of simultaneously live tiles. A scope run many times (inside loops) reports its worst
+entry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+KIB = 1024
+PLATFORMS = ("a2a3", "a5")
+SPACES = ("Vec", "Mat", "Left", "Right", "Acc")
+LIMITS = {
+    "a2a3": {"Vec": 184 * KIB, "Mat": 512 * KIB, "Left": 64 * KIB, "Right": 64 * KIB,
+             "Acc": 128 * KIB},
+    "a5": {"Vec": 240 * KIB, "Mat": 512 * KIB, "Left": 64 * KIB, "Right": 64 * KIB,
+           "Acc": 256 * KIB},
+}
+
+
+def _up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def tile_bytes(space: str, shape: tuple[int, ...], itemsize: int, is_int: bool,
+               platform: str) -> int:
+    """Bytes one tile of ``shape`` occupies in ``space`` (see module docstring)."""
+    cols = shape[-1] if shape else 1
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    row_bytes = _up(cols * itemsize, 32)
+    if space == "Vec":
+        return _up(rows * row_bytes, 128)
+    row_align = 32 if (space == "Acc" and is_int and platform == "a2a3") else 16
+    return _up(rows, row_align) * row_bytes
+
+
+def buf_spaces(buf: Any) -> list[str]:
+    spaces = []
+    if buf.origin == "acc":
+        spaces.append("Acc")
+        if buf.left or buf.right:
+            spaces.append("Mat")
+    else:
+        if buf.origin in ("op", "scratch") or buf.vec or not (buf.left or buf.right):
+            spaces.append("Vec")
+        if buf.left or buf.right:
+            spaces.append("Mat")
+    if buf.left:
+        spaces.append("Left")
+    if buf.right:
+        spaces.append("Right")
+    return spaces
+
+
+def _describe(buf: Any, nbytes: int, count: int = 1) -> str:
+    shp = ",".join(map(str, buf.shape))
+    mult = f" ×{count}" if count > 1 else ""
+    pipe = f" (pipeline ×{buf.mult})" if buf.mult > 1 else ""
+    site = f"{os.path.basename(buf.site[0])}:{buf.site[1]}"
+    return f"{buf.dtype.name}[{shp}] {nbytes} B{mult}{pipe} from {site}"
+
+
+def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[str], list[str]]]:
+    """space -> (shape-model bytes, peak bytes, top shape-model keys, largest tiles at peak)."""
+    per_space: dict[str, list] = {}
+    for b in bufs:
+        if b.last == b.start and b.origin != "scratch":
+            continue  # never read: dead code the compiler drops
+        for sp in buf_spaces(b):
+            nb = tile_bytes(sp, b.shape, b.dtype.itemsize, b.dtype.is_int, platform) * b.mult
+            per_space.setdefault(sp, []).append((b, nb))
+    out = {}
+    for sp, items in per_space.items():
+        # peak: sweep starts (+) before ends (-) at equal times, ends at last + 0.5
+        events = []
+        for k, (b, nb) in enumerate(items):
+            events.append((b.start, 0, nb, k))
+            events.append((b.last, 1, -nb, k))
+        events.sort()
+        cur = peak = 0
+        live: set[int] = set()
+        peak_live: list[int] = []
+        for _, kind, delta, k in events:
+            cur += delta
+            if kind == 0:
+                live.add(k)
+                if cur > peak:
+                    peak = cur
+                    peak_live = list(live)
+            else:
+                live.discard(k)
+        # shape: per key, max overlap count
+        groups: dict[tuple, list] = {}
+        for b, nb in items:
+            groups.setdefault((b.shape, b.dtype, b.mult), []).append((b, nb))
+        shape_total = 0
+        keys = []
+        for members in groups.values():
+            ev = []
+            for b, _ in members:
+                ev.append((b.start, 0))
+                ev.append((b.last, 1))
+            ev.sort()
+            c = m = 0
+            for _, kind in ev:
+                c += 1 if kind == 0 else -1
+                m = max(m, c)
+            nb = members[0][1]
+            shape_total += m * nb
+            keys.append((m * nb, members[0][0], nb, m))
+        keys.sort(key=lambda t: -t[0])
+        top_keys = [_describe(b, nb, m) for _, b, nb, m in keys[:5]]
+        top_peak = sorted((items[k] for k in peak_live), key=lambda t: -t[1])[:5]
+        out[sp] = (shape_total, peak, top_keys, [_describe(b, nb) for b, nb in top_peak])
+    return out
+
+
+@dataclass
+class SpaceUsage:
+    """Worst use of one memory space by one scope, per platform and reuse model."""
+
+    scope: str
+    space: str
+    shape: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, int] = field(default_factory=dict)
+    where: dict[str, tuple] = field(default_factory=dict)  # platform -> loop indices (shape max)
+    top: dict[str, list[str]] = field(default_factory=dict)  # platform -> largest shape keys
+    peak_top: dict[str, list[str]] = field(default_factory=dict)  # platform -> live at peak
+
+    def limit(self, platform: str) -> int:
+        return LIMITS[platform][self.space]
+
+    def over(self, platform: str, model: str = "shape") -> bool:
+        used = self.shape if model == "shape" else self.peak
+        return used.get(platform, 0) > self.limit(platform)
+
+
+class BudgetReport:
+    """Per scope × memory space: bytes under both reuse models for both platforms."""
+
+    def __init__(self) -> None:
+        self.usage: dict[tuple[str, str], SpaceUsage] = {}
+        self.scopes: list[str] = []
+
+    def add_entry(self, entry: Any) -> None:
+        if entry.name not in self.scopes:
+            self.scopes.append(entry.name)
+        if not entry.bufs:
+            return
+        for plat in PLATFORMS:
+            for sp, (shape_b, peak_b, top_keys, top_peak) in measure(entry.bufs, plat).items():
+                u = self.usage.get((entry.name, sp))
+                if u is None:
+                    u = self.usage[(entry.name, sp)] = SpaceUsage(entry.name, sp)
+                if shape_b > u.shape.get(plat, -1):
+                    u.shape[plat] = shape_b
+                    u.where[plat] = entry.indices
+                    u.top[plat] = top_keys
+                if peak_b > u.peak.get(plat, -1):
+                    u.peak[plat] = peak_b
+                    u.peak_top[plat] = top_peak
+
+    def rows(self) -> list[SpaceUsage]:
+        """Usages ordered by scope (first execution order), then space."""
+        order = {s: i for i, s in enumerate(self.scopes)}
+        return sorted(self.usage.values(),
+                      key=lambda u: (order.get(u.scope, 1 << 30), SPACES.index(u.space)))
+
+    def get(self, scope: str, space: str) -> SpaceUsage | None:
+        return self.usage.get((scope, space))
+
+    def over(self, platform: str, model: str = "shape") -> list[SpaceUsage]:
+        return [u for u in self.rows() if u.over(platform, model)]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        out = []
+        for u in self.rows():
+            row: dict[str, Any] = {"scope": u.scope, "space": u.space}
+            for plat in PLATFORMS:
+                row[f"shape_{plat}"] = u.shape.get(plat, 0)
+                row[f"peak_{plat}"] = u.peak.get(plat, 0)
+                row[f"limit_{plat}"] = LIMITS[plat][u.space]
+            out.append(row)
+        return out
+
+    def table(self) -> str:
+        """A plain-text table (KiB), one row per scope × space."""
+        head = f"{'scope':<28} {'space':<5} " + " ".join(
+            f"{p + ' shape':>11} {p + ' peak':>10} {p + ' limit':>11}" for p in PLATFORMS)
+        lines = [head]
+        for u in self.rows():
+            cells = []
+            for p in PLATFORMS:
+                flag = "!" if u.over(p) else " "
+                cells.append(f"{u.shape.get(p, 0) / KIB:>10.1f}{flag} "
+                             f"{u.peak.get(p, 0) / KIB:>10.1f} {LIMITS[p][u.space] / KIB:>11.0f}")
+            lines.append(f"{u.scope:<28} {u.space:<5} " + " ".join(cells))
+        return "\n".join(lines)

@@ -1,0 +1,462 @@
+"""Op rules of the tile emulator: a dict of small rules keyed by op name (unknown op: raise).
+
+Each rule receives the active ``Run`` and the op's arguments, marks its tile inputs used
+(``rt.use``), computes through the backend (``rt.bk``) and returns a new tile
+(``rt.new_tile``). Numerics (all deterministic, backend-independent up to the float64
+summation order noted below):
+
+- elementwise fp32 ops: one correctly rounded IEEE fp32 operation per element (numpy float32
+  ufuncs, no FMA contraction); a Python number operand is an fp32 scalar (RNE of the double);
+  ``div``, ``recip`` (= 1/x), ``sqrt``: correctly rounded; ``exp``/``log``/``rsqrt``: float64
+  then rounded once (hardware approximations differ);
+- ``row_sum``/``col_sum``: widened to float64, summed by the backend (numpy: pairwise order),
+  rounded once to the input dtype — equal to the exactly rounded sum except in near-tie cases
+  (relative error of the float64 sum ≤ C·2⁻⁵³); max/min exact;
+- ``matmul``: per call the exact products (bf16/fp16/fp32 products are exact in float64)
+  summed in float64 and rounded once to fp32; int8 × int8: exact → int32 (float64 is exact
+  there: |products| ≤ 2¹⁴, K < 2¹⁷); ``matmul_acc(acc, a, b)`` = one fp32 add
+  ``acc + matmul(a, b)`` (int32: exact add), so across calls the accumulation is sequential
+  fp32: ``((A0B0 + A1B1) + A2B2) …``;
+- ``cast``: see ``lowering.backends._rounding`` (all modes exact, float → int saturating).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lowering.tile import core
+from lowering.tile.core import Run, Tensor, Tile, fmt_site
+from lowering.tile.dtypes import BF16, FP16, FP32, INT8, INT32, MASK_SELECT, DType, as_dtype
+
+RULES: dict[str, Callable[..., Any]] = {}
+
+
+def rule(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        RULES[name] = fn
+        return fn
+
+    return deco
+
+
+def apply(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run op ``name`` on the active run."""
+    fn = RULES.get(name)
+    if fn is None:
+        raise NotImplementedError(f"tile op {name!r} has no emulator rule")
+    rt = core.current()
+    rt.seq += 1
+    return fn(rt, *args, **kwargs)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _tile(rt: Run, x: Any, how: str = "vec", op: str = "op") -> Tile:
+    """An op operand as a tile (a GM tensor operand is loaded whole)."""
+    if isinstance(x, Tile):
+        rt.use(x, how)
+        return x
+    if isinstance(x, Tensor):
+        t = _load(rt, x, (0,) * x.ndim, x.shape, x.shape)
+        rt.use(t, how)
+        return t
+    raise TypeError(f"pl.{op}: expected a Tile, got {type(x).__name__} ({x!r})")
+
+
+def _same_shape(op: str, a: Tile, b: Tile) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"pl.{op}: shapes {list(a.shape)} and {list(b.shape)} differ "
+                         f"({a!r}, {b!r}); use row_expand_*/col_expand_* to broadcast")
+    if a.dtype != b.dtype:
+        raise TypeError(f"pl.{op}: dtypes {a.dtype.name} and {b.dtype.name} differ "
+                        f"({a!r}, {b!r}); cast first")
+
+
+def _ints(seq: Any) -> tuple[int, ...]:
+    if isinstance(seq, numbers.Integral):
+        return (int(seq),)
+    return tuple(int(s) for s in seq)
+
+
+def _load(rt: Run, t: Tensor, lo: Sequence[int], hi: Sequence[int], shape: Sequence[int],
+          valid: Sequence[int] | None = None, pad: Any = 0) -> Tile:
+    lo, hi = tuple(lo), tuple(hi)
+    if valid is not None:
+        vhi = tuple(min(a + v, b) for a, v, b in zip(lo, valid, hi, strict=True))
+        data = rt.bk.full(tuple(b - a for a, b in zip(lo, hi, strict=True)), t.dtype.name,
+                          0 if pad is None else pad)
+        part = rt.bk.read(t.data, core.box_key(lo, vhi))
+        rt.bk.write(data, core.box_key((0,) * len(lo),
+                                       tuple(b - a for a, b in zip(lo, vhi, strict=True))), part)
+        rt.access(t, lo, vhi, write=False)
+        data = rt.bk.reshape(data, tuple(shape))
+    else:
+        data = rt.bk.reshape(rt.bk.read(t.data, core.box_key(lo, hi)), tuple(shape))
+        rt.access(t, lo, hi, write=False)
+    _check_gm_align(rt, t, lo, "load")
+    return rt.new_tile(data, t.dtype, origin="load")
+
+
+def _check_gm_align(rt: Run, t: Tensor, lo: Sequence[int], what: str) -> None:
+    if not lo:
+        return
+    off = lo[-1] * t.dtype.itemsize
+    if off % 32:
+        site = core.caller_site()
+        rt.report("layout", "warning",
+                  f"{what} of {t.name!r} at innermost offset {lo[-1]} ({off} B) is not "
+                  f"32-byte aligned ({fmt_site(site)})", tensor=t.name,
+                  once=("align", site))
+
+
+def _store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
+    region = tuple(b - a for a, b in zip(lo, hi, strict=True))
+    if [d for d in region if d != 1] != [d for d in src.shape if d != 1]:
+        raise ValueError(f"store into {core.fmt_box(t.name, lo, hi)}: region shape "
+                         f"{list(region)} does not match tile {src!r}")
+    if src.dtype != t.dtype:
+        raise TypeError(f"store of a {src.dtype.name} tile {src!r} into {t.dtype.name} tensor "
+                        f"{t.name!r}: cast first")
+    rt.use(src, "vec")
+    rt.bk.write(t.data, core.box_key(lo, hi), src.data)
+    rt.access(t, lo, hi, write=True)
+    _check_gm_align(rt, t, lo, "store")
+
+
+# -- loads, stores, views --------------------------------------------------------------------
+
+
+@rule("slice_key")
+def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tile:
+    lo, hi, shape = core.parse_key(src.shape, key, f"{src!r}")
+    if isinstance(src, Tensor):
+        return _load(rt, src, lo, hi, shape)
+    rt.use(src)
+    data = rt.bk.reshape(rt.bk.read(src.data, core.box_key(lo, hi)), shape)
+    return rt.new_tile(data, src.dtype)
+
+
+@rule("store_key")
+def _store_key(rt: Run, dst: Tensor | Tile, key: Any, value: Tile) -> None:
+    lo, hi, _ = core.parse_key(dst.shape, key, f"{dst!r}")
+    if isinstance(dst, Tensor):
+        _store(rt, dst, lo, hi, value)
+        return
+    _tile_write(rt, dst, lo, hi, value)
+
+
+def _tile_write(rt: Run, dst: Tile, lo: tuple, hi: tuple, value: Tile) -> None:
+    if value.dtype != dst.dtype:
+        raise TypeError(f"write of {value!r} into {dst!r}: dtypes differ")
+    rt.use(value)
+    rt.use(dst)
+    rt.bk.write(dst.data, core.box_key(lo, hi), value.data)
+
+
+@rule("slice")
+def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[int],
+           valid_shape: Sequence[int] | None = None, pad_value: Any = None,
+           **_ignored: Any) -> Tile:
+    shape, offset = _ints(shape), _ints(offset)
+    if len(shape) != len(src.shape) or len(offset) != len(src.shape):
+        raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset {list(offset)} "
+                         f"must have {len(src.shape)} entries")
+    hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
+    key = tuple(slice(o, h) for o, h in zip(offset, hi, strict=True))
+    if isinstance(src, Tensor):
+        core.parse_key(src.shape, key, f"pl.slice of {src!r}")  # bounds check
+        valid = _ints(valid_shape) if valid_shape is not None else None
+        pad = pad_value if isinstance(pad_value, numbers.Number) else 0
+        return _load(rt, src, offset, hi, shape, valid, pad)
+    return _slice_key(rt, src, key)
+
+
+@rule("assemble")
+def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int],
+              **_ignored: Any) -> Tensor | Tile:
+    offset = _ints(offset)
+    if not isinstance(source, Tile):
+        raise TypeError(f"pl.assemble: source must be a Tile, got {source!r}")
+    sshape = (1,) * (len(target.shape) - source.ndim) + source.shape
+    if len(offset) != len(target.shape) or len(sshape) != len(target.shape):
+        raise ValueError(f"pl.assemble of {source!r} into {target!r} at {list(offset)}: "
+                         "rank mismatch")
+    hi = tuple(o + s for o, s in zip(offset, sshape, strict=True))
+    key = tuple(slice(o, h) for o, h in zip(offset, hi, strict=True))
+    lo, hi, _ = core.parse_key(target.shape, key, f"pl.assemble into {target!r}")
+    if isinstance(target, Tensor):
+        _store(rt, target, lo, hi, source)
+        return target
+    _tile_write(rt, target, lo, hi, source)
+    return rt.new_tile(target.data, target.dtype, share=target.buf)
+
+
+@rule("load")
+def _load_rule(rt: Run, tensor: Tensor, offsets: Sequence[int], shapes: Sequence[int],
+               **_ignored: Any) -> Tile:
+    return _slice(rt, tensor, shapes, offsets)
+
+
+@rule("store")
+def _store_rule(rt: Run, tile: Tile, offsets: Sequence[int], output_tensor: Tensor,
+                **_ignored: Any) -> Tensor:
+    return _assemble(rt, output_tensor, tile, offsets)
+
+
+@rule("reshape")
+def _reshape(rt: Run, x: Tensor | Tile, shape: Sequence[int]) -> Tensor | Tile:
+    shape = list(_ints(shape))
+    n = math.prod(x.shape)
+    if -1 in shape:
+        k = shape.index(-1)
+        shape[k] = n // max(1, math.prod(d for d in shape if d != -1))
+    shape_t = tuple(shape)
+    if math.prod(shape_t) != n:
+        raise ValueError(f"pl.reshape of {x!r} to {list(shape_t)}: element counts differ")
+    if isinstance(x, Tensor):
+        return Tensor(x.base, shape_t)
+    rt.use(x)
+    return rt.new_tile(rt.bk.reshape(x.data, shape_t), x.dtype, share=x.buf)
+
+
+@rule("create_tensor")
+def _create_tensor(rt: Run, shape: Sequence[int], dtype: DType, **_ignored: Any) -> Any:
+    shape_t, dtype = _ints(shape), as_dtype(dtype)
+    if rt.scope is not None:  # inside a scope: a Vec tile
+        return rt.new_tile(rt.bk.full(shape_t, dtype.name, rt.fill_value(dtype)), dtype)
+    stack = core.call_stack()
+    site = stack[0]
+    key = (stack, shape_t, dtype)
+    base = rt.created.get(key)
+    if base is None:  # one GM buffer per source statement, shared by all loop iterations
+        name = core.source_name(site, "assign") or f"tensor@{fmt_site(site)}"
+        data = rt.bk.full(shape_t, dtype.name, rt.fill_value(dtype))
+        base = core.BaseTensor(name, data, dtype, "internal", site)
+        rt.created[key] = base
+        return rt.add_base(base)
+    return Tensor(base)
+
+
+@rule("full")
+def _full(rt: Run, shape: Sequence[int], dtype: DType, value: float | int) -> Tile:
+    dtype = as_dtype(dtype)
+    return rt.new_tile(rt.bk.full(_ints(shape), dtype.name, value), dtype)
+
+
+@rule("expands")
+def _expands(rt: Run, target: Tile, scalar: float | int) -> Tile:
+    t = _tile(rt, target, op="expands")
+    return rt.new_tile(rt.bk.full(t.shape, t.dtype.name, scalar), t.dtype)
+
+
+@rule("read")
+def _read(rt: Run, src: Tensor | Tile, offset: Any) -> float | int:
+    idx = _ints(offset)
+    if len(idx) != len(src.shape):
+        raise ValueError(f"pl.read of {src!r}: {len(idx)} indices for {len(src.shape)} dims")
+    key = tuple(slice(i, i + 1) for i in idx)
+    lo, hi, _ = core.parse_key(src.shape, key, f"pl.read of {src!r}")
+    if isinstance(src, Tensor):
+        rt.access(src, lo, hi, write=False)
+    else:
+        rt.use(src)
+    v = rt.bk.item(src.data, idx)
+    return int(v) if src.dtype.is_int else v
+
+
+@rule("write")
+def _write(rt: Run, dst: Tensor, offset: Any, value: float | int) -> None:
+    idx = _ints(offset)
+    key = tuple(slice(i, i + 1) for i in idx)
+    lo, hi, _ = core.parse_key(dst.shape, key, f"pl.write of {dst!r}")
+    rt.bk.write(dst.data, core.box_key(lo, hi),
+                rt.bk.full((1,) * len(idx), dst.dtype.name, value))
+    if isinstance(dst, Tensor):
+        rt.access(dst, lo, hi, write=True)
+
+
+@rule("dim")
+def _dim(rt: Run, t: Tensor | Tile, axis: int) -> int:
+    return int(t.shape[axis])
+
+
+# -- elementwise -----------------------------------------------------------------------------
+
+
+def _binary_rule(name: str) -> None:
+    def fn(rt: Run, lhs: Any, rhs: Any) -> Tile:
+        a = _tile(rt, lhs, op=name)
+        if isinstance(rhs, numbers.Number):
+            sdt = "FP32" if a.dtype.is_float else a.dtype.name
+            b = rt.bk.scalar(rhs, sdt)
+        else:
+            bt = _tile(rt, rhs, op=name)
+            _same_shape(name, a, bt)
+            b = bt.data
+        return rt.new_tile(rt.bk.binary(name, a.data, b, a.dtype.name), a.dtype)
+
+    RULES[name] = fn
+
+
+for _n in ("add", "sub", "mul", "div", "maximum", "minimum"):
+    _binary_rule(_n)
+
+
+def _unary_rule(name: str) -> None:
+    def fn(rt: Run, x: Any, **_ignored: Any) -> Tile:
+        a = _tile(rt, x, op=name)
+        if name not in ("neg", "abs") and not a.dtype.is_float:
+            raise TypeError(f"pl.{name} needs a float tile, got {a!r}")
+        return rt.new_tile(rt.bk.unary(name, a.data), a.dtype)
+
+    RULES[name] = fn
+
+
+for _n in ("neg", "abs", "sqrt", "recip", "exp", "rsqrt", "log"):
+    _unary_rule(_n)
+
+
+def _expand_rule(name: str, op: str, axis: str) -> None:
+    def fn(rt: Run, x: Any, v: Any, tmp: Any = None) -> Tile:
+        a = _tile(rt, x, op=name)
+        b = _tile(rt, v, op=name)
+        want = (a.shape[0], 1) if axis == "row" else (1, a.shape[-1])
+        if a.ndim != 2 or b.shape != want:
+            raise ValueError(f"pl.{name}: x {a!r} must be 2-D and the {axis} vector {b!r} "
+                             f"of shape {list(want)}")
+        if a.dtype != b.dtype:
+            raise TypeError(f"pl.{name}: dtypes differ ({a!r}, {b!r})")
+        if op == "expand":  # result: the vector broadcast to x's shape
+            data = rt.bk.binary("add", rt.bk.full(a.shape, a.dtype.name, 0), b.data,
+                                a.dtype.name)
+        else:
+            data = rt.bk.binary(op, a.data, b.data, a.dtype.name)
+        return rt.new_tile(data, a.dtype)
+
+    RULES[name] = fn
+
+
+for _axis in ("row", "col"):
+    for _op in ("mul", "sub", "add", "div"):
+        _expand_rule(f"{_axis}_expand_{_op}", _op, _axis)
+    _expand_rule(f"{_axis}_expand_max", "maximum", _axis)
+    _expand_rule(f"{_axis}_expand_min", "minimum", _axis)
+    _expand_rule(f"{_axis}_expand", "expand", _axis)
+
+
+def _reduce_rule(name: str, op: str, axis: str) -> None:
+    def fn(rt: Run, x: Any, tmp_tile: Any = None) -> Tile:
+        a = _tile(rt, x, op=name)
+        if axis == "row":
+            if tmp_tile is not None:
+                rt.use(tmp_tile)
+            else:
+                rows = math.prod(a.shape[:-1])
+                rt.scratch((rows, max(a.shape[-1], 128)), FP32)
+            return rt.new_tile(rt.bk.row_reduce(op, a.data), a.dtype)
+        if a.ndim != 2:
+            raise ValueError(f"pl.{name} needs a 2-D tile, got {a!r}")
+        return rt.new_tile(rt.bk.col_reduce(op, a.data), a.dtype)
+
+    RULES[name] = fn
+
+
+for _axis in ("row", "col"):
+    for _op in ("sum", "max", "min"):
+        _reduce_rule(f"{_axis}_{_op}", _op, _axis)
+
+
+@rule("cast")
+def _cast(rt: Run, x: Any, target_type: DType, mode: str | int = "round") -> Tile:
+    from lowering.backends._rounding import normalize_mode
+
+    a = _tile(rt, x, op="cast")
+    dt = as_dtype(target_type)
+    data = rt.bk.cast(a.data, dt.name, normalize_mode(mode))
+    return rt.new_tile(data, dt)
+
+
+@rule("gather")
+def _gather(rt: Run, x: Any, dim: Any = None, index: Any = None, *, mask_pattern: Any = None,
+            output_dtype: Any = None, **kw: Any) -> Tile:
+    if mask_pattern is None or dim is not None or index is not None or kw:
+        raise NotImplementedError("pl.gather: only the mask form (mask_pattern=...) is emulated")
+    a = _tile(rt, x, op="gather")
+    if int(mask_pattern) not in MASK_SELECT:
+        raise ValueError(f"pl.gather: unknown mask_pattern {mask_pattern!r}")
+    start, step = MASK_SELECT[int(mask_pattern)]
+    if a.shape[-1] % step:
+        raise ValueError(f"pl.gather: last dim {a.shape[-1]} of {a!r} not divisible by {step}")
+    data = rt.bk.gather_last(a.data, start, step)
+    out = rt.new_tile(data, a.dtype)
+    if output_dtype is not None and as_dtype(output_dtype) != a.dtype:
+        raise NotImplementedError("pl.gather: output_dtype conversion is not emulated")
+    return out
+
+
+@rule("concat")
+def _concat(rt: Run, a: Any, b: Any) -> Tile:
+    ta, tb = _tile(rt, a, op="concat"), _tile(rt, b, op="concat")
+    if ta.dtype != tb.dtype or ta.shape[:-1] != tb.shape[:-1]:
+        raise ValueError(f"pl.concat: incompatible {ta!r} and {tb!r}")
+    return rt.new_tile(rt.bk.concat(ta.data, tb.data, -1), ta.dtype)
+
+
+@rule("transpose")
+def _transpose(rt: Run, x: Any, axis1: int, axis2: int) -> Tile:
+    a = _tile(rt, x, op="transpose")
+    return rt.new_tile(rt.bk.transpose(a.data, axis1, axis2), a.dtype)
+
+
+# -- cube ------------------------------------------------------------------------------------
+
+_MATMUL_OUT = {(BF16, BF16): FP32, (FP16, FP16): FP32, (FP32, FP32): FP32, (INT8, INT8): INT32}
+
+
+def _product(rt: Run, lhs: Any, rhs: Any, a_trans: bool, b_trans: bool, op: str) -> tuple:
+    a = _tile(rt, lhs, "left", op)
+    b = _tile(rt, rhs, "right", op)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"pl.{op}: operands must be 2-D, got {a!r} and {b!r}")
+    out = _MATMUL_OUT.get((a.dtype, b.dtype))
+    if out is None:
+        raise TypeError(f"pl.{op}: unsupported operand dtypes {a.dtype.name} × {b.dtype.name}")
+    ad = rt.bk.transpose(a.data, 0, 1) if a_trans else a.data
+    bd = rt.bk.transpose(b.data, 0, 1) if b_trans else b.data
+    m, k = ad.shape
+    k2, n = bd.shape
+    if k != k2:
+        raise ValueError(f"pl.{op}: inner dims differ: {a!r} @ {b!r}")
+    if m % 16 and m != 1:
+        site = core.caller_site()
+        rt.report("layout", "warning",
+                  f"cube tile {a!r} has M={m} rows, not a multiple of 16 (or 1) "
+                  f"({fmt_site(site)})", once=("cube-m", site))
+    return rt.bk.matmul(ad, bd, out.name), out
+
+
+@rule("matmul")
+def _matmul(rt: Run, lhs: Any, rhs: Any, out_dtype: Any = None, a_trans: bool = False,
+            b_trans: bool = False, c_matrix_nz: bool = False) -> Tile:
+    data, out = _product(rt, lhs, rhs, a_trans, b_trans, "matmul")
+    if out_dtype is not None and as_dtype(out_dtype) != out:
+        raise TypeError(f"pl.matmul: out_dtype {as_dtype(out_dtype).name} unsupported for "
+                        f"these operands (result is {out.name})")
+    return rt.new_tile(data, out, origin="acc")
+
+
+@rule("matmul_acc")
+def _matmul_acc(rt: Run, acc: Tile, lhs: Any, rhs: Any, a_trans: bool = False,
+                b_trans: bool = False, init_cond: Any = None) -> Tile:
+    data, out = _product(rt, lhs, rhs, a_trans, b_trans, "matmul_acc")
+    c = _tile(rt, acc, "acc", "matmul_acc")
+    if c.dtype != out or c.shape != tuple(data.shape):
+        raise ValueError(f"pl.matmul_acc: accumulator {c!r} does not match the product "
+                         f"{out.name}{list(data.shape)}")
+    if not (init_cond is not None and bool(init_cond)):
+        data = rt.bk.binary("add", c.data, data, out.name)
+    return rt.new_tile(data, out, origin="acc", share=c.buf)

@@ -1,0 +1,290 @@
+"""``pl``: the tile language, named after ``pypto.language`` and run eagerly by the emulator.
+
+Kernels do ``from lowering.tile import pl`` and use the pypto names: ``pl.at``, ``pl.range``,
+``pl.parallel``, ``pl.pipeline``, ``pl.spmd``, ``pl.create_tensor``, ``pl.slice``,
+``pl.assemble``, ``pl.cast``, ``pl.matmul``, ``pl.matmul_acc``, ``pl.row_sum``, ... A name
+the emulator has no rule for raises ``AttributeError`` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from lowering.tile import core as _core
+from lowering.tile.core import Tensor as _Tensor
+from lowering.tile.core import Tile as _Tile
+from lowering.tile.dtypes import (  # noqa: F401  (re-exported pl names)
+    BF16,
+    BOOL,
+    FP16,
+    FP32,
+    INDEX,
+    INT8,
+    INT16,
+    INT32,
+    INT64,
+    UINT8,
+    UINT16,
+    UINT32,
+    UINT64,
+    DType,
+    Level,
+    MaskPattern,
+)
+from lowering.tile.ops import apply as _apply
+
+DataType = DType
+
+# -- scopes and loops ------------------------------------------------------------------------
+
+
+def at(level: Any = Level.CORE_GROUP, role: Any = None, *, name_hint: str = "",
+       optimization: Any = None, optimizations: Any = None, **_ignored: Any) -> _core.AtScope:
+    """``with pl.at(level=pl.Level.CORE_GROUP, name_hint="x"):`` an in-core scope (budget
+    accounting and every message use ``name_hint``). Optimization hints are accepted and
+    ignored."""
+    return _core.AtScope(level, name_hint, _core.caller_site())
+
+
+def range(*args: int, init_values: Any = None) -> Iterator[int]:  # noqa: A001
+    """Sequential loop ``pl.range([start,] stop[, step])``; the variable is a plain int."""
+    if init_values is not None:
+        raise NotImplementedError("pl.range(init_values=...) is not emulated")
+    return _core.loop("range", args)
+
+
+def unroll(*args: int, **_ignored: Any) -> Iterator[int]:
+    """Sequential loop (unrolled by the compiler)."""
+    return _core.loop("range", args)
+
+
+def parallel(*args: int, chunk: int | None = None, init_values: Any = None,
+             **_ignored: Any) -> Iterator[int]:
+    """Independent iterations (a GM write of one iteration overlapping a write or read of
+    another is reported as a race). ``chunk`` is accepted and ignored."""
+    if init_values is not None:
+        raise NotImplementedError("pl.parallel(init_values=...) is not emulated")
+    return _core.loop("parallel", args)
+
+
+def pipeline(*args: int, stage: int, init_values: Any = None) -> Iterator[int]:
+    """Sequential loop whose body is replicated ``stage`` times for ping-pong buffering:
+    tiles loaded from GM in it count ``stage``× in the budget."""
+    if not isinstance(stage, int) or stage < 1:
+        raise ValueError(f"pl.pipeline() stage must be a positive integer, got {stage!r}")
+    if init_values is not None:
+        raise NotImplementedError("pl.pipeline(init_values=...) is not emulated")
+    return _core.loop("pipeline", args, stage)
+
+
+def spmd(core_num: int, *, name_hint: str = "", **_ignored: Any) -> Iterator[int]:
+    """``for i in pl.spmd(n)``: n independent blocks (checked like pl.parallel)."""
+    return _core.loop("spmd", (core_num,))
+
+
+def chunked_loop_optimizer(*_a: Any, **_k: Any) -> None:
+    """Optimization hint (ignored)."""
+
+
+def split(*_a: Any, **_k: Any) -> None:
+    """Optimization hint ``pl.split(mode)`` (ignored)."""
+
+
+class _Jit:
+    """``@pl.jit`` / ``@pl.jit.inline`` (pypto-lib kernels): no-op decorators here."""
+
+    def __call__(self, fn: Any = None, **_kw: Any) -> Any:
+        return fn if fn is not None else (lambda f: f)
+
+    def inline(self, fn: Any = None, **_kw: Any) -> Any:
+        return fn if fn is not None else (lambda f: f)
+
+
+jit = _Jit()
+
+
+def const(value: float | int, dtype: Any = None) -> float | int:
+    return value
+
+
+def dynamic(name: str) -> str:
+    """Dynamic dimension marker (kernels here use concrete sizes)."""
+    return name
+
+
+class _Annotation:
+    """``pl.Tensor[[B, D], pl.BF16]`` etc. in annotations: accepted, not checked."""
+
+    def __class_getitem__(cls, item: Any) -> type:
+        return cls
+
+
+class Tensor(_Annotation):
+    pass
+
+
+class Tile(_Annotation):
+    pass
+
+
+class Scalar(_Annotation):
+    pass
+
+
+class InOut(_Annotation):
+    pass
+
+
+class Out(_Annotation):
+    pass
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def create_tensor(shape: Sequence[int], dtype: DType, **kw: Any) -> Any:
+    """Outside a scope: a kernel-internal GM tensor (one buffer per source line, shared by all
+    loop iterations; starts as NaN / the int dtype's minimum). Inside a scope: a Vec tile."""
+    return _apply("create_tensor", shape, dtype, **kw)
+
+
+def slice(tensor: Any, shape: Sequence[int], offset: Sequence[int], **kw: Any) -> _Tile:  # noqa: A001
+    """Explicit load ``tensor[offset : offset + shape]`` (or a sub-tile of a tile)."""
+    return _apply("slice", tensor, shape, offset, **kw)
+
+
+def assemble(target: Any, source: _Tile, offset: Sequence[int], **kw: Any) -> Any:
+    """Store ``source`` into ``target`` at ``offset``; returns ``target``."""
+    return _apply("assemble", target, source, offset, **kw)
+
+
+def load(tensor: _Tensor, offsets: Sequence[int], shapes: Sequence[int], **kw: Any) -> _Tile:
+    return _apply("load", tensor, offsets, shapes, **kw)
+
+
+def store(tile: _Tile, offsets: Sequence[int], output_tensor: _Tensor, **kw: Any) -> _Tensor:
+    return _apply("store", tile, offsets, output_tensor, **kw)
+
+
+def reshape(x: Any, shape: Sequence[int]) -> Any:
+    """Reshape a tile (same buffer) or view a GM tensor with another shape."""
+    return _apply("reshape", x, shape)
+
+
+def full(shape: Sequence[int], dtype: DType, value: float | int) -> _Tile:
+    """A constant tile."""
+    return _apply("full", shape, dtype, value)
+
+
+def expands(target: _Tile, scalar: float | int) -> _Tile:
+    return _apply("expands", target, scalar)
+
+
+def read(src: Any, offset: Any) -> float | int:
+    """One element as a Python number (usable in index arithmetic)."""
+    return _apply("read", src, offset)
+
+
+def write(dst: _Tensor, offset: Any, value: float | int) -> None:
+    return _apply("write", dst, offset, value)
+
+
+def dim(t: Any, axis: int) -> int:
+    return _apply("dim", t, axis)
+
+
+# -- compute ---------------------------------------------------------------------------------
+
+
+def cast(input: Any, target_type: DType, mode: str | int = "round") -> _Tile:  # noqa: A002
+    """Convert with rounding ``mode``: 'round' (nearest, ties away; the default), 'rint'
+    (nearest, ties even), 'floor', 'ceil', 'trunc', 'none' (float→float: ties even;
+    float→int: trunc). Float→int saturates."""
+    return _apply("cast", input, target_type, mode)
+
+
+def matmul(lhs: Any, rhs: Any, out_dtype: Any = None, a_trans: bool = False,
+           b_trans: bool = False, c_matrix_nz: bool = False) -> _Tile:
+    """C = A·B in a fresh accumulator (exact products, float64 sum, one fp32 rounding)."""
+    return _apply("matmul", lhs, rhs, out_dtype, a_trans, b_trans, c_matrix_nz)
+
+
+def matmul_acc(acc: _Tile, lhs: Any, rhs: Any, a_trans: bool = False, b_trans: bool = False,
+               init_cond: Any = None) -> _Tile:
+    """acc + A·B: one fp32 add of the per-call product (int32: exact)."""
+    return _apply("matmul_acc", acc, lhs, rhs, a_trans, b_trans, init_cond)
+
+
+def _op(name: str, doc: str) -> Any:
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        return _apply(name, *args, **kwargs)
+
+    fn.__name__ = name
+    fn.__qualname__ = name
+    fn.__doc__ = doc
+    return fn
+
+
+add = _op("add", "Elementwise a + b (b: tile of the same shape, or a number = fp32 scalar).")
+sub = _op("sub", "Elementwise a - b.")
+mul = _op("mul", "Elementwise a * b.")
+div = _op("div", "Elementwise a / b (correctly rounded).")
+maximum = _op("maximum", "Elementwise max.")
+minimum = _op("minimum", "Elementwise min.")
+neg = _op("neg", "Elementwise -x.")
+abs = _op("abs", "Elementwise |x|.")  # noqa: A001
+sqrt = _op("sqrt", "Correctly rounded square root.")
+recip = _op("recip", "Correctly rounded 1/x.")
+exp = _op("exp", "exp(x): float64 exp rounded once.")
+log = _op("log", "log(x): float64 log rounded once.")
+rsqrt = _op("rsqrt", "1/sqrt(x): float64 then rounded once (a single rounding).")
+row_sum = _op("row_sum", "[R,C] -> [R,1] sum (float64 accumulation, one rounding).")
+row_max = _op("row_max", "[R,C] -> [R,1] max.")
+row_min = _op("row_min", "[R,C] -> [R,1] min.")
+col_sum = _op("col_sum", "[R,C] -> [1,C] sum (float64 accumulation, one rounding).")
+col_max = _op("col_max", "[R,C] -> [1,C] max.")
+col_min = _op("col_min", "[R,C] -> [1,C] min.")
+row_expand = _op("row_expand", "r[R,1] broadcast to x's shape [R,C].")
+row_expand_mul = _op("row_expand_mul", "x[i,j] * r[i] for x [R,C], r [R,1].")
+row_expand_sub = _op("row_expand_sub", "x[i,j] - r[i].")
+row_expand_add = _op("row_expand_add", "x[i,j] + r[i].")
+row_expand_div = _op("row_expand_div", "x[i,j] / r[i].")
+row_expand_max = _op("row_expand_max", "max(x[i,j], r[i]).")
+row_expand_min = _op("row_expand_min", "min(x[i,j], r[i]).")
+col_expand = _op("col_expand", "c[1,C] broadcast to x's shape [R,C].")
+col_expand_mul = _op("col_expand_mul", "x[i,j] * c[j] for x [R,C], c [1,C].")
+col_expand_sub = _op("col_expand_sub", "x[i,j] - c[j].")
+col_expand_add = _op("col_expand_add", "x[i,j] + c[j].")
+col_expand_div = _op("col_expand_div", "x[i,j] / c[j].")
+col_expand_max = _op("col_expand_max", "max(x[i,j], c[j]).")
+col_expand_min = _op("col_expand_min", "min(x[i,j], c[j]).")
+gather = _op("gather", "Mask form: gather(x, mask_pattern=pl.tile.MaskPattern.P0101) keeps "
+                       "columns 0,2,4,...; P1010 keeps 1,3,5,... (last dim halves).")
+concat = _op("concat", "Concatenate two tiles along the last axis.")
+transpose = _op("transpose", "Swap two axes of a tile.")
+
+
+class _Namespace:
+    """``pl.tensor`` / ``pl.tile``: the same ops under pypto's sub-namespaces."""
+
+    def __init__(self, name: str, **extra: Any) -> None:
+        self._name = name
+        self.__dict__.update(extra)
+
+    def __getattr__(self, item: str) -> Any:
+        g = globals()
+        if item.startswith("_") or item not in g or not callable(g[item]):
+            raise AttributeError(f"pl.{self._name}.{item} is not implemented by the tile "
+                                 "emulator")
+        return g[item]
+
+
+tensor = _Namespace("tensor", create=create_tensor)
+tile = _Namespace("tile", MaskPattern=MaskPattern, create_tile=create_tensor,
+                  create=create_tensor)
+
+
+def __getattr__(name: str) -> Any:
+    raise AttributeError(f"pl.{name} is not implemented by the tile emulator "
+                         "(lowering/tile/ops.py lists the emulated ops)")

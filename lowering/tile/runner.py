@@ -1,0 +1,162 @@
+"""Run a tile kernel on the emulator and collect its outputs and check findings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lowering.tile import core
+from lowering.tile.budget import LIMITS, BudgetReport
+from lowering.tile.dtypes import DType, as_dtype
+from lowering.tile.findings import Finding
+
+
+@dataclass
+class KernelRun:
+    """Result of ``run_kernel``.
+
+    outputs: every output and in/out tensor by name, as numpy arrays (bf16 as
+    ml_dtypes.bfloat16). findings: all check results. budget: per scope × memory space ×
+    platform × reuse model (see ``lowering.tile.budget``). ok: no finding of severity 'fail'.
+    """
+
+    kernel: str
+    platform: str
+    outputs: dict[str, np.ndarray]
+    findings: list[Finding] = field(default_factory=list)
+    budget: BudgetReport = field(default_factory=BudgetReport)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "fail"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def by_check(self, check: str) -> list[Finding]:
+        return [f for f in self.findings if f.check == check]
+
+    def summary(self) -> str:
+        head = f"{self.kernel} on {self.platform}: {'ok' if self.ok else 'FAIL'}"
+        return "\n".join([head, *(str(f) for f in self.findings)])
+
+
+def _owned_mask(rows: int, owned: Any) -> np.ndarray:
+    mask = np.zeros(rows, bool)
+    if isinstance(owned, slice):
+        mask[owned] = True
+    elif isinstance(owned, np.ndarray) and owned.dtype == bool:
+        mask[:] = owned
+    else:
+        idx = np.fromiter((int(r) for r in owned), np.int64) if not isinstance(
+            owned, np.ndarray) else owned.astype(np.int64)
+        mask[idx] = True
+    return mask
+
+
+def run_kernel(
+    kernel_fn: Callable[..., Any],
+    *,
+    inputs: dict[str, np.ndarray],
+    outputs: dict[str, tuple[tuple[int, ...], DType | str | Any]],
+    inouts: dict[str, tuple[np.ndarray, Iterable[int] | slice | np.ndarray]] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    platform: str = "a2a3",
+    backend: Any = "numpy",
+    name: str | None = None,
+    seed: int = 0,
+    permute_parallel: bool = False,
+) -> KernelRun:
+    """Run ``kernel_fn(**tensors, **kwargs)`` on the tile emulator.
+
+    inputs: name -> array (dtype taken from the array; read-only to the kernel).
+    outputs: name -> (shape, dtype); they start as NaN (floats) or the dtype's minimum (ints),
+    and every element must be written (coverage).
+    inouts: name -> (initial array, owned rows): caches; the owned rows (axis 0) must be
+    written, every other row must stay bit-identical and unwritten.
+    permute_parallel: run pl.parallel/pl.spmd iterations in a seeded random order.
+    """
+    kname = name or getattr(kernel_fn, "__name__", "kernel")
+    rt = core.Run(backend, platform, kname, seed, permute_parallel)
+    prev = core.activate(rt)
+    try:
+        tensors: dict[str, core.Tensor] = {}
+        for n, arr in inputs.items():
+            a = np.asarray(arr)
+            dt = as_dtype(a.dtype)
+            tensors[n] = rt.add_base(core.BaseTensor(n, rt.bk.from_numpy(a, dt.name), dt,
+                                                     "input"))
+        for n, (shape, dtype) in outputs.items():
+            dt = as_dtype(dtype)
+            data = rt.bk.full(tuple(shape), dt.name, rt.fill_value(dt))
+            tensors[n] = rt.add_base(core.BaseTensor(n, data, dt, "output"))
+        for n, (arr, owned) in (inouts or {}).items():
+            a = np.asarray(arr)
+            dt = as_dtype(a.dtype)
+            base = core.BaseTensor(n, rt.bk.from_numpy(a, dt.name), dt, "inout")
+            base.orig = np.array(a, copy=True)
+            base.owned = _owned_mask(a.shape[0], owned)
+            tensors[n] = rt.add_base(base)
+        kernel_fn(**tensors, **(kwargs or {}))
+        _final_checks(rt, tensors)
+        outs = {n: rt.bk.to_numpy(t.base.data) for n, t in tensors.items()
+                if t.base.kind in ("output", "inout")}
+    finally:
+        core.activate(prev)
+    return KernelRun(kname, platform, outs, rt.findings, rt.budget)
+
+
+def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor]) -> None:
+    for n, t in tensors.items():
+        base = t.base
+        if base.kind == "output":
+            missing = ~base.written
+            if missing.any():
+                rt.report("coverage", "fail",
+                          f"output {n!r} {list(base.shape)} has unwritten elements: "
+                          f"{core.describe_mask(missing)}", tensor=n, indices=(), scope=None)
+        elif base.kind == "inout":
+            owned = base.owned
+            stray = base.written[~owned]
+            if stray.any():
+                rows = np.nonzero(~owned)[0][stray.reshape(stray.shape[0], -1).any(axis=1)]
+                rt.report("coverage", "fail",
+                          f"in/out {n!r}: rows outside the owned rows were written: rows "
+                          f"{core.ranges(rows)}", tensor=n, indices=(), scope=None)
+            now = rt.bk.to_numpy(base.data)
+            a = now.reshape(now.shape[0], -1).view(np.uint8)
+            b = base.orig.reshape(now.shape[0], -1).view(np.uint8)
+            changed = ~owned & (a != b).any(axis=1)
+            if changed.any():
+                rt.report("coverage", "fail",
+                          f"in/out {n!r}: rows outside the owned rows changed: rows "
+                          f"{core.ranges(np.nonzero(changed)[0])}", tensor=n, indices=(),
+                          scope=None)
+            missing = ~base.written[owned]
+            if missing.any():
+                rows = np.nonzero(owned)[0][missing.reshape(missing.shape[0], -1).any(axis=1)]
+                rt.report("coverage", "fail",
+                          f"in/out {n!r}: owned rows not fully written: rows "
+                          f"{core.ranges(rows)}", tensor=n, indices=(), scope=None)
+    for base in rt.bases.values():
+        if base.kind == "internal" and base.unread.any():
+            rt.report("dead_write", "warning",
+                      f"kernel-internal tensor {base.name!r} {list(base.shape)} has writes "
+                      f"never read: {core.describe_mask(base.unread)}",
+                      tensor=base.name, indices=(), scope=None)
+    for u in rt.budget.over(rt.platform):
+        used = u.shape[rt.platform]
+        lim = LIMITS[rt.platform][u.space]
+        rt.report("budget", "fail",
+                  f"{u.space} needs {used} B ({used / 1024:.1f} KiB, shape model; peak model "
+                  f"{u.peak.get(rt.platform, 0)} B) > {lim} B ({lim // 1024} KiB) on "
+                  f"{rt.platform}; largest buffers: {'; '.join(u.top.get(rt.platform, []))}",
+                  indices=u.where.get(rt.platform, ()), scope=u.scope)

@@ -1,0 +1,334 @@
+"""Each emulator check: a deliberately broken test kernel it catches, and the clean version."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from lowering.tile import pl, run_kernel
+
+BF16 = ml_dtypes.bfloat16
+RNG = np.random.default_rng(7)
+CG = pl.Level.CORE_GROUP
+
+
+def f32(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def only(run, check: str):  # noqa: ANN001, ANN201
+    found = run.by_check(check)
+    assert len(found) == 1, run.summary()
+    return found[0]
+
+
+# -- coverage --------------------------------------------------------------------------------
+
+
+def scale_rows(x, y, *, t_tiles: int, exact: bool):  # noqa: ANN001, ANN201
+    T = x.shape[0]
+    t_tile = T // t_tiles if not exact else -(-T // t_tiles)
+    with pl.at(level=CG, name_hint="scale"):
+        for i in pl.range(t_tiles):
+            t0 = i * t_tile
+            t1 = min(T, t0 + t_tile)
+            y[t0:t1, :] = pl.mul(x[t0:t1, :], 2.0)
+
+
+def test_coverage_skipped_tail_rows() -> None:
+    x = f32(7, 32)
+    bad = run_kernel(scale_rows, inputs={"x": x}, outputs={"y": ((7, 32), pl.FP32)},
+                     kwargs={"t_tiles": 2, "exact": False})
+    f = only(bad, "coverage")
+    assert f.severity == "fail" and f.tensor == "y" and not bad.ok
+    assert "rows 6..6" in f.message and "scale_rows" in f.message
+    good = run_kernel(scale_rows, inputs={"x": x}, outputs={"y": ((7, 32), pl.FP32)},
+                      kwargs={"t_tiles": 2, "exact": True})
+    assert good.ok and not good.findings, good.summary()
+    np.testing.assert_array_equal(good.outputs["y"], x * 2)
+
+
+def test_coverage_unwritten_output() -> None:
+    def kernel(x, y, z):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="copy"):
+            y[:, :] = x[:, :]
+
+    r = run_kernel(kernel, inputs={"x": f32(4, 32)},
+                   outputs={"y": ((4, 32), pl.FP32), "z": ((4, 32), pl.FP32)})
+    f = only(r, "coverage")
+    assert f.tensor == "z" and "rows 0..3" in f.message
+    assert np.isnan(r.outputs["z"]).all()
+
+
+def cache_write(new, cache, pos, *, stray: bool):  # noqa: ANN001, ANN201
+    with pl.at(level=CG, name_hint="cache_write"):
+        for b in pl.parallel(0, new.shape[0]):
+            row = pl.read(pos, [b])
+            cache[row:row + 1, :] = new[b:b + 1, :]
+            if stray and b == 1:
+                cache[row + 1:row + 2, :] = new[b:b + 1, :]
+
+
+def test_coverage_stray_cache_row() -> None:
+    new = f32(2, 32).astype(BF16)
+    cache = np.full((16, 32), 7.0, dtype=BF16)
+    pos = np.int32([3, 9])
+    kw = {"inputs": {"new": new, "pos": pos}, "outputs": {},
+          "inouts": {"cache": (cache, [3, 9])}}
+    bad = run_kernel(cache_write, kwargs={"stray": True}, **kw)
+    msgs = [f.message for f in bad.by_check("coverage")]
+    assert any("written: rows 10..10" in m for m in msgs), msgs
+    assert any("changed: rows 10..10" in m for m in msgs), msgs
+    good = run_kernel(cache_write, kwargs={"stray": False}, **kw)
+    assert good.ok and not good.findings, good.summary()
+    want = cache.copy()
+    want[[3, 9]] = new
+    np.testing.assert_array_equal(good.outputs["cache"].view(np.uint16), want.view(np.uint16))
+    missing = run_kernel(cache_write, kwargs={"stray": False}, inputs=kw["inputs"], outputs={},
+                         inouts={"cache": (cache, [3, 9, 12])})
+    assert "owned rows not fully written: rows 12..12" in only(missing, "coverage").message
+
+
+# -- races -----------------------------------------------------------------------------------
+
+
+def row_sums(x, y, *, cross: bool):  # noqa: ANN001, ANN201
+    for i in pl.parallel(0, x.shape[0], 1):
+        with pl.at(level=CG, name_hint="row"):
+            dst = 0 if cross else i
+            y[dst:dst + 1, :] = pl.row_sum(x[i:i + 1, :])
+
+
+def test_race_cross_iteration_write() -> None:
+    x = f32(4, 64)
+    bad = run_kernel(row_sums, inputs={"x": x}, outputs={"y": ((4, 1), pl.FP32)},
+                     kwargs={"cross": True})
+    f = only(bad, "race")
+    assert f.severity == "fail" and f.tensor == "y"
+    assert "i=0" in f.message and "i=1" in f.message and "y[0, 0]" in f.message
+    good = run_kernel(row_sums, inputs={"x": x}, outputs={"y": ((4, 1), pl.FP32)},
+                      kwargs={"cross": False})
+    assert good.ok and not good.findings, good.summary()
+
+
+def rope_heads(q, out, *, per_head_tmp: bool):  # noqa: ANN001, ANN201
+    T, HHD = q.shape
+    H, HD = 4, HHD // 4
+    for h in pl.parallel(0, H, 1):
+        if per_head_tmp:
+            tmp = pl.create_tensor([H, T, HD // 2], dtype=pl.FP32)
+        else:
+            tmp = pl.create_tensor([T, HD // 2], dtype=pl.FP32)
+        with pl.at(level=CG, name_hint="even"):
+            even = pl.tensor.gather(q[:, h * HD:(h + 1) * HD],
+                                    mask_pattern=pl.tile.MaskPattern.P0101)
+            if per_head_tmp:
+                tmp[h, :, :] = even
+            else:
+                tmp[:, :] = even
+        with pl.at(level=CG, name_hint="write"):
+            v = tmp[h, :, :] if per_head_tmp else tmp[:, :]
+            out[:, h * HD // 2:(h + 1) * HD // 2] = v
+
+
+def test_race_shared_create_tensor_inside_parallel() -> None:
+    q = f32(8, 4 * 16)
+    kw = {"inputs": {"q": q}, "outputs": {"out": ((8, 32), pl.FP32)}}
+    bad = run_kernel(rope_heads, kwargs={"per_head_tmp": False}, **kw)
+    f = only(bad, "race")
+    assert f.tensor == "tmp" and "h=0" in f.message and "h=1" in f.message
+    good = run_kernel(rope_heads, kwargs={"per_head_tmp": True}, **kw)
+    assert good.ok and not good.findings, good.summary()
+    np.testing.assert_array_equal(good.outputs["out"],
+                                  np.concatenate([q[:, h * 16:(h + 1) * 16:2] for h in range(4)],
+                                                 1))
+
+
+def test_race_through_reshape_view_of_3d_tensor() -> None:
+    def kernel(x, q, *, width: int, heads: int):  # noqa: ANN001
+        flat = pl.reshape(q, [4, 3 * 8])
+        for h in pl.parallel(0, heads):
+            with pl.at(level=CG, name_hint="heads"):
+                flat[:, h * 8:h * 8 + width] = x[:, 0:width]
+
+    x = f32(4, 16)
+    bad = run_kernel(kernel, inputs={"x": x}, outputs={"q": ((4, 3, 8), pl.FP32)},
+                     kwargs={"width": 16, "heads": 2})
+    f = only(bad, "race")
+    assert "q[0:4, 1, 0:8]" in f.message, f.message  # overlap shown in base coordinates
+    good = run_kernel(kernel, inputs={"x": x}, outputs={"q": ((4, 3, 8), pl.FP32)},
+                      kwargs={"width": 8, "heads": 3})
+    assert good.ok and not good.findings, good.summary()
+
+
+def test_parallel_permuted_order_same_result() -> None:
+    x = f32(6, 64)
+    a = run_kernel(row_sums, inputs={"x": x}, outputs={"y": ((6, 1), pl.FP32)},
+                   kwargs={"cross": False}, permute_parallel=True, seed=3)
+    b = run_kernel(row_sums, inputs={"x": x}, outputs={"y": ((6, 1), pl.FP32)},
+                   kwargs={"cross": False})
+    np.testing.assert_array_equal(a.outputs["y"], b.outputs["y"])
+
+
+# -- dead writes -----------------------------------------------------------------------------
+
+
+def staged(x, y, *, mode: str):  # noqa: ANN001, ANN201
+    tmp = pl.create_tensor([4, 32], dtype=pl.FP32)
+    with pl.at(level=CG, name_hint="stage"):
+        tmp[:, :] = pl.mul(x[:, :], 2.0)
+        if mode == "overwrite":
+            tmp[0:2, :] = pl.mul(x[0:2, :], 3.0)
+        if mode == "unread":
+            y[:, :] = x[:, :]
+        else:
+            y[:, :] = tmp[:, :]
+
+
+def test_dead_write_unread_and_overwritten() -> None:
+    x = f32(4, 32)
+    kw = {"inputs": {"x": x}, "outputs": {"y": ((4, 32), pl.FP32)}}
+    unread = run_kernel(staged, kwargs={"mode": "unread"}, **kw)
+    f = only(unread, "dead_write")
+    assert f.severity == "warning" and f.tensor == "tmp" and "rows 0..3" in f.message
+    assert unread.ok  # a warning, not a failure
+    over = run_kernel(staged, kwargs={"mode": "overwrite"}, **kw)
+    f = only(over, "dead_write")
+    assert "tmp[0:2, 0:32]" in f.message and "overwritten" in f.message
+    clean = run_kernel(staged, kwargs={"mode": "clean"}, **kw)
+    assert not clean.findings, clean.summary()
+
+
+# -- budget ----------------------------------------------------------------------------------
+
+
+def big_tile(x, y, *, rows: int):  # noqa: ANN001, ANN201
+    with pl.at(level=CG, name_hint="big"):
+        y[0:rows, :] = pl.mul(x[0:rows, :], 2.0)
+
+
+def test_budget_over_limit() -> None:
+    x = f32(384, 128)  # [384,128] fp32 = 192 KiB per tile
+    bad = run_kernel(big_tile, inputs={"x": x}, outputs={"y": ((384, 128), pl.FP32)},
+                     kwargs={"rows": 384})
+    f = only(bad, "budget")
+    assert f.severity == "fail" and f.scope == "big" and not bad.ok
+    # the product may reuse the dying load's buffer: one 192 KiB buffer
+    assert "Vec needs 196608 B" in f.message and "188416 B (184 KiB)" in f.message
+    assert "FP32[384,128] 196608 B" in f.message and "'big'" in f.message
+    # ...which fits a5's 240 KiB
+    a5 = run_kernel(big_tile, inputs={"x": x}, outputs={"y": ((384, 128), pl.FP32)},
+                    kwargs={"rows": 384}, platform="a5")
+    assert a5.ok and not a5.findings, a5.summary()
+    assert a5.budget.get("big", "Vec").over("a2a3") and not a5.budget.get("big", "Vec").over("a5")
+    x2 = f32(368, 128)  # 184 KiB exactly
+    good = run_kernel(big_tile, inputs={"x": x2}, outputs={"y": ((368, 128), pl.FP32)},
+                      kwargs={"rows": 368})
+    assert good.ok and not good.findings, good.summary()
+
+
+def norm_like(x, w, y, *, loop: str):  # noqa: ANN001, ANN201
+    with pl.at(level=CG, name_hint="norm"):
+        a = x[0:16, 0:128]  # 16 x 512 B = 8192
+        s = pl.row_sum(a)  # [16,1]: 16 x 32 = 512; scratch [16,128] fp32 = 8192
+        b = x[0:16, 128:192]  # 16 x 256 = 4096
+        c = pl.row_expand_mul(b, s)  # 4096
+        y[:, 0:64] = c
+    with pl.at(level=CG, name_hint="mm"):
+        acc = pl.matmul(w[0:16, 0:64], w[0:64, 0:32], out_dtype=pl.FP32)
+        y[:, 64:96] = acc
+    with pl.at(level=CG, name_hint="pipe"):
+        it = pl.pipeline(0, 4, 1, stage=2) if loop == "pipeline" else pl.range(0, 4, 1)
+        for i in it:
+            y[:, 96 + 8 * i:104 + 8 * i] = x[0:16, 8 * i:8 * i + 8]
+
+
+def test_budget_hand_computed_both_models_and_pipeline() -> None:
+    x = f32(16, 192)
+    w = f32(64, 64).astype(BF16)
+    out = {"y": ((16, 128), pl.FP32)}
+    r = run_kernel(norm_like, inputs={"x": x, "w": w}, outputs=out, kwargs={"loop": "range"})
+    assert r.ok, r.summary()
+    vec = r.budget.get("norm", "Vec")
+    # shape model: two [16,128] fp32 buffers overlap (a and the row_sum scratch), s, and one
+    # [16,64] (c is written over b, whose last use is the op creating c): 2*8192 + 512 + 4096
+    assert vec.shape == {"a2a3": 20992, "a5": 20992}
+    # peak: a + scratch while the row_sum reads a
+    assert vec.peak == {"a2a3": 16384, "a5": 16384}
+    assert r.budget.get("norm", "Acc") is None
+    # cube: lhs [16,64] bf16 -> 16 x 128 B; rhs [64,32] bf16 -> 64 x 64 B; acc [16,32] fp32
+    assert r.budget.get("mm", "Left").shape["a2a3"] == 2048
+    assert r.budget.get("mm", "Right").shape["a2a3"] == 4096
+    assert r.budget.get("mm", "Mat").peak["a2a3"] == 6144
+    assert r.budget.get("mm", "Acc").shape["a2a3"] == 2048
+    assert r.budget.get("mm", "Vec") is None  # loads read only by the cube
+    # loads [16,8] fp32: 16 x 32 B = 512 per tile, live one at a time
+    assert r.budget.get("pipe", "Vec").shape["a2a3"] == 512
+    p = run_kernel(norm_like, inputs={"x": x, "w": w}, outputs=out, kwargs={"loop": "pipeline"})
+    assert p.budget.get("pipe", "Vec").shape["a2a3"] == 1024
+    assert p.budget.get("pipe", "Vec").peak["a2a3"] == 1024
+    np.testing.assert_array_equal(p.outputs["y"], r.outputs["y"])
+    assert "norm" in r.budget.table() and len(r.budget.as_dicts()) == 6
+
+
+def test_budget_worst_entry_of_a_scope_in_a_loop() -> None:
+    def kernel(x, y):  # noqa: ANN001
+        for i in pl.range(2):
+            with pl.at(level=CG, name_hint="grow"):
+                w = 64 * (i + 1)
+                y[i:i + 1, 0:w] = pl.mul(x[i:i + 1, 0:w], 2.0)
+                if i == 0:
+                    y[i:i + 1, 64:128] = x[i:i + 1, 64:128]
+
+    r = run_kernel(kernel, inputs={"x": f32(2, 128)}, outputs={"y": ((2, 128), pl.FP32)})
+    vec = r.budget.get("grow", "Vec")
+    assert vec.shape["a2a3"] == 512  # i=1: one [1,128] fp32 buffer (load, then product)
+    assert vec.where["a2a3"] == (("i", 1),)
+
+
+# -- layout ----------------------------------------------------------------------------------
+
+
+def proj(x, w, y, *, m: int):  # noqa: ANN001, ANN201
+    with pl.at(level=CG, name_hint="proj"):
+        y[0:m, :] = pl.matmul(x[0:m, :], w[:, :], out_dtype=pl.FP32)
+
+
+def test_layout_cube_m_not_multiple_of_16() -> None:
+    x, w = f32(16, 32).astype(BF16), f32(32, 32).astype(BF16)
+    bad = run_kernel(proj, inputs={"x": x, "w": w}, outputs={"y": ((16, 32), pl.FP32)},
+                     kwargs={"m": 8})
+    f = [f for f in bad.by_check("layout") if "M=8" in f.message]
+    assert f and f[0].scope == "proj"
+    for m in (16, 1):
+        good = run_kernel(proj, inputs={"x": x, "w": w}, outputs={"y": ((m, 32), pl.FP32)},
+                          kwargs={"m": m})
+        assert not good.findings, good.summary()
+
+
+def test_layout_misaligned_gm_offset() -> None:
+    def kernel(x, y):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="shift"):
+            y[:, :] = x[:, 3:35]
+
+    r = run_kernel(kernel, inputs={"x": f32(4, 40)}, outputs={"y": ((4, 32), pl.FP32)})
+    f = only(r, "layout")
+    assert "12 B" in f.message and f.severity == "warning"
+
+
+def test_budget_ignores_tiles_never_read_and_counts_crossing_values() -> None:
+    def kernel(x, y):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="produce"):
+            acc = pl.create_tensor([16, 64], dtype=pl.FP32)  # placeholder, rebound unread
+            acc = pl.mul(x[:, :], 2.0)
+        with pl.at(level=CG, name_hint="consume"):
+            n = pl.tensor.read(x, [0, 0])
+            y[:, :] = pl.add(acc, n)
+
+    x = f32(16, 64)
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((16, 64), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    assert r.budget.get("produce", "Vec").shape["a2a3"] == 4096  # load, product in place
+    # the crossing value occupies a buffer in the consuming scope, the sum reuses it
+    assert r.budget.get("consume", "Vec").shape["a2a3"] == 4096
+    np.testing.assert_array_equal(r.outputs["y"], x * 2 + x[0, 0])
