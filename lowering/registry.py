@@ -20,6 +20,11 @@ import dsref
 PACKAGES = {"v32.decode_front": "lowering.kernels.v32", "v4.qkv_proj_rope": "lowering.kernels.v4"}
 
 
+class Unsupported(Exception):
+    """Raised by ``make_tiling`` when the config asks for semantics the kernel does not
+    implement (a variant): the region then runs the reference and says why."""
+
+
 @dataclass(frozen=True)
 class Kernel:
     stage: str

@@ -24,6 +24,7 @@ class RegionReport:
     findings: list[Finding] = field(default_factory=list)
     budget: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    note: str = ""  # why a region with a kernel ran the reference instead
 
     @property
     def failures(self) -> list[Finding]:
@@ -38,6 +39,7 @@ class RegionReport:
             "name": self.name, "status": self.status, "kernel": self.kernel, "tiling": self.tiling,
             "seconds": round(self.seconds, 4), "outputs": [o.to_dict() for o in self.outputs],
             "findings": [_finding(f) for f in self.findings], "budget": self.budget,
+            "note": self.note,
         }
 
 
@@ -99,10 +101,12 @@ def _jsonable(o: Any) -> Any:
 
 def render(reports: list[Report], console: Any = None) -> None:
     """Print each report as a rich table, then its findings, then the verdict line."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160, highlight=False)
     for rep in reports:
         title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  mode={rep.mode}"
                  f"  backend={rep.backend}  platform={rep.platform}")
@@ -135,6 +139,9 @@ def render(reports: list[Report], console: Any = None) -> None:
                 color = "red" if f.severity == "fail" else "yellow"
                 console.print(f"  [{color}]{f.severity.upper()} [{f.check}][/] {f.message}",
                               markup=True, highlight=False)
+        for r in rep.regions:
+            if r.note:
+                console.print(f"  [yellow]{r.name}[/]: reference — {r.note}")
         for u in rep.unrecognised:
             console.print(f"  [red]unrecognised[/]: {u}")
         first = f" (first FAIL: {rep.first_fail})" if rep.first_fail else ""

@@ -1,0 +1,80 @@
+"""Tile-level building blocks shared by the stage kernels (one copy, parametrised).
+
+Each block is written in the tile language and runs inside the caller's ``pl.at`` scope and
+loops, so budgets, races and coverage are charged to the calling kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from lowering.tile import pl
+
+CUBE_M = 16  # cube tiles: M a multiple of 16, or M = 1
+
+
+def cast_mode(cast: str) -> str:
+    """The ``pl.cast`` mode of a dsref cast variant: RNE is ``rint``; ``rhaz`` (ties away) is
+    PyPTO's default ``round``."""
+    return {"rne": "rint", "rhaz": "round"}[cast]
+
+
+def row_blocks(n: int, tile: int) -> Iterator[tuple[int, int]]:
+    """Independent row blocks ``(r0, rows)`` covering ``0..n``: full ``tile``-row blocks, then
+    the tail one row at a time (M = 1 keeps cube tiles legal for any n)."""
+    full = n - n % tile
+    for r0 in pl.parallel(0, full, tile):
+        yield r0, tile
+    for r0 in pl.parallel(full, n, 1):
+        yield r0, 1
+
+
+def sum_squares(x, r0: int, rows: int, c0: int, n: int, k: int):
+    """``Σ x²`` over columns ``c0..c0+n`` of rows ``r0..r0+rows``, in ``k``-wide chunks: each
+    chunk's row_sum added in fp32, in order. Returns an fp32 ``[rows, 1]`` tile."""
+    acc = pl.full([rows, 1], pl.FP32, 0.0)
+    for k0 in pl.range(c0, c0 + n, k):
+        xc = pl.cast(x[r0:r0 + rows, k0:k0 + k], target_type=pl.FP32)
+        acc = pl.add(acc, pl.row_sum(pl.mul(xc, xc)))
+    return acc
+
+
+def inv_rms(sq, n: int, eps: float):
+    """``1 / sqrt(sq · (1/N) + eps)`` — the kernels' ``mul_inv`` variance, then sqrt, recip."""
+    return pl.recip(pl.sqrt(pl.add(pl.mul(sq, 1.0 / n), eps)))
+
+
+def rms_norm_rows(x, w, out, *, r0: int, rows: int, c0: int, n: int, k: int, eps: float,
+                  mode: str) -> None:
+    """``out[r, :] = bf16(w · (x[r, c0:c0+n] · inv_rms))`` for the rows of one block."""
+    inv = inv_rms(sum_squares(x, r0, rows, c0, n, k), n, eps)
+    for k0 in pl.range(0, n, k):
+        xc = pl.cast(x[r0:r0 + rows, c0 + k0:c0 + k0 + k], target_type=pl.FP32)
+        y = pl.col_expand_mul(pl.row_expand_mul(xc, inv), w[0:1, k0:k0 + k])
+        out[r0:r0 + rows, k0:k0 + k] = pl.cast(y, target_type=pl.BF16, mode=mode)
+
+
+def project_block(x, w, out, *, r0: int, rows: int, n0: int, n: int, k: int, mode: str | None):
+    """``out[r0:r0+rows, n0:n0+n] = x[rows, :] @ w[:, n0:n0+n]``: K in ``k``-wide chunks with
+    ``matmul`` then ``matmul_acc`` (fp32 accumulator), cast to bf16 with ``mode`` (``None``:
+    stored in fp32)."""
+    kdim = x.shape[1]
+    acc = pl.matmul(x[r0:r0 + rows, 0:k], w[0:k, n0:n0 + n], out_dtype=pl.FP32)
+    for k0 in pl.range(k, kdim, k):
+        acc = pl.matmul_acc(acc, x[r0:r0 + rows, k0:k0 + k], w[k0:k0 + k, n0:n0 + n])
+    out[r0:r0 + rows, n0:n0 + n] = acc if mode is None else pl.cast(
+        acc, target_type=pl.BF16, mode=mode)
+
+
+def rope_half(x_lo, x_hi, cos_lo, cos_hi, sin_lo, sin_hi):
+    """Half-layout rotation of fp32 tiles: ``(x_lo·c_lo − x_hi·s_lo, x_hi·c_hi + x_lo·s_hi)``,
+    each product and sum one fp32 op; table halves read separately."""
+    lo = pl.sub(pl.col_expand_mul(x_lo, cos_lo), pl.col_expand_mul(x_hi, sin_lo))
+    hi = pl.add(pl.col_expand_mul(x_hi, cos_hi), pl.col_expand_mul(x_lo, sin_hi))
+    return lo, hi
+
+
+def rope_rows(table_cos, table_sin, pos: int, half: int):
+    """The four ``[1, R/2]`` fp32 halves of the tables' row ``pos``."""
+    return (table_cos[pos:pos + 1, 0:half], table_cos[pos:pos + 1, half:2 * half],
+            table_sin[pos:pos + 1, 0:half], table_sin[pos:pos + 1, half:2 * half])

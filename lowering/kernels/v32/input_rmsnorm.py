@@ -1,0 +1,28 @@
+"""input_rmsnorm — ds32 RMSNorm of the hidden states (PR #134 tiling).
+
+    normed[B, D] = bf16( w[1, D] · (x · inv_rms(x)) ),  inv_rms = 1 / sqrt(Σx² · (1/D) + eps)
+
+dtypes: x bf16 → fp32 (exact); Σx² per 512-wide chunk (row_sum) added in fp32; variance by
+multiplying with fp32(1/D) — the kernel's form, 1 ulp off sum/D on ~half the rows for D = 7168
+(dsref variant ``variance="mul_inv"``); sqrt and recip each one rounding; x·r, then ·w, each
+one fp32 op; one cast to bf16 (``rint`` for the default RNE semantics).
+"""
+
+from __future__ import annotations
+
+from lowering.kernels.blocks import rms_norm_rows, row_blocks
+from lowering.kernels.v32._tiling import RmsNormTiling as Tiling
+from lowering.kernels.v32._tiling import rms_norm_tiling
+from lowering.tile import pl
+
+
+def make_tiling(cfg, shapes) -> Tiling:
+    return rms_norm_tiling(cfg, shapes["hidden_states"][1], "D")
+
+
+def input_rmsnorm(hidden_states, input_rms_weight, normed, *, tiling: Tiling) -> None:
+    t = tiling
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="input_rmsnorm"):
+        for r0, rows in row_blocks(hidden_states.shape[0], t.batch_tile):
+            rms_norm_rows(hidden_states, input_rms_weight, normed, r0=r0, rows=rows, c0=0, n=t.n,
+                          k=t.k, eps=t.eps, mode=t.mode)

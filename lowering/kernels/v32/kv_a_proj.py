@@ -1,0 +1,31 @@
+"""kv_a_proj — KV down-projection, 64-wide KV chunks over [KL | ROPE] (PR #134 tiling).
+
+    kv_a_out[B, N] = bf16( normed[B, K] @ wkv_a[K, N] )
+
+dtypes: bf16 operands; per 512-wide K chunk one cube matmul (exact products, one fp32
+rounding), chunks accumulated in fp32 with matmul_acc, in order; one cast to bf16. The
+reference rounds the exact K-sum once, so an output can sit 1 bf16 ulp away when the chunked
+fp32 sum crosses a rounding boundary.
+"""
+
+from __future__ import annotations
+
+from lowering.kernels.blocks import project_block, row_blocks
+from lowering.kernels.v32._tiling import ProjTiling as Tiling
+from lowering.kernels.v32._tiling import proj_tiling
+from lowering.tile import pl
+
+
+def make_tiling(cfg, shapes) -> Tiling:
+    k, n = shapes["wkv_a"]
+    return proj_tiling(cfg, k, n, "kv_a_proj")
+
+
+def kv_a_proj(normed, wkv_a, kv_a_out, *, tiling: Tiling) -> None:
+    t = tiling
+    b, n = kv_a_out.shape
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="kv_a_proj"):
+        for r0, rows in row_blocks(b, t.batch_tile):
+            for n0 in pl.parallel(0, n, t.n_chunk):
+                project_block(normed, wkv_a, kv_a_out, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k,
+                              mode=t.mode)

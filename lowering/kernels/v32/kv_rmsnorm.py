@@ -1,0 +1,25 @@
+"""kv_rmsnorm — ds32 RMSNorm of the KV latent, the first KL columns of kv_a_out.
+
+    kv_normed[B, KL] = bf16( w[1, KL] · (kv · inv_rms(kv)) ),  kv = f32(kv_a_out[:, :KL])
+
+Chunks, variance form (sum · fp32(1/KL)) and rounding as input_rmsnorm.
+"""
+
+from __future__ import annotations
+
+from lowering.kernels.blocks import rms_norm_rows, row_blocks
+from lowering.kernels.v32._tiling import RmsNormTiling as Tiling
+from lowering.kernels.v32._tiling import rms_norm_tiling
+from lowering.tile import pl
+
+
+def make_tiling(cfg, shapes) -> Tiling:
+    return rms_norm_tiling(cfg, shapes["kv_normed"][1], "KL")
+
+
+def kv_rmsnorm(kv_a_out, kv_norm_weight, kv_normed, *, tiling: Tiling) -> None:
+    t = tiling
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="kv_rmsnorm"):
+        for r0, rows in row_blocks(kv_a_out.shape[0], t.batch_tile):
+            rms_norm_rows(kv_a_out, kv_norm_weight, kv_normed, r0=r0, rows=rows, c0=0, n=t.n,
+                          k=t.k, eps=t.eps, mode=t.mode)
