@@ -20,13 +20,16 @@ from dsref.config import (
     with_variants,
 )
 from dsref.inputs import make_inputs, rope_tables
+from dsref.io import load_golden, write_golden
 from dsref.model import MODELS, STAGES, get_model, model_names
 from dsref.run import InputError, model_jaxpr, run, run_stage, validate
+from dsref.spec import spec, spec_names
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MODELS", "STAGES", "VARIANTS", "InputError", "V32Config", "V4Config", "config",
-    "config_names", "get_model", "make_inputs", "model_jaxpr", "model_names", "parse_variants",
-    "rope_tables", "run", "run_stage", "validate", "variant_values", "with_variants",
+    "config_names", "get_model", "load_golden", "make_inputs", "model_jaxpr", "model_names",
+    "parse_variants", "rope_tables", "run", "run_stage", "spec", "spec_names", "validate",
+    "variant_values", "with_variants", "write_golden",
 ]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
 import dsref
+from dsref.config import MODEL_VARIANTS, VARIANTS
+from dsref.io import FORMATS, PROGRESS_BYTES, ExtraMissing, golden_bytes
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -22,6 +26,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    print("models:")
+    for name in dsref.model_names():
+        m = dsref.get_model(name)
+        configs = [c for c in dsref.config_names() if dsref.config(c).model == name]
+        print(f"  {name}  (configs: {', '.join(configs)})")
+        print(f"    stages: {' → '.join(m.stages)}")
+        print(f"    variants: {', '.join(MODEL_VARIANTS[name])}")
+    print("variants (first value is the default):")
+    for key, values in VARIANTS.items():
+        print(f"  {key:<18} {' | '.join(str(v) for v in values)}")
+    print(f"helper ops (dsref spec NAME): {', '.join(dsref.spec_names('op'))}")
+    return 0
+
+
+def _cmd_spec(args: argparse.Namespace) -> int:
+    s = dsref.spec(args.name)
+    if args.json:
+        print(s.to_json(args.config, jaxpr=args.jaxpr))
+        return 0
+    print(s.to_text(args.config), end="")
+    if args.jaxpr:
+        print(f"\njaxpr ({s.config(args.config).name}):\n{s.jaxpr(args.config)}")
+    return 0
+
+
+def _cmd_golden(args: argparse.Namespace) -> int:
+    cfg = dsref.config(args.config, **dsref.parse_variants(args.variant))
+    big = golden_bytes(args.model, cfg, args.batch, args.seq) > PROGRESS_BYTES
+    show = big and not args.quiet and sys.stderr.isatty()
+    t0 = time.perf_counter()
+    g = dsref.write_golden(args.out, args.model, cfg, batch=args.batch, seq=args.seq, seed=args.seed,
+                           fmt=args.format, progress=show)
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
+    print(f"wrote {args.out} ({args.format}): {args.model} config={cfg.name} batch={args.batch} "
+          f"seq={args.seq} seed={args.seed}; {len(g.inputs)} inputs, {len(g.outputs)} outputs, "
+          f"{size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsref", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -33,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
     r.set_defaults(fn=_cmd_run)
+
+    sub.add_parser("list", help="models, their stages, configs and variants").set_defaults(fn=_cmd_list)
+
+    sp = sub.add_parser("spec", help="what a stage, helper op or model computes")
+    sp.add_argument("name", help="a stage (q_rope), helper op (rms_norm) or model (v32.decode_front)")
+    sp.add_argument("--config", choices=dsref.config_names(), help="shapes and jaxpr at this config")
+    sp.add_argument("--jaxpr", action="store_true", help="also print the jaxpr")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(fn=_cmd_spec)
+
+    g = sub.add_parser("golden", help="write a model's inputs and outputs to a directory")
+    g.add_argument("model", choices=dsref.model_names())
+    g.add_argument("--config", required=True, choices=dsref.config_names())
+    g.add_argument("--batch", type=int, required=True)
+    g.add_argument("--seq", type=int, default=1)
+    g.add_argument("--seed", type=int, required=True)
+    g.add_argument("--out", required=True, metavar="DIR")
+    g.add_argument("--format", choices=FORMATS, default="safetensors")
+    g.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(fn=_cmd_golden)
     return p
 
 
@@ -40,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ValueError as e:  # InputError and bad config/variant values
+    except (ValueError, ExtraMissing) as e:  # InputError, bad names/values, missing torch
         print(f"dsref: error: {e}", file=sys.stderr)
         return 2
 

@@ -97,13 +97,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shapes = {n: np.shape(a) for n, a in {**r.inputs, **r.outputs}.items()}
         where = "reference (no kernel)" if k is None else k.file
         con.print(f"[bold]{r.index:>2} {r.name}[/]  → {where}")
-        con.print("     in:  " + ", ".join(f"{n} {a.dtype.name}{list(a.shape)}" for n, a in r.inputs.items()))
-        con.print("     out: " + ", ".join(f"{n} {a.dtype.name}{list(a.shape)}" for n, a in r.outputs.items()))
+        con.print("     in:  " + _tensors(r.inputs))
+        con.print("     out: " + _tensors(r.outputs))
         if k is not None:
             con.print(f"     tiling: {k.tiling(cfg, shapes)}")
     for u in tr.unrecognised:
         con.print(f"[red]unrecognised[/]: {u}")
     return 0 if not tr.unrecognised else 1
+
+
+def _tensors(arrays: dict) -> str:
+    return ", ".join(f"{n} {a.dtype.name}{list(a.shape)}" for n, a in arrays.items())
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
