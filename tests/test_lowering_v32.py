@@ -1,0 +1,210 @@
+"""V3.2 decode-front kernels on the emulator: every region mapped and passing in both modes,
+and the emulator's checks catching broken copies of the real kernels."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import dsref
+import lowering
+from lowering.kernels import blocks
+from lowering.kernels.v32 import decode_cache_write as dcw
+from lowering.kernels.v32 import input_rmsnorm as irms
+from lowering.kernels.v32 import q_lora_proj as qlp
+from lowering.kernels.v32 import q_rope as qr
+from lowering.pipeline import run_region
+from lowering.report import FAIL, PASS
+from lowering.tile import pl, run_kernel
+from lowering.trace import trace
+
+MODEL = "v32.decode_front"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = dsref.config("v32-tiny")
+    ins = dsref.make_inputs(MODEL, cfg, batch=16, seed=0)
+    return cfg, ins, trace(MODEL, cfg, ins)
+
+
+@pytest.mark.parametrize("mode", ["isolated", "chained"])
+def test_tiny_b16_passes_with_every_region_mapped(tiny, mode):
+    cfg, ins, _ = tiny
+    rep = lowering.diff(MODEL, cfg, ins, mode=mode)
+    assert [r.name for r in rep.regions] == list(dsref.get_model(MODEL).stages)
+    assert all(r.status == PASS for r in rep.regions), rep.to_json()
+    assert rep.verdict == PASS and rep.first_fail is None
+    assert not [f for r in rep.regions for f in r.findings]
+
+
+@pytest.mark.parametrize("batch", [1, 5, 17])
+def test_batch_tails_are_covered(batch):
+    """B not a multiple of the 16-row tile: the tail runs as M = 1 rows, nothing skipped."""
+    cfg = dsref.config("v32-tiny")
+    ins = dsref.make_inputs(MODEL, cfg, batch=batch, seed=batch)
+    rep = lowering.diff(MODEL, cfg, ins, mode="chained")
+    assert rep.verdict == PASS, rep.to_json()
+    assert all(r.status == PASS for r in rep.regions)
+
+
+def test_rhaz_cast_variant_is_followed_by_the_kernels():
+    cfg = dsref.config("v32-tiny", cast="rhaz")
+    ins = dsref.make_inputs(MODEL, cfg, batch=16, seed=1, ties=True)
+    rep = lowering.diff(MODEL, cfg, ins)
+    assert rep.verdict == PASS and all(r.status == PASS for r in rep.regions)
+
+
+def test_unimplemented_variant_falls_back_to_reference_and_says_why():
+    cfg = dsref.config("v32-tiny", rope_layout="interleaved")
+    ins = dsref.make_inputs(MODEL, cfg, batch=16, seed=0)
+    rep = lowering.diff(MODEL, cfg, ins)
+    r = rep.region("q_rope")
+    assert r.status == "reference" and "rope_layout='interleaved'" in r.note
+    assert rep.region("input_rmsnorm").status == PASS
+
+
+def test_wrong_rounding_mode_shows_as_tie_mismatches(tiny):
+    """A kernel casting with PyPTO's default ``round`` (ties away) instead of ``rint``."""
+    cfg, _, _ = tiny
+    ins = dsref.make_inputs(MODEL, cfg, batch=16, seed=2, ties=True)
+    region = trace(MODEL, cfg, ins).region("input_rmsnorm")
+    t = irms.make_tiling(cfg, {"hidden_states": ins["hidden_states"].shape})
+    run = run_kernel(irms.input_rmsnorm, inputs=region.inputs,
+                     outputs={"normed": (region.outputs["normed"].shape, pl.BF16)},
+                     kwargs={"tiling": dataclasses.replace(t, mode="round")})
+    got, want = run.outputs["normed"], region.outputs["normed"]
+    moved = got.astype(np.float32) != want.astype(np.float32)
+    assert moved.mean() > 0.3  # every tie went away from zero
+    up = np.abs(got.astype(np.float32)[moved]) > np.abs(want.astype(np.float32)[moved])
+    assert up.all()
+
+
+# ---- broken copies of the real kernels, each caught by its check ----------------------------
+
+
+def _region_run(tiny, name, kernel, **tiling_changes):
+    cfg, ins, tr = tiny
+    region = tr.region(name)
+    k = lowering.kernel_for(MODEL, name)
+    shapes = {n: np.shape(a) for n, a in {**region.inputs, **region.outputs}.items()}
+    tiling = dataclasses.replace(k.tiling(cfg, shapes), **tiling_changes)
+    owned = k.owned_rows(cfg, region.inputs)
+    inouts = {n: (region.inputs[n], owned[n]) for n in owned}
+    return run_kernel(kernel, inputs={n: a for n, a in region.inputs.items() if n not in inouts},
+                      outputs={n: (a.shape, a.dtype) for n, a in region.outputs.items()
+                               if n not in inouts},
+                      inouts=inouts, kwargs={"tiling": tiling}, name=name)
+
+
+def test_skipped_tail_is_a_coverage_fail(tiny):
+    def input_rmsnorm(hidden_states, input_rms_weight, normed, *, tiling):
+        t = tiling
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="input_rmsnorm"):
+            for r0 in pl.parallel(0, hidden_states.shape[0] - 1, t.batch_tile):  # drops a row
+                rows = min(t.batch_tile, hidden_states.shape[0] - 1 - r0)
+                blocks.rms_norm_rows(hidden_states, input_rms_weight, normed, r0=r0, rows=rows,
+                                     c0=0, n=t.n, k=t.k, eps=t.eps, mode=t.mode)
+
+    run = _region_run(tiny, "input_rmsnorm", input_rmsnorm)
+    (f,) = run.by_check("coverage")
+    assert f.severity == "fail" and f.tensor == "normed" and "rows 15..15" in f.message
+
+
+def test_cross_iteration_write_is_a_race(tiny):
+    def q_lora_proj(normed, wq_a, qr_raw, *, tiling):
+        t = tiling
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_lora_proj"):
+            for n0 in pl.parallel(0, qr_raw.shape[1], t.n_chunk):
+                # every chunk also writes its neighbour's first column
+                n = min(t.n_chunk + 1, qr_raw.shape[1] - n0)
+                blocks.project_block(normed, wq_a, qr_raw, r0=0, rows=16, n0=n0, n=n, k=t.k,
+                                     mode=t.mode)
+
+    run = _region_run(tiny, "q_lora_proj", q_lora_proj)
+    races = run.by_check("race")
+    assert races and races[0].tensor == "qr_raw" and races[0].severity == "fail"
+    assert "n0=0" in races[0].message and "n0=64" in races[0].message
+
+
+def test_pr134_dead_write_of_rotated_q_is_a_warning(tiny):
+    """PR #134 wrote the rotated q back into a local q buffer that nothing read."""
+
+    def q_rope(q, seq_lens, rope_cos, rope_sin, q_nope_out, q_pe_out, *, tiling):
+        t = tiling
+        q_proj_out = pl.create_tensor(list(q.shape), pl.BF16)  # the kernel's local q buffer
+        hd, half = t.nope + t.rope, t.rope // 2
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_rope"):
+            for b in pl.parallel(0, q.shape[0], 1):
+                pos = pl.read(seq_lens, [b]) - 1
+                rows = blocks.rope_rows(rope_cos, rope_sin, pos, half)
+                for h in pl.range(t.heads):
+                    c = h * hd + t.nope
+                    q_nope_out[b:b + 1, h * t.nope:(h + 1) * t.nope] = q[b:b + 1, h * hd:c]
+                    lo, hi = blocks.rope_half(pl.cast(q[b:b + 1, c:c + half], target_type=pl.FP32),
+                                              pl.cast(q[b:b + 1, c + half:c + t.rope],
+                                                      target_type=pl.FP32), *rows)
+                    lo16 = pl.cast(lo, target_type=pl.BF16, mode=t.mode)
+                    hi16 = pl.cast(hi, target_type=pl.BF16, mode=t.mode)
+                    q_proj_out[b:b + 1, c:c + half] = lo16  # dead
+                    q_proj_out[b:b + 1, c + half:c + t.rope] = hi16  # dead
+                    q_pe_out[b:b + 1, h * t.rope:h * t.rope + half] = lo16
+                    q_pe_out[b:b + 1, h * t.rope + half:(h + 1) * t.rope] = hi16
+
+    run = _region_run(tiny, "q_rope", q_rope)
+    (f,) = run.by_check("dead_write")
+    assert f.severity == "warning" and f.tensor == "q_proj_out" and run.ok
+    assert np.array_equal(run.outputs["q_pe_out"].view(np.uint16),
+                          tiny[2].region("q_rope").outputs["q_pe_out"].view(np.uint16))
+
+
+def test_over_budget_tile_is_a_budget_fail(tiny):
+    """The whole 1536-wide row block at once instead of 512-wide chunks: [16, 1536] fp32 tiles
+    (96 KiB each, plus the row_sum scratch) overflow a2a3's 184 KiB of Vec."""
+    run = _region_run(tiny, "input_rmsnorm", irms.input_rmsnorm, k=1536)
+    (f,) = run.by_check("budget")
+    assert f.severity == "fail" and f.scope == "input_rmsnorm" and "Vec needs" in f.message
+    assert "> 188416 B (184 KiB) on a2a3" in f.message
+    assert _region_run(tiny, "input_rmsnorm", irms.input_rmsnorm).by_check("budget") == []
+
+
+def test_unwritten_output_is_a_coverage_fail(tiny):
+    def q_rope(q, seq_lens, rope_cos, rope_sin, q_nope_out, q_pe_out, *, tiling):
+        qr.q_rope(q, seq_lens, rope_cos, rope_sin, q_nope_out, pl.create_tensor(
+            list(q_pe_out.shape), pl.BF16), tiling=tiling)  # rotated q goes to a scratch buffer
+
+    run = _region_run(tiny, "q_rope", q_rope)
+    msgs = [f.message for f in run.by_check("coverage")]
+    assert any("output 'q_pe_out'" in m and "unwritten" in m for m in msgs)
+
+
+def test_stray_cache_row_is_a_coverage_fail(tiny):
+    def decode_cache_write(kv_normed, kv_a_out, seq_lens, rope_cos, rope_sin, kv_cache, pe_cache,
+                           *, tiling):
+        dcw.decode_cache_write(kv_normed, kv_a_out, seq_lens, rope_cos, rope_sin, kv_cache,
+                               pe_cache, tiling=tiling)
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="stray"):
+            kv_cache[3:4, :] = kv_normed[0:1, :]  # row 3 belongs to no batch entry's token
+
+    cfg, ins, _ = tiny
+    assert 3 not in set(np.arange(16) * cfg.max_seq + ins["seq_lens"] - 1)
+    run = _region_run(tiny, "decode_cache_write", decode_cache_write)
+    msgs = [f.message for f in run.by_check("coverage")]
+    assert any("'kv_cache'" in m and "rows 3..3" in m for m in msgs), msgs
+
+
+def test_clean_kernels_have_no_findings(tiny):
+    for name, fn in (("input_rmsnorm", irms.input_rmsnorm), ("q_lora_proj", qlp.q_lora_proj),
+                     ("q_rope", qr.q_rope), ("decode_cache_write", dcw.decode_cache_write)):
+        run = _region_run(tiny, name, fn)
+        assert run.findings == [], (name, run.findings)
+
+
+def test_run_region_reports_fail_on_a_wrong_result(tiny, monkeypatch):
+    cfg, _, tr = tiny
+    region = tr.region("kv_a_proj")
+    bad = dict(region.inputs, wkv_a=(region.inputs["wkv_a"].astype(np.float32) * 1.1).astype(
+        region.inputs["wkv_a"].dtype))
+    rep, _ = run_region(MODEL, cfg, region, bad)
+    assert rep.status == FAIL and not rep.outputs[0].ok
+    assert "outside tolerance" in rep.outputs[0].message
