@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(b, model_required=True)
     b.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     b.set_defaults(fn=cmd_budget)
+    # subcommands defined in other modules: each adds itself with add_subparser(sub)
     return p
 
 
