@@ -1,0 +1,799 @@
+"""The queryable spec: what every stage, helper op and model computes, and where it comes from.
+
+``dsref.spec(name)`` returns a :class:`Spec` for a stage (``q_rope``), a helper op
+(``rms_norm``) or a model (``v32.decode_front``): summary, formula in plain math, dtype flow
+with every rounding point, shapes for a config, sources (SEMANTICS.md "Sources"), the known
+divergences of other implementations (SEMANTICS.md "Known divergences") and the variants that
+apply. Looking a spec up does no JAX work; :meth:`Spec.jaxpr` and :meth:`Spec.shapes` trace.
+
+Notation (SEMANTICS.md): ``f32(v)`` widen to fp32 (exact); ``bf16(v)`` round fp32 → bf16, RNE
+unless ``cast="rhaz"``; ``sum`` the exact sum rounded once to fp32; ``@`` products summed
+exactly and rounded once to fp32 (int32 for int8, exact); every other fp32 op one correctly
+rounded IEEE operation, in the order written. eps = 1e-6.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+
+from dsref.config import MODEL_VARIANTS, VARIANTS, Config, config, config_names
+from dsref.model import MODELS, STAGES
+from dsref.numerics import x64
+
+KINDS = ("stage", "op", "model")
+
+
+@dataclass(frozen=True)
+class Source:
+    """An implementation the spec follows: repository, file, function, and what is taken."""
+
+    repo: str
+    file: str
+    function: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """How another implementation differs, who does it, and roughly how many elements move."""
+
+    who: str
+    what: str
+    elements: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the dtype flow: a tensor or operation, its dtype, its rounding."""
+
+    step: str
+    dtype: str
+    rounding: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named semantic variant (a config field): values, default, source and effect."""
+
+    name: str
+    source: str
+    effect: str
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        return VARIANTS[self.name]
+
+    @property
+    def default(self) -> Any:
+        return VARIANTS[self.name][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources, divergences and variants (SEMANTICS.md)
+# ---------------------------------------------------------------------------------------------
+
+_DS32_REPO, _DS32_FILE = "deepseek-ai/DeepSeek-V3.2-Exp", "inference/model.py"
+DS32_RMSNORM = Source(_DS32_REPO, _DS32_FILE, "RMSNorm", "ds32: weight applied in fp32, one rounding")
+DS32_ROPE = Source(_DS32_REPO, _DS32_FILE, "apply_rotary_emb", "ds32: interleaved pairs")
+DS32_FREQS = Source(_DS32_REPO, _DS32_FILE, "precompute_freqs_cis", "RoPE tables, YaRN")
+DS32_MLA = Source(_DS32_REPO, _DS32_FILE, "MLA.forward", "ds32: Linear outputs are bf16")
+V4_OFFICIAL = Source("DeepSeek-V4 (official release)", "inference/model.py", "Attention.forward",
+                     "the model the V4 kernels implement")
+PR134 = Source("hw-native-sys/pypto-lib", "models/deepseek/v3_2/deepseek_v3_2_decode_front.py",
+               "decode front, scope 1",
+               "PR #134 kernel and its torch golden (seeds/000): layout, tensor names, half RoPE")
+PR332 = Source("hw-native-sys/pypto-lib", "models/deepseek/v4-flash/qkv_proj_rope.py",
+               "qkv_proj_rope", "PR #332 kernel and its torch golden (seeds/001): default V4 semantics")
+PR556 = Source("hw-native-sys/pypto-lib", "models/deepseek/v4-flash/qkv_proj_rope.py",
+               "qkv_proj_rope", "after PR #556: qr quantised from fp32")
+HF_V3 = Source("huggingface/transformers",
+               "src/transformers/models/deepseek_v3/modeling_deepseek_v3.py", "DeepseekV3RMSNorm",
+               "two-rounding RMSNorm (variant rmsnorm=hf)")
+CANN = Source("hicann/cann-recipes-infer", "mla_prolog reference", "mla_prolog",
+              "CANN: qr quantised from fp32, bf16 before RoPE, element-wise tables")
+PINNING = Source("dsref", "SEMANTICS.md", "Pinning the rounding points",
+                 "values carried in float64, reduce_precision after every fp32 op")
+
+DIV_PR134_QNORM = Divergence(
+    "pypto-lib PR #134 kernel", "q_norm variance taken from the fp32 qr while normalising bf16(qr)",
+    "~0.9% of qr_out")
+DIV_PR134_CAST = Divergence(
+    "pypto-lib PR #134 kernel", "default pl.cast mode ties away from zero everywhere (variant cast=rhaz)",
+    "exact bf16 ties only")
+DIV_PR134_VAR = Divergence(
+    "pypto-lib PR #134 kernel", "variance as sum·(1/N) instead of mean (variant variance=mul_inv)",
+    "last fp32 ulp of the variance on 55% / 33% of rows for N = 7168 / 1536; never for powers of two")
+DIV_PR134_DEAD = Divergence(
+    "pypto-lib PR #134 kernel",
+    "dead writes of rotated q back into a local buffer; two batch loops re-reading seq_lens",
+    "none (no effect on values)")
+DIV_PR332_GOLDEN = Divergence(
+    "pypto-lib PR #332 torch golden", "127.0 / amax computed as 127·(1/amax) (two roundings)",
+    "qr_scale 1 fp32 ulp off the kernel's true division on ~22% of rows")
+DIV_PR332_RACE = Divergence(
+    "pypto-lib PR #332 kernel",
+    "per-head temporaries q_rot_even_bf16 / q_rot_odd_bf16 created inside pl.parallel(H) without "
+    "a head dimension: cross-head race", "data-dependent (any head's rope part)")
+DIV_PR332_TTILE = Divergence(
+    "pypto-lib PR #332 kernel", "T_TILE = T // 2 silently drops the last row when T is odd",
+    "the last token row when T is odd")
+DIV_PR332_ZERO = Divergence(
+    "pypto-lib PR #332 kernel", "the select-matmul re-interleave turns −0.0 into +0.0",
+    "negative zeros of the rope part (equal under −0.0 == +0.0)")
+DIV_V4_OFFICIAL = Divergence(
+    "official DeepSeek-V4 inference/model.py",
+    "FP8 e4m3 block-quantised projections, per-head RMSNorm in bf16 arithmetic, bf16 rounding "
+    "before RoPE, fp32 cos/sin", "not quantified: a different computation from the pypto-lib / CANN kernels")
+DIV_HF_NORM = Divergence(
+    "HF transformers DeepseekV3", "two-rounding RMSNorm bf16(w_bf16 · bf16(x·r)) (variant rmsnorm=hf)",
+    "~24% of elements, by 1 bf16 ulp")
+DIV_HF_ROPE = Divergence(
+    "HF transformers DeepseekV3", "bf16 tables and bf16 rotation arithmetic, output left de-interleaved",
+    "not quantified")
+DIV_DS32_RESIDUAL = Divergence(
+    "official DeepSeek-V3.2 inference/model.py",
+    "normalises the fp32 sum x + residual; the pypto-lib kernel takes the already-rounded bf16 sum",
+    "none at layer 0; other layers not quantified")
+
+V_RMSNORM = Variant("rmsnorm", "HF transformers modeling_deepseek_v3.py DeepseekV3RMSNorm",
+                    "hf: bf16(bf16(w) · bf16(x·inv_rms(x))), two roundings; ~24% of elements move 1 ulp")
+V_VARIANCE = Variant("variance", "pypto-lib kernels (PR #134, PR #332)",
+                     "mul_inv: variance = sum·f32(1/N); differs from sum/N in the last fp32 ulp for "
+                     "N = 7168 / 1536 on 55% / 33% of rows, never for powers of two")
+V_CAST = Variant("cast", "PyPTO's default pl.cast mode, used by the PR #134 kernel",
+                 "rhaz: every bf16 rounding ties away from zero (moves exact ties only)")
+V_ACCUMULATE = Variant("accumulate", "SEMANTICS.md: fp32 sums and dots",
+                       "fp32: XLA's native fp32-accumulated dot, order unspecified (faster, not bitwise "
+                       "portable; ~90% of a bf16 matmul's fp32 results differ from the exact rounding)")
+V_ROPE_LAYOUT = Variant("rope_layout", "ds32 inference/model.py apply_rotary_emb",
+                        "interleaved: pair i = (x[2i], x[2i+1]) instead of halves (x[i], x[i+R/2])")
+V_PREQUANT = Variant("qr_prequant_round", "pypto-lib after PR #556 and CANN mla_prolog",
+                     "False: quantise qrn from fp32 instead of bf16(qrn); changes ~3.7% of codes and "
+                     "every row's scale")
+V_PREROUND = Variant("rope_preround", "CANN mla_prolog",
+                     "True: round the normalised value to bf16 before RoPE")
+V_ROPE_TABLE = Variant("rope_table", "CANN mla_prolog",
+                       "element: element j uses column j (valid tables repeat-interleaved [c0,c0,c1,c1,…])")
+_VARIANTS_BY_NAME = {v.name: v for v in (V_RMSNORM, V_VARIANCE, V_CAST, V_ACCUMULATE, V_ROPE_LAYOUT,
+                                          V_PREQUANT, V_PREROUND, V_ROPE_TABLE)}
+
+# ---------------------------------------------------------------------------------------------
+# Shared formula and dtype-flow fragments
+# ---------------------------------------------------------------------------------------------
+
+INV_RMS = ("inv_rms(v) = 1 / sqrt(sum(v·v) / N + eps)   (variance=mul_inv: sum · f32(1/N))")
+_CAST = "RNE (cast=rhaz: ties away from zero)"
+ROPE_HALF = (
+    "half layout, h = R/2:  out[:h] = bf16(x_lo·c_lo − x_hi·s_lo),  out[h:] = bf16(x_hi·c_hi + x_lo·s_hi)\n"
+    "  x_lo = f32(x[:h]), x_hi = f32(x[h:]); c = rope_cos[pos], s = rope_sin[pos]; the table halves\n"
+    "  are read separately\n"
+    "interleaved layout (rope_layout=interleaved): out[2i] = bf16(x_e·c_i − x_o·s_i),\n"
+    "  out[2i+1] = bf16(x_e·s_i + x_o·c_i), x_e = x[2i], x_o = x[2i+1], c_i = c[i]"
+)
+V4_ROPE = (
+    "rope part, pairs (n_e, n_o) = (pe[2i], pe[2i+1]),\n"
+    "  c_i = f32(rope_cos[t, i]), s_i = f32(rope_sin[t, i]):\n"
+    "  y_e = bf16(n_e·c_i − n_o·s_i),  y_o = bf16(n_e·s_i + n_o·c_i)   (columns R/2.. never read;\n"
+    "  rope_table=element: element j reads column j; rope_preround: pe = bf16(pe) first)"
+)
+
+
+def _rms_steps(x: str, x_dtype: str, w: str | None, w_dtype: str, n: str, out: str) -> tuple[Step, ...]:
+    """Dtype flow of ``rms_norm`` (ds32) from ``x`` to the bf16 output ``out``."""
+    steps = [Step(x, f"{x_dtype} in", "widened to fp32 (exact)")]
+    if w:
+        steps.append(Step(w, f"{w_dtype} in", "widened to fp32 (exact)"))
+    steps += [
+        Step("x·x", "fp32", "RNE per element"),
+        Step(f"sum over {n}", "fp32", "exact sum, rounded once (RNE)"),
+        Step(f"variance = sum / {n}", "fp32", "true division, RNE (variance=mul_inv: sum · f32(1/N))"),
+        Step("variance + eps, sqrt, 1 / sqrt", "fp32", "RNE each; true division"),
+        Step("x · inv_rms" + (", then w · (…)" if w else ""), "fp32", "RNE each"),
+        Step(out, "bf16 out", _CAST),
+    ]
+    return tuple(steps)
+
+
+def _proj_steps(x: str, w: str, out: str, rounded: bool) -> tuple[Step, ...]:
+    """Dtype flow of a bf16 projection, rounded to bf16 or left in fp32."""
+    steps = [
+        Step(x, "bf16 in", "exact"),
+        Step(w, "bf16 in", "exact"),
+        Step(f"{x} @ {w}", "fp32", "products exact, summed exactly, rounded once (RNE); "
+                                   "accumulate=fp32: native fp32 accumulation"),
+    ]
+    last = Step(out, "bf16 out", _CAST) if rounded else Step(out, "fp32 out", "no further rounding")
+    return (*steps, last)
+
+
+def _rope_steps(x: str, x_dtype: str, table_dtype: str, out: str) -> tuple[Step, ...]:
+    return (
+        Step(x, f"{x_dtype} in", "widened to fp32 (exact)"),
+        Step("rope_cos, rope_sin", f"{table_dtype} in", "widened to fp32 (exact)"),
+        Step("x·c, x·s", "fp32", "RNE each"),
+        Step("difference / sum of products", "fp32", "RNE (no fused multiply-add)"),
+        Step(out, "bf16 out", _CAST),
+    )
+
+
+def _v4_norm_rope_steps(v: str, gamma: str | None, out: str) -> tuple[Step, ...]:
+    steps = [Step(v, "fp32 in", "exact")]
+    if gamma:
+        steps.append(Step(gamma, "bf16 in", "widened to fp32 (exact)"))
+    steps += [
+        Step("sum(v·v), variance, sqrt, 1 / sqrt", "fp32", "RNE each; sum exact, rounded once"),
+        Step("n = v · inv_rms" + (f" · {gamma}" if gamma else ""), "fp32", "RNE each"),
+        Step("nope part n[:NOPE]", "bf16 out", _CAST),
+        Step("rope part (rope_preround=True: bf16 first)", "fp32", "products and sums RNE each"),
+        Step(f"{out} rope part", "bf16 out", _CAST),
+    ]
+    return tuple(steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Spec
+# ---------------------------------------------------------------------------------------------
+
+
+def _dtype(d: Any) -> str:
+    return np.dtype(d).name
+
+
+def _struct_dict(structs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: {"shape": list(v.shape), "dtype": _dtype(v.dtype)} for k, v in structs.items()}
+
+
+def _tiny_config(model: str | None) -> Config:
+    """The tiny preset of ``model`` (ops: ``v32-tiny``)."""
+    model = model or "v32.decode_front"
+    return next(config(n) for n in config_names() if n.endswith("-tiny") and config(n).model == model)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one stage, helper op or model computes; renders as text, JSON and Markdown."""
+
+    name: str
+    kind: str  # "stage" | "op" | "model"
+    model: str | None
+    summary: str
+    formula: str
+    dtype_flow: tuple[Step, ...]
+    sources: tuple[Source, ...]
+    divergences: tuple[Divergence, ...] = ()
+    variants: tuple[Variant, ...] = ()
+    # helper ops: cfg -> (function of stored arrays, example argument structs)
+    trace: Callable[[Config], tuple[Callable, dict[str, Any]]] | None = field(
+        default=None, repr=False, compare=False)
+
+    def config(self, cfg: Config | str | None = None) -> Config:
+        """``cfg`` as a Config (a preset name is looked up; None → the model's tiny preset);
+        a config of another model is an error."""
+        cfg = _tiny_config(self.model) if cfg is None else config(cfg) if isinstance(cfg, str) else cfg
+        if self.model and cfg.model != self.model:
+            expected = [n for n in config_names() if config(n).model == self.model]
+            raise ValueError(f"spec {self.name}: config {cfg.name!r} is a {cfg.model} config, "
+                             f"expected one of {expected}")
+        return cfg
+
+    def shapes(self, cfg: Config | str | None = None, *, batch: int = 2, seq: int = 1) -> dict:
+        """``{"inputs": {name: {shape, dtype}}, "outputs": {...}}`` at ``cfg`` (ops: the
+        example shapes :meth:`jaxpr` traces)."""
+        cfg = self.config(cfg)
+        if self.kind == "op":
+            fn, args = self.trace(cfg)
+            with x64():
+                out = jax.eval_shape(fn, *args.values())
+            outs = out if isinstance(out, tuple) else (out,)
+            return {"inputs": _struct_dict(args),
+                    "outputs": _struct_dict({f"out{i}": o for i, o in enumerate(outs)})}
+        if self.kind == "model":
+            m = MODELS[self.name]
+            return {"batch": batch, "seq": seq,
+                    "inputs": _struct_dict(m.input_specs(cfg, batch, seq)),
+                    "outputs": _struct_dict(m.output_specs(cfg, batch, seq))}
+        ins, outs = _stage_structs(self.name, cfg, batch, seq)
+        return {"batch": batch, "seq": seq, "inputs": _struct_dict(ins), "outputs": _struct_dict(outs)}
+
+    def jaxpr(self, cfg: Config | str | None = None) -> str:
+        """The jaxpr text (x64 scope; stages and models at batch 2, ops at example shapes)."""
+        cfg = self.config(cfg)
+        if self.kind == "op":
+            fn, args = self.trace(cfg)
+            structs = tuple(args.values())
+        elif self.kind == "model":
+            fn = functools.partial(MODELS[self.name].fn, cfg=cfg)
+            specs = MODELS[self.name].input_specs(cfg, 2, 1)
+            structs = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in specs.items()},)
+        else:
+            fn = functools.partial(STAGES[self.name].fn, cfg=cfg)
+            structs = tuple(_stage_structs(self.name, cfg, 2, 1)[0].values())
+        with x64():
+            return str(jax.make_jaxpr(fn)(*structs))
+
+    def to_dict(self, cfg: Config | str | None = None) -> dict[str, Any]:
+        """A stable, JSON-ready dict; ``shapes`` is included when ``cfg`` is given."""
+        d: dict[str, Any] = {
+            "name": self.name, "kind": self.kind, "model": self.model, "summary": self.summary,
+            "formula": self.formula,
+            "dtype_flow": [{"step": s.step, "dtype": s.dtype, "rounding": s.rounding}
+                           for s in self.dtype_flow],
+            "shapes": None if cfg is None else self.shapes(cfg),
+            "sources": [{"repo": s.repo, "file": s.file, "function": s.function, "note": s.note}
+                        for s in self.sources],
+            "divergences": [{"who": v.who, "what": v.what, "elements": v.elements}
+                            for v in self.divergences],
+            "variants": [{"name": v.name, "values": list(v.values), "default": v.default,
+                          "source": v.source, "effect": v.effect} for v in self.variants],
+        }
+        if cfg is not None:
+            d["config"] = self.config(cfg).name
+        return d
+
+    def to_json(self, cfg: Config | str | None = None, *, jaxpr: bool = False) -> str:
+        """:meth:`to_dict` as indented JSON, with the jaxpr text when ``jaxpr``."""
+        d = self.to_dict(cfg)
+        if jaxpr:
+            d["jaxpr"] = self.jaxpr(cfg)
+        return json.dumps(d, indent=2, ensure_ascii=False)
+
+    def to_text(self, cfg: Config | str | None = None) -> str:
+        """A terminal rendering (plain text)."""
+        return _render(self, cfg, _TEXT)
+
+    def to_markdown(self, cfg: Config | str | None = None) -> str:
+        """A Markdown rendering (notebooks)."""
+        return _render(self, cfg, _MARKDOWN)
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+@functools.cache
+def _stage_env(model: str, cfg: Config, batch: int, seq: int) -> dict[str, tuple[dict, dict]]:
+    """Per stage of ``model``: (input structs, output structs), by ``jax.eval_shape`` down the
+    stage chain from the model's input specs."""
+    m = MODELS[model]
+    env = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in m.input_specs(cfg, batch, seq).items()}
+    per_stage = {}
+    with x64():
+        for name in m.stages:
+            st = STAGES[name]
+            ins = {a: env[a] for a in st.inputs}
+            out = jax.eval_shape(functools.partial(st.fn, cfg=cfg), *ins.values())
+            outs = dict(zip(st.outputs, out if isinstance(out, tuple) else (out,), strict=True))
+            per_stage[name] = (ins, outs)
+            env.update(outs)
+    return per_stage
+
+
+def _stage_structs(stage: str, cfg: Config, batch: int, seq: int) -> tuple[dict, dict]:
+    return _stage_env(STAGES[stage].model, cfg, batch, seq)[stage]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Style:
+    title: Callable[[Spec], str]
+    heading: Callable[[str], str]
+    code: Callable[[str], str]
+    item: Callable[[str], str]
+    table: Callable[[list[str], list[tuple[str, ...]]], str]
+
+
+def _text_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [tuple(header), *rows]) for i in range(len(header))]
+
+    def line(r: tuple[str, ...]) -> str:
+        return ("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip()
+
+    return "\n".join([line(tuple(header)), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def _md_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+    def line(r: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+
+    return "\n".join([line(tuple(header)), "|" + "---|" * len(header), *map(line, rows)])
+
+
+_TEXT = _Style(
+    title=lambda s: f"{s.name}  ({s.kind}{', ' + s.model if s.model else ''})",
+    heading=lambda h: f"\n{h}:",
+    code=lambda c: "\n".join("  " + ln for ln in c.splitlines()),
+    item=lambda t: f"  - {t}",
+    table=_text_table,
+)
+_MARKDOWN = _Style(
+    title=lambda s: f"### `{s.name}` ({s.kind}{', `' + s.model + '`' if s.model else ''})",
+    heading=lambda h: f"\n**{h}**\n",
+    code=lambda c: f"```\n{c}\n```",
+    item=lambda t: f"- {t}",
+    table=_md_table,
+)
+
+
+def _render(spec: Spec, cfg: Config | str | None, st: _Style) -> str:
+    parts = [st.title(spec), "", spec.summary, st.heading("Formula"), st.code(spec.formula),
+             st.heading("Dtype flow"),
+             st.table(["step", "dtype", "rounding"],
+                      [(s.step, s.dtype, s.rounding) for s in spec.dtype_flow])]
+    if cfg is not None:
+        parts += [st.heading(f"Shapes ({spec.config(cfg).name})"), _shape_table(spec, cfg, st)]
+    parts.append(st.heading("Sources"))
+    parts += [st.item(f"{s.repo} · {s.file} · {s.function}" + (f" — {s.note}" if s.note else ""))
+              for s in spec.sources]
+    if spec.divergences:
+        parts.append(st.heading("Known divergences (other implementations)"))
+        parts += [st.item(f"{d.who}: {d.what} [{d.elements}]") for d in spec.divergences]
+    if spec.variants:
+        parts.append(st.heading("Variants"))
+        parts += [st.item(f"{v.name} ∈ {list(v.values)} (default {v.default!r}) — {v.effect}; "
+                          f"source: {v.source}") for v in spec.variants]
+    return "\n".join(parts) + "\n"
+
+
+def _shape_table(spec: Spec, cfg: Config | str, st: _Style) -> str:
+    shapes = spec.shapes(cfg)
+    rows = [(io, name, str(d["shape"]), d["dtype"])
+            for io in ("inputs", "outputs") for name, d in shapes[io].items()]
+    return st.table(["", "tensor", "shape", "dtype"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helper-op traces (example shapes; variant fields from the config)
+# ---------------------------------------------------------------------------------------------
+
+
+def _s(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+
+
+_BF16 = "bfloat16"
+
+
+def _trace_rms_norm(cfg: Config):
+    from dsref.numerics import widen
+    from dsref.rmsnorm import rms_norm
+
+    def fn(x, w):
+        return rms_norm(widen(x), widen(w), eps=cfg.eps, variance=cfg.variance, kind=cfg.rmsnorm,
+                        cast=cfg.cast)
+    return fn, {"x": _s((2, 16), _BF16), "w": _s((1, 16), np.float32)}
+
+
+def _trace_inv_rms(cfg: Config):
+    from dsref.numerics import widen
+    from dsref.rmsnorm import inv_rms
+    return (lambda v: inv_rms(widen(v), eps=cfg.eps, variance=cfg.variance)), {"v": _s((2, 16), np.float32)}
+
+
+def _trace_rope(cfg: Config):
+    from dsref.numerics import widen
+    from dsref.rope import rope_half, rope_interleaved
+
+    def fn(x, c, s):
+        x, c, s = widen(x), widen(c), widen(s)
+        return rope_half(x, c, s), rope_interleaved(x, c, s, table=getattr(cfg, "rope_table", "pair"))
+    return fn, {"x": _s((2, 8), np.float32), "cos": _s((2, 8), np.float32), "sin": _s((2, 8), np.float32)}
+
+
+def _trace_quant_int8(cfg: Config):
+    from dsref.numerics import widen
+    from dsref.quant import quant_int8
+    return (lambda v: quant_int8(widen(v))), {"v": _s((2, 16), _BF16)}
+
+
+def _trace_proj_bf16(cfg: Config):
+    from dsref.proj import proj_bf16
+    return (lambda x, w: proj_bf16(x, w, accumulate=cfg.accumulate, cast=cfg.cast)), {
+        "x": _s((2, 16), _BF16), "w": _s((16, 8), _BF16)}
+
+
+def _trace_proj_f32(cfg: Config):
+    from dsref.proj import proj_f32
+    return (lambda x, w: proj_f32(x, w, accumulate=cfg.accumulate)), {
+        "x": _s((2, 16), _BF16), "w": _s((16, 8), _BF16)}
+
+
+def _trace_proj_int8(cfg: Config):
+    from dsref.proj import proj_int8
+    return proj_int8, {"qr": _s((2, 16), np.int8), "qr_scale": _s((2, 1), np.float32),
+                       "w": _s((16, 8), np.int8), "w_scale": _s((1, 8), np.float32)}
+
+
+def _trace_cache_write(cfg: Config):
+    from dsref.cache import decode_rows, write_rows
+    return (lambda cache, seq_lens, values: write_rows(cache, decode_rows(seq_lens, 4), values)), {
+        "cache": _s((8, 4), _BF16), "seq_lens": _s((2,), np.int32), "values": _s((2, 4), _BF16)}
+
+
+def _trace_to_bf16(cfg: Config):
+    from dsref.numerics import rbf16, widen
+    return (lambda v: rbf16(widen(v), cfg.cast)), {"v": _s((2, 8), np.float32)}
+
+
+def _trace_r32(cfg: Config):
+    from dsref.numerics import r32, widen
+    return (lambda a, b: r32(widen(a) * widen(b))), {"a": _s((2, 8), np.float32), "b": _s((2, 8), np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------
+
+V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
+_V32_NORM_DIVS = (DIV_PR134_VAR, DIV_PR134_CAST, DIV_HF_NORM)
+_V4_ROPE_DIVS = (DIV_PR332_RACE, DIV_PR332_TTILE, DIV_PR332_ZERO, DIV_V4_OFFICIAL, DIV_HF_ROPE)
+
+
+def _stage(name: str, summary: str, formula: str, flow: tuple[Step, ...], sources: tuple[Source, ...],
+           divergences: tuple[Divergence, ...], variants: tuple[Variant, ...]) -> Spec:
+    return Spec(name=name, kind="stage", model=STAGES[name].model, summary=summary, formula=formula,
+                dtype_flow=flow, sources=sources, divergences=divergences, variants=variants)
+
+
+def _v32_stages() -> list[Spec]:
+    norm_vars = (V_RMSNORM, V_VARIANCE, V_CAST)
+    proj_vars = (V_ACCUMULATE, V_CAST)
+    return [
+        _stage("input_rmsnorm", "ds32 RMSNorm of the decode token's hidden state over D.",
+               f"normed = bf16(w · (x · inv_rms(x)))   x = f32(hidden_states) [B,D], w = input_rms_weight\n"
+               f"{INV_RMS}, N = D",
+               _rms_steps("hidden_states", "bf16", "input_rms_weight", "fp32", "D", "normed [B,D]"),
+               (DS32_RMSNORM, DS32_MLA, PR134), (*_V32_NORM_DIVS, DIV_DS32_RESIDUAL), norm_vars),
+        _stage("q_lora_proj", "Query down-projection; the ds32 Linear output is bf16.",
+               "qr_raw = bf16(normed @ wq_a)   [B,D] @ [D,QL] -> [B,QL]",
+               _proj_steps("normed", "wq_a", "qr_raw [B,QL]", True), (DS32_MLA, PR134), (), proj_vars),
+        _stage("q_lora_rmsnorm", "RMSNorm of the bf16-rounded qr over QL.",
+               f"qr_out = bf16(w · (x · inv_rms(x)))   x = f32(qr_raw) [B,QL] (the bf16-rounded qr),\n"
+               f"  w = q_norm_weight\n{INV_RMS}, N = QL",
+               _rms_steps("qr_raw", "bf16", "q_norm_weight", "fp32", "QL", "qr_out [B,QL]"),
+               (DS32_RMSNORM, DS32_MLA, PR134), (DIV_PR134_QNORM, *_V32_NORM_DIVS), norm_vars),
+        _stage("q_head_proj", "Query up-projection to all heads, head-major.",
+               "q = bf16(qr_out @ wq_b)   [B,QL] @ [QL,H·(NOPE+ROPE)] -> [B,H·(NOPE+ROPE)],\n"
+               "  viewed [B,H,NOPE+ROPE]",
+               _proj_steps("qr_out", "wq_b", "q [B,H·(NOPE+ROPE)]", True), (DS32_MLA, PR134), (), proj_vars),
+        _stage("kv_a_proj", "Joint KV down-projection (latent KL + shared rope part).",
+               "kv_a_out = bf16(normed @ wkv_a)   [B,D] @ [D,KL+ROPE] -> [B,KL+ROPE]",
+               _proj_steps("normed", "wkv_a", "kv_a_out [B,KL+ROPE]", True), (DS32_MLA, PR134), (),
+               proj_vars),
+        _stage("q_rope", "Split q per head into nope and rope parts; rotate the rope part at the "
+               "decode position.",
+               "q3 = q.reshape(B, H, NOPE+ROPE);  pos_b = seq_lens[b] − 1\n"
+               "q_nope_out = q3[..., :NOPE] (copied, no rounding)\n"
+               f"q_pe_out = rope(q3[..., NOPE:], pos_b)\n{ROPE_HALF}",
+               (*_rope_steps("q3[..., NOPE:]", "bf16", "fp32", "q_pe_out [B,H·ROPE]"),
+                Step("q_nope_out [B,H·NOPE]", "bf16 out", "none (copy of q3[..., :NOPE])")),
+               (PR134, DS32_ROPE, DS32_FREQS), (DIV_PR134_DEAD, DIV_PR134_CAST, DIV_HF_ROPE),
+               (V_ROPE_LAYOUT, V_CAST)),
+        _stage("kv_rmsnorm", "RMSNorm of the latent part of kv_a_out over KL.",
+               f"kv_normed = bf16(w · (x · inv_rms(x)))   x = f32(kv_a_out[:, :KL]), w = kv_norm_weight\n"
+               f"{INV_RMS}, N = KL",
+               _rms_steps("kv_a_out[:, :KL]", "bf16", "kv_norm_weight", "fp32", "KL", "kv_normed [B,KL]"),
+               (DS32_RMSNORM, DS32_MLA, PR134), _V32_NORM_DIVS, norm_vars),
+        _stage("decode_cache_write", "Write the new token's normalised latent and rotated rope key "
+               "into one cache row per batch entry.",
+               "row_b = b·MAX_SEQ + pos_b,  pos_b = seq_lens[b] − 1  (1 ≤ seq_lens[b] ≤ MAX_SEQ)\n"
+               "kv_cache[row_b] = kv_normed[b]\n"
+               f"pe_cache[row_b] = rope(kv_a_out[b, KL:], pos_b)\nevery other row bit-identical\n{ROPE_HALF}",
+               (Step("kv_normed", "bf16 in", "none (stored as is)"),
+                *_rope_steps("kv_a_out[:, KL:]", "bf16", "fp32", "pe_cache rows"),
+                Step("other cache rows", "bf16", "bit-identical to the input")),
+               (PR134, DS32_MLA, DS32_ROPE), (DIV_PR134_DEAD, DIV_PR134_CAST), (V_ROPE_LAYOUT, V_CAST)),
+    ]
+
+
+def _v4_stages() -> list[Spec]:
+    rope_vars = (V_VARIANCE, V_PREROUND, V_ROPE_TABLE, V_CAST)
+    return [
+        _stage("attn_norm", "ds32 RMSNorm of every token over D.",
+               f"tok = bf16(w · (x · inv_rms(x)))   x = f32(x.reshape(T, D)), w = norm_w, T = B·S\n"
+               f"{INV_RMS}, N = D",
+               _rms_steps("x", "bf16", "norm_w", "fp32", "D", "tok [T,D]"),
+               (PR332, DS32_RMSNORM), (DIV_HF_NORM, DIV_V4_OFFICIAL), (V_RMSNORM, V_VARIANCE, V_CAST)),
+        _stage("qr_proj_matmul", "Query down-projection, left in fp32 (no bf16 rounding).",
+               "qr32 = tok @ wq_a   [T,D] @ [D,QL] -> [T,QL] fp32",
+               _proj_steps("tok", "wq_a", "qr32 [T,QL]", False), (PR332,), (DIV_V4_OFFICIAL,),
+               (V_ACCUMULATE,)),
+        _stage("qr_rms", "RMSNorm of qr32 with gamma_cq; PR #332 rounds the result to bf16 before "
+               "quantisation.",
+               f"qrn = (qr32 · inv_rms(qr32)) · f32(gamma_cq)   over QL\n{INV_RMS}, N = QL\n"
+               "qr_norm = bf16(qrn)   (qr_prequant_round=False: qr_norm = qrn, fp32)",
+               (Step("qr32", "fp32 in", "exact"), Step("gamma_cq", "bf16 in", "widened to fp32 (exact)"),
+                Step("sum(v·v), variance, sqrt, 1 / sqrt", "fp32", "RNE each; sum exact, rounded once"),
+                Step("qrn = (v · inv_rms) · gamma", "fp32", "RNE each"),
+                Step("qr_norm [T,QL]", "bf16 out", _CAST + "; qr_prequant_round=False: fp32, no rounding")),
+               (PR332, PR556, CANN), (DIV_V4_OFFICIAL,), (V_VARIANCE, V_PREQUANT, V_CAST)),
+        _stage("qr_quant", "Per-token symmetric int8 quantisation of the normalised qr.",
+               "v = f32(qr_norm) per row t\namax = max(max|v|, 1e-4)\n"
+               "sq = 127 / amax   (true fp32 division)\n"
+               "qr_scale = 1 / sq   (true fp32 division)\n"
+               "qr = int8(fp16(int32_rne(v · sq)))   (exact for |v·sq| ≤ 127)",
+               (Step("qr_norm", "bf16 in (fp32 when qr_prequant_round=False)", "widened (exact)"),
+                Step("amax", "fp32", "exact (max); floor 1e-4 (f32)"),
+                Step("sq = 127 / amax", "fp32", "true division, RNE"),
+                Step("qr_scale [T,1] = 1 / sq", "fp32 out", "true division, RNE"),
+                Step("v · sq", "fp32", "RNE"),
+                Step("int32_rne(·)", "int32", "round to nearest, ties to even"),
+                Step("fp16(·)", "fp16", "RNE"),
+                Step("qr [T,QL] = int8(·)", "int8 out", "truncate, saturate to [−128, 127]")),
+               (PR332, PR556, CANN), (DIV_PR332_GOLDEN, DIV_V4_OFFICIAL), (V_PREQUANT,)),
+        _stage("qproj_matmul", "W8A8 query up-projection with per-token and per-channel dequant.",
+               "acc = qr @ wq_b   (int32, exact)   [T,QL] @ [QL,H·HD]\n"
+               "qf = (f32(acc) · qr_scale[t]) · wq_b_scale[c]",
+               (Step("qr, wq_b", "int8 in", "exact"), Step("acc", "int32", "exact"),
+                Step("f32(acc)", "fp32", "RNE (matters above 2**24)"),
+                Step("· qr_scale[t], · wq_b_scale[c]", "fp32", "RNE each"),
+                Step("qf [T,H·HD]", "fp32 out", "no further rounding")),
+               (PR332,), (DIV_V4_OFFICIAL,), ()),
+        _stage("q_head_rms_rope", "Per-head RMSNorm (no gamma) of qf, nope part to bf16, rope part "
+               "rotated in interleaved pairs on the fp32 normalised value.",
+               f"per token t and head h: v = qf[t].reshape(H, HD)[h]\n"
+               f"n = v · inv_rms(v)   over HD, no gamma\n"
+               f"{INV_RMS}, N = HD\nq[t, h, :NOPE] = bf16(n[:NOPE])\n{V4_ROPE}",
+               _v4_norm_rope_steps("qf", None, "q [T,H,HD]"),
+               (PR332, CANN), (*_V4_ROPE_DIVS,), rope_vars),
+        _stage("kv_proj_matmul", "KV projection, left in fp32.",
+               "kv32 = tok @ wkv   [T,D] @ [D,HD] -> [T,HD] fp32",
+               _proj_steps("tok", "wkv", "kv32 [T,HD]", False), (PR332,), (DIV_V4_OFFICIAL,),
+               (V_ACCUMULATE,)),
+        _stage("kv_rms_rope", "RMSNorm of kv32 with gamma_ckv (applied before the rotation), nope "
+               "part to bf16, rope part rotated in interleaved pairs.",
+               f"n = (kv32 · inv_rms(kv32)) · f32(gamma_ckv)   over HD\n{INV_RMS}, N = HD\n"
+               f"kv[t, :NOPE] = bf16(n[:NOPE])\n{V4_ROPE}",
+               _v4_norm_rope_steps("kv32", "gamma_ckv", "kv [T,HD]"),
+               (PR332, CANN), (DIV_PR332_ZERO, DIV_PR332_TTILE, DIV_V4_OFFICIAL, DIV_HF_ROPE), rope_vars),
+    ]
+
+
+def _op(name: str, summary: str, formula: str, flow: tuple[Step, ...], sources: tuple[Source, ...],
+        divergences: tuple[Divergence, ...], variants: tuple[Variant, ...], trace: Callable) -> Spec:
+    return Spec(name=name, kind="op", model=None, summary=summary, formula=formula, dtype_flow=flow,
+                sources=sources, divergences=divergences, variants=variants, trace=trace)
+
+
+def _ops() -> list[Spec]:
+    return [
+        _op("rms_norm", "RMSNorm over the last axis, ds32 form (dsref.rmsnorm.rms_norm).",
+            f"ds32:  y = bf16(w · (x · inv_rms(x)))   one rounding, weight applied in fp32\n"
+            f"hf:    y = bf16(bf16(w) · bf16(x · inv_rms(x)))   two roundings\n{INV_RMS}",
+            _rms_steps("x", "bf16 or fp32", "w", "fp32", "N", "y"), (DS32_RMSNORM, HF_V3, PINNING),
+            (DIV_HF_NORM, DIV_PR134_VAR, DIV_PR134_QNORM), (V_RMSNORM, V_VARIANCE, V_CAST), _trace_rms_norm),
+        _op("inv_rms", "Inverse root-mean-square over the last axis (dsref.rmsnorm.inv_rms).",
+            "inv_rms(v) = 1 / sqrt(sum(v·v) / N + eps)\n"
+            "  v·v RNE per element; sum exact, rounded once; / N true division (mean) or\n"
+            "  · f32(1/N) (variance=mul_inv); + eps, sqrt, 1 / · each one fp32 op (not rsqrt)",
+            (Step("v", "fp32", "exact"), Step("v·v", "fp32", "RNE"),
+             Step("sum", "fp32", "exact, rounded once"), Step("variance", "fp32", "true division, RNE"),
+             Step("+ eps, sqrt, 1 / ·", "fp32 out", "RNE each (recip(sqrt(·)), not rsqrt)")),
+            (DS32_RMSNORM, PINNING), (DIV_PR134_VAR,), (V_VARIANCE,), _trace_inv_rms),
+        _op("rope", "Rotary embedding on fp32 values, half or interleaved layout "
+            "(dsref.rope.rope_half / rope_interleaved); callers round the result.",
+            f"{ROPE_HALF}\ninterleaved, rope_table=pair: pair i reads column i (columns R/2.. unused);\n"
+            "  rope_table=element: element j reads column j",
+            (Step("x, c, s", "fp32", "exact"), Step("products", "fp32", "RNE each"),
+             Step("difference / sum", "fp32 out", "RNE (no fused multiply-add); caller rounds to bf16")),
+            (DS32_ROPE, DS32_FREQS, PR134, PR332, CANN), (DIV_HF_ROPE, DIV_PR332_ZERO),
+            (V_ROPE_LAYOUT, V_ROPE_TABLE), _trace_rope),
+        _op("quant_int8", "Per-row symmetric int8 quantisation (dsref.quant.quant_int8).",
+            "amax = max(max|v|, 1e-4); sq = 127 / amax; scale = 1 / sq   (true fp32 divisions)\n"
+            "codes = int8(fp16(int32_rne(v · sq)))   (fp16 → int8 truncates and saturates)",
+            (Step("v", "fp32", "exact"), Step("sq, scale", "fp32", "true division, RNE"),
+             Step("v · sq", "fp32", "RNE"), Step("int32_rne", "int32", "ties to even"),
+             Step("fp16", "fp16", "RNE"), Step("codes", "int8 out", "truncate, saturate")),
+            (PR332, PR556, CANN), (DIV_PR332_GOLDEN,), (), _trace_quant_int8),
+        _op("proj_bf16", "ds32 Linear: bf16 x @ bf16 W rounded to bf16 (dsref.proj.proj_bf16).",
+            "y = bf16(x @ w)   (products exact, summed exactly, rounded once to fp32, then to bf16)",
+            _proj_steps("x", "w", "y", True), (DS32_MLA, PR134), (), (V_ACCUMULATE, V_CAST),
+            _trace_proj_bf16),
+        _op("proj_f32", "bf16 x @ bf16 W left in fp32 (dsref.proj.proj_f32).",
+            "y = x @ w   (exact sum rounded once to fp32)", _proj_steps("x", "w", "y", False),
+            (PR332,), (), (V_ACCUMULATE,), _trace_proj_f32),
+        _op("proj_int8", "W8A8 projection with dequant (dsref.proj.proj_int8).",
+            "acc = qr @ w (int32, exact); y = (f32(acc) · qr_scale[t]) · w_scale[c]",
+            (Step("qr, w", "int8", "exact"), Step("acc", "int32", "exact"),
+             Step("f32(acc)", "fp32", "RNE"), Step("dequant products", "fp32 out", "RNE each")),
+            (PR332,), (), (), _trace_proj_int8),
+        _op("cache_write", "Decode cache write (dsref.cache.decode_rows / write_rows).",
+            "row_b = b·MAX_SEQ + (seq_lens[b] − 1);  cache[row_b] = values[b];\n"
+            "every other row bit-identical (example trace: MAX_SEQ = 4)",
+            (Step("values", "bf16", "none (stored as is)"), Step("other rows", "bf16", "bit-identical")),
+            (PR134,), (DIV_PR134_DEAD,), (), _trace_cache_write),
+        _op("to_bf16", "fp32 → bf16 rounding (dsref.numerics.rbf16 / to_bf16).",
+            "rne:  nearest bf16, ties to even  (1 + 2⁻⁸ → 1.0)\n"
+            "rhaz: nearest bf16, ties away from zero  (1 + 2⁻⁸ → 1.0078125); subnormals exact",
+            (Step("v", "fp32 in", "exact"), Step("bf16(v)", "bf16 out", _CAST)),
+            (PINNING, Source("hw-native-sys/pypto", "pypto.language", "pl.cast", "default mode ties away")),
+            (DIV_PR134_CAST,), (V_CAST,), _trace_to_bf16),
+        _op("r32", "The fp32 rounding point: every fp32 op is computed in float64 and rounded "
+            "(dsref.numerics.r32).",
+            "r32(a op b) = fp32 RNE of the exact float64 result, for op in + − × ÷ sqrt\n"
+            "(53 ≥ 2·24 + 2: the correctly rounded fp32 op, whatever XLA fuses); subnormals exact",
+            (Step("a, b", "fp32 (carried as float64)", "exact"), Step("a op b", "float64", "exact for ×"),
+             Step("r32(·)", "fp32 out", "RNE (reduce_precision, exponent 8, mantissa 23)")),
+            (PINNING,), (), (), _trace_r32),
+    ]
+
+
+def _model_formula(model: str) -> str:
+    m = MODELS[model]
+    lines = []
+    for name in m.stages:
+        st = STAGES[name]
+        lines.append(f"{name}: ({', '.join(st.inputs)}) -> ({', '.join(st.outputs)})")
+    return "\n".join(lines)
+
+
+def _models() -> list[Spec]:
+    v32_vars = tuple(_VARIANTS_BY_NAME[k] for k in MODEL_VARIANTS[V32])
+    v4_vars = tuple(_VARIANTS_BY_NAME[k] for k in MODEL_VARIANTS[V4])
+    return [
+        Spec(name=V32, kind="model", model=V32,
+             summary="DeepSeek V3.2 decode front, scope 1: ds32 math with the pypto-lib PR #134 kernel "
+                     "layout. Inputs/outputs use pypto-lib tensor names; kv_cache and pe_cache are in/out.",
+             formula=_model_formula(V32),
+             dtype_flow=(Step("activations, weights, caches", "bf16 in", "exact"),
+                         Step("norm weights, rope tables", "fp32 in", "exact"),
+                         Step("seq_lens", "int32 in", "—"),
+                         Step("inside every stage", "fp32", "RNE after every op; sums exact, rounded once"),
+                         Step("every stage output", "bf16 out", _CAST)),
+             sources=(DS32_MLA, DS32_RMSNORM, DS32_ROPE, DS32_FREQS, PR134, HF_V3),
+             divergences=(DIV_PR134_QNORM, DIV_PR134_CAST, DIV_PR134_VAR, DIV_PR134_DEAD, DIV_HF_NORM,
+                          DIV_HF_ROPE, DIV_DS32_RESIDUAL),
+             variants=v32_vars),
+        Spec(name=V4, kind="model", model=V4,
+             summary="DeepSeek V4 attention qkv_proj_rope (W8A8C16), pypto-lib PR #332 semantics "
+                     "(seed 001). T = B·S tokens; rope tables are bf16 rows gathered per token.",
+             formula=_model_formula(V4),
+             dtype_flow=(Step("x, wq_a, wkv, rope tables, gammas", "bf16 in", "exact"),
+                         Step("wq_b", "int8 in", "exact"), Step("norm_w, wq_b_scale", "fp32 in", "exact"),
+                         Step("tok", "bf16", _CAST),
+                         Step("qr32, qf, kv32", "fp32", "exact sums rounded once"),
+                         Step("qr_norm", "bf16", _CAST + " (qr_prequant_round=False: fp32)"),
+                         Step("qr / qr_scale", "int8 / fp32 out",
+                              "int32 RNE → fp16 → int8 trunc; true divisions"),
+                         Step("q, kv", "bf16 out", _CAST)),
+             sources=(PR332, PR556, CANN, V4_OFFICIAL, DS32_RMSNORM),
+             divergences=(DIV_PR332_GOLDEN, DIV_PR332_RACE, DIV_PR332_TTILE, DIV_PR332_ZERO,
+                          DIV_V4_OFFICIAL, DIV_HF_NORM, DIV_HF_ROPE),
+             variants=v4_vars),
+    ]
+
+
+@functools.cache
+def _registry() -> dict[str, Spec]:
+    specs = [*_v32_stages(), *_v4_stages(), *_ops(), *_models()]
+    return {s.name: s for s in specs}
+
+
+def spec_names(kind: str | None = None) -> list[str]:
+    """Every registered name (stages, then helper ops, then models), or those of one ``kind``."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"spec kind: expected one of {KINDS}, got {kind!r}")
+    return [n for n, s in _registry().items() if kind is None or s.kind == kind]
+
+
+def spec(name: str) -> Spec:
+    """The spec of a stage, helper op or model; an unknown name lists the close matches."""
+    try:
+        return _registry()[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, spec_names(), n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known names: {', '.join(spec_names())}"
+        raise ValueError(f"spec: unknown name {name!r}; {hint}") from None
