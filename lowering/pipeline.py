@@ -60,6 +60,7 @@ def run_region(model: str, cfg: Any, region: Region, inputs: Mapping[str, np.nda
         tiling=dataclasses.asdict(tiling) if dataclasses.is_dataclass(tiling) else None,
         outputs=diffs, findings=list(run.findings), budget=run.budget.as_dicts(),
         seconds=time.perf_counter() - t0,
+        values={n: (run.outputs[n], want) for n, want in region.outputs.items()},
     )
     return rep, {n: run.outputs[n] for n in region.outputs}
 

@@ -25,6 +25,8 @@ class RegionReport:
     budget: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""  # why a region with a kernel ran the reference instead
+    # (kernel output, reference) per output, for plots; not serialised
+    values: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def failures(self) -> list[Finding]:
