@@ -10,10 +10,9 @@ one fp32 op; one cast to bf16 (``rint`` for the default RNE semantics).
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import rms_norm_rows, row_blocks
+from lowering.kernels.v32._shared import rms_norm_kernel
 from lowering.kernels.v32._tiling import RmsNormTiling as Tiling
 from lowering.kernels.v32._tiling import rms_norm_tiling
-from lowering.tile import pl
 
 
 def make_tiling(cfg, shapes) -> Tiling:
@@ -21,8 +20,4 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def input_rmsnorm(hidden_states, input_rms_weight, normed, *, tiling: Tiling) -> None:
-    t = tiling
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="input_rmsnorm"):
-        for r0, rows in row_blocks(hidden_states.shape[0], t.batch_tile):
-            rms_norm_rows(hidden_states, input_rms_weight, normed, r0=r0, rows=rows, c0=0, n=t.n,
-                          k=t.k, eps=t.eps, mode=t.mode)
+    rms_norm_kernel(hidden_states, input_rms_weight, normed, tiling, "input_rmsnorm")

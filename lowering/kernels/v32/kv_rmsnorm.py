@@ -7,10 +7,9 @@ Chunks, variance form (sum · fp32(1/KL)) and rounding as input_rmsnorm.
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import rms_norm_rows, row_blocks
+from lowering.kernels.v32._shared import rms_norm_kernel
 from lowering.kernels.v32._tiling import RmsNormTiling as Tiling
 from lowering.kernels.v32._tiling import rms_norm_tiling
-from lowering.tile import pl
 
 
 def make_tiling(cfg, shapes) -> Tiling:
@@ -18,8 +17,4 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def kv_rmsnorm(kv_a_out, kv_norm_weight, kv_normed, *, tiling: Tiling) -> None:
-    t = tiling
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="kv_rmsnorm"):
-        for r0, rows in row_blocks(kv_a_out.shape[0], t.batch_tile):
-            rms_norm_rows(kv_a_out, kv_norm_weight, kv_normed, r0=r0, rows=rows, c0=0, n=t.n,
-                          k=t.k, eps=t.eps, mode=t.mode)
+    rms_norm_kernel(kv_a_out, kv_norm_weight, kv_normed, tiling, "kv_rmsnorm")

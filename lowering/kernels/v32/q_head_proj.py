@@ -1,4 +1,5 @@
-"""q_head_proj — per-head q projection, 64-wide Q chunks, head-major [B, H·(NOPE+ROPE)] (PR #134 tiling).
+"""q_head_proj — per-head q projection, 64-wide Q chunks, head-major [B, H·(NOPE+ROPE)]
+(PR #134 tiling).
 
     q[B, N] = bf16( qr_out[B, K] @ wq_b[K, N] )
 
@@ -10,10 +11,9 @@ fp32 sum crosses a rounding boundary.
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import project_block, row_blocks
+from lowering.kernels.v32._shared import projection_kernel
 from lowering.kernels.v32._tiling import ProjTiling as Tiling
 from lowering.kernels.v32._tiling import proj_tiling
-from lowering.tile import pl
 
 
 def make_tiling(cfg, shapes) -> Tiling:
@@ -22,10 +22,4 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def q_head_proj(qr_out, wq_b, q, *, tiling: Tiling) -> None:
-    t = tiling
-    b, n = q.shape
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_head_proj"):
-        for r0, rows in row_blocks(b, t.batch_tile):
-            for n0 in pl.parallel(0, n, t.n_chunk):
-                project_block(qr_out, wq_b, q, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k,
-                              mode=t.mode)
+    projection_kernel(qr_out, wq_b, q, tiling, "q_head_proj")

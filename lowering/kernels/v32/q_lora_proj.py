@@ -10,10 +10,9 @@ fp32 sum crosses a rounding boundary.
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import project_block, row_blocks
+from lowering.kernels.v32._shared import projection_kernel
 from lowering.kernels.v32._tiling import ProjTiling as Tiling
 from lowering.kernels.v32._tiling import proj_tiling
-from lowering.tile import pl
 
 
 def make_tiling(cfg, shapes) -> Tiling:
@@ -22,10 +21,4 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def q_lora_proj(normed, wq_a, qr_raw, *, tiling: Tiling) -> None:
-    t = tiling
-    b, n = qr_raw.shape
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_lora_proj"):
-        for r0, rows in row_blocks(b, t.batch_tile):
-            for n0 in pl.parallel(0, n, t.n_chunk):
-                project_block(normed, wq_a, qr_raw, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k,
-                              mode=t.mode)
+    projection_kernel(normed, wq_a, qr_raw, tiling, "q_lora_proj")

@@ -8,10 +8,9 @@ from the fp32 qr — a known divergence). Chunks, variance form and rounding as 
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import rms_norm_rows, row_blocks
+from lowering.kernels.v32._shared import rms_norm_kernel
 from lowering.kernels.v32._tiling import RmsNormTiling as Tiling
 from lowering.kernels.v32._tiling import rms_norm_tiling
-from lowering.tile import pl
 
 
 def make_tiling(cfg, shapes) -> Tiling:
@@ -19,8 +18,4 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def q_lora_rmsnorm(qr_raw, q_norm_weight, qr_out, *, tiling: Tiling) -> None:
-    t = tiling
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_lora_rmsnorm"):
-        for r0, rows in row_blocks(qr_raw.shape[0], t.batch_tile):
-            rms_norm_rows(qr_raw, q_norm_weight, qr_out, r0=r0, rows=rows, c0=0, n=t.n, k=t.k,
-                          eps=t.eps, mode=t.mode)
+    rms_norm_kernel(qr_raw, q_norm_weight, qr_out, tiling, "q_lora_rmsnorm")
