@@ -111,25 +111,18 @@ def _tensors(arrays: dict) -> str:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
-    from lowering.tile import LIMITS
+    from lowering.budgets import measure
 
-    model = args.model
-    cfg = _cfg(args, model)
-    ins = dsref.make_inputs(model, cfg, batch=args.batch, seq=args.seq, seed=0)
-    rep = pipeline.diff(model, cfg, ins, mode="isolated", platform=args.platform)
-    con = _console()
+    cfg = _cfg(args, args.model)
     p = args.platform
-    con.print(f"{model}  config={cfg.name}  batch={args.batch} seq={args.seq}  platform={p}  (KiB)")
+    rows = measure(args.model, cfg, batch=args.batch, seq=args.seq, platform=p)
+    con = _console()
+    con.print(f"{args.model}  config={cfg.name}  batch={args.batch} seq={args.seq}  platform={p}  (KiB)")
     con.print(f"{'region':<20} {'scope':<28} {'space':<5} {'shape':>9} {'peak':>9} {'limit':>7}")
-    over = False
-    for r in rep.regions:
-        for row in r.budget:
-            flag = row[f"shape_{p}"] > LIMITS[p][row["space"]]
-            over |= flag
-            con.print(f"{r.name:<20} {row['scope']:<28} {row['space']:<5} "
-                      f"{row[f'shape_{p}'] / 1024:>9.1f} {row[f'peak_{p}'] / 1024:>9.1f} "
-                      f"{LIMITS[p][row['space']] / 1024:>7.0f}{'  OVER' if flag else ''}")
-    return 1 if over else 0
+    for r in rows:
+        con.print(f"{r.region:<20} {r.scope:<28} {r.space:<5} {r.shape / 1024:>9.1f} "
+                  f"{r.peak / 1024:>9.1f} {r.limit / 1024:>7.0f}{'  OVER' if r.over else ''}")
+    return 1 if any(r.over for r in rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     b.set_defaults(fn=cmd_budget)
     # subcommands defined in other modules: each adds itself with add_subparser(sub)
+    from lowering import run_kernel
+
+    run_kernel.add_subparser(sub)
     return p
 
 
