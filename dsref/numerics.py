@@ -24,6 +24,7 @@ return numpy arrays.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -175,12 +176,17 @@ def quant_int8(x) -> tuple[np.ndarray, np.ndarray]:
     ``amax = max(max|v|, 1e-4)``; ``sq = 127 / amax`` and ``scale = 1 / sq`` (true fp32
     divisions); ``codes = int8(fp16(int32_rne(v * sq)))``.
     """
-    from dsref.quant import quant_int8 as quant_rows
-
     v = np.asarray(x, dtype=np.float32).astype(np.float64)
     with x64():
-        codes, scale = jax.jit(quant_rows)(v)
+        codes, scale = _quant_rows()(v)
     return np.asarray(codes).astype(np.int8), np.asarray(scale).astype(np.float32)
+
+
+@functools.cache
+def _quant_rows():
+    from dsref.quant import quant_int8 as quant_rows  # dsref.quant builds on this module
+
+    return jax.jit(quant_rows)
 
 
 def dequant_int8(codes, scale) -> np.ndarray:

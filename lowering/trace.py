@@ -103,11 +103,11 @@ def trace(model: str, cfg: Any, inputs: Mapping[str, np.ndarray]) -> Trace:
     closed = dsref.model_jaxpr(model, cfg, inputs)
     m = dsref.get_model(model)
     regions, glue, unrecognised = [], [], []
-    captured: dict[int, tuple[list, list]] = {}
+    captured: dict[int, list] = {}  # equation index -> its input values
 
     def hook(i, eqn, invals):
-        captured[i] = (invals, None)
-        return None
+        captured[i] = invals
+        return None  # evaluate with the reference
 
     env = evaluate(closed, {"__flat__": flat_inputs(inputs)}, hook)
     for i, eqn in enumerate(closed.jaxpr.eqns):
@@ -122,7 +122,7 @@ def trace(model: str, cfg: Any, inputs: Mapping[str, np.ndarray]) -> Trace:
             glue.append(prim)
             continue
         st = STAGES[stage]
-        ins = {n: np.asarray(v) for n, v in zip(st.inputs, captured[i][0], strict=True)}
+        ins = {n: np.asarray(v) for n, v in zip(st.inputs, captured[i], strict=True)}
         outs = {n: np.asarray(env[v]) for n, v in zip(st.outputs, eqn.outvars, strict=True)}
         regions.append(Region(name=stage, index=i, inputs=ins, outputs=outs, eqn=eqn))
     missing = [s for s in m.stages if s not in {r.name for r in regions}]
