@@ -1,0 +1,14 @@
+"""Tiny DeepSeek V3.2 dims (dsref preset ``v32-tiny``) for the pypto-lib style test kernels."""
+
+BATCH = 16
+MAX_SEQ = 64
+HIDDEN = 1536
+NUM_HEADS = 4
+Q_LORA_RANK = 1024
+KV_LORA_RANK = 160
+QK_NOPE_HEAD_DIM = 64
+QK_ROPE_HEAD_DIM = 32
+QK_HEAD_DIM = QK_NOPE_HEAD_DIM + QK_ROPE_HEAD_DIM
+KV_A_OUT = KV_LORA_RANK + QK_ROPE_HEAD_DIM
+CACHE_ROWS = BATCH * MAX_SEQ
+EPS = 1e-6

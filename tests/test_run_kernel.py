@@ -1,0 +1,155 @@
+"""`lowering run-kernel`: unmodified pypto-lib style kernel files on the emulator vs dsref."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import dsref
+from lowering import pypto_compat
+from lowering.cli import main
+from lowering.run_kernel import run_file
+
+KDIR = Path(__file__).parent / "pypto_kernels"
+V32 = KDIR / "v32" / "v32_decode_front_scope1.py"
+V4 = KDIR / "v4" / "v4_qkv_proj_rope.py"
+V32_ARGS = [str(V32), "--entry", "build_decode_front_scope1_program", "--batch", "16"]
+V4_ARGS = ["--entry", "qkv_proj_rope", "--batch", "3", "--seq", "3"]  # T = 9: odd
+
+
+def _json(tmp_path: Path, argv: list[str]) -> tuple[int, dict]:
+    out = tmp_path / "rep.json"
+    rc = main(["run-kernel", *argv, "--quiet", "--json", str(out)])
+    return rc, json.loads(out.read_text()) if out.exists() else {}
+
+
+def _fails(rep: dict) -> list[str]:
+    return [f["message"] for r in rep["regions"] for f in r["findings"]
+            if f["severity"] == "fail"]
+
+
+def _load_config(sub: str):
+    spec = importlib.util.spec_from_file_location(f"_cfg_{sub}", KDIR / sub / "config.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_config_constants_match_dsref_tiny_presets():
+    c, d = _load_config("v32"), dsref.config("v32-tiny")
+    assert (c.HIDDEN, c.Q_LORA_RANK, c.NUM_HEADS, c.QK_NOPE_HEAD_DIM, c.QK_ROPE_HEAD_DIM,
+            c.KV_LORA_RANK, c.MAX_SEQ, c.EPS) == (d.hidden, d.q_lora, d.heads, d.nope, d.rope,
+                                                  d.kv_lora, d.max_seq, d.eps)
+    c, d = _load_config("v4"), dsref.config("v4-tiny")
+    assert (c.HIDDEN, c.Q_LORA, c.NUM_HEADS, c.HEAD_DIM, c.ROPE_DIM, c.NOPE_DIM, c.EPS) == (
+        d.hidden, d.q_lora, d.heads, d.head_dim, d.rope, d.nope, d.eps)
+
+
+def test_v32_program_style_passes_with_mapped_regions(tmp_path):
+    rc, rep = _json(tmp_path, [*V32_ARGS, "--map", "q_proj_out=q", "--map",
+                               "normed_states=normed", "--map", "qr_bf16=qr_raw"])
+    assert rc == 0, _fails(rep)
+    assert rep["verdict"] == "PASS" and rep["mode"] == "run-kernel"
+    rows = {r["name"]: [o["name"] for o in r["outputs"]] for r in rep["regions"]}
+    assert rows["q_head_proj"] == ["q_proj_out→q"]
+    assert rows["input_rmsnorm"] == ["normed_states→normed"]
+    assert rows["q_lora_proj"] == ["qr_bf16→qr_raw"]
+    assert rows["decode_cache_write"] == ["kv_cache", "pe_cache"]
+    assert rows["q_rope"] == ["q_nope_out", "q_pe_out"]
+    assert rep["regions"][0]["name"] == "DecodeFrontScope1.decode_front_scope1"
+
+
+def test_v4_jit_style_passes_at_odd_t(tmp_path):
+    rc, rep = _json(tmp_path, [str(V4), *V4_ARGS, "--map", "qr32=qr32", "--map", "kv32=kv32"])
+    assert rc == 0, _fails(rep)
+    outs = {o["name"]: o for r in rep["regions"] for o in r["outputs"]}
+    assert set(outs) == {"q", "kv", "qr", "qr_scale", "qr32", "kv32"}
+    assert all(o["ok"] for o in outs.values())
+    assert outs["q"]["max_ulp"] == 0 and outs["qr"]["max_ulp"] == 0
+
+
+def test_v4_race_copy_is_caught(tmp_path):
+    rc, rep = _json(tmp_path, [str(KDIR / "v4" / "v4_qkv_proj_rope_race.py"), *V4_ARGS])
+    assert rc == 1
+    races = [m for m in _fails(rep) if "race on tensor 'q_rot_bf16'" in m]
+    assert len(races) == 1, _fails(rep)
+    assert "iteration h=0 writes q_rot_bf16[0:5, 0:32]" in races[0]
+    assert "iteration h=1 writes q_rot_bf16[0:5, 0:32]" in races[0]
+
+
+def test_v4_odd_tail_copy_is_caught(tmp_path):
+    rc, rep = _json(tmp_path, [str(KDIR / "v4" / "v4_qkv_proj_rope_odd_tail.py"), *V4_ARGS])
+    assert rc == 1
+    assert ("kernel 'qkv_proj_rope': output 'kv' [9, 160] has unwritten elements: rows 8..8 × "
+            "cols 0..159 (160 elements)") in _fails(rep)
+    assert any(m.startswith("kernel 'qkv_proj_rope': output 'q' [9, 4, 160] has unwritten "
+                            "elements: rows 8..8") for m in _fails(rep))
+
+
+def test_type_mismatch_is_one_error_per_parameter(capsys):
+    rc = main(["run-kernel", *V32_ARGS[:-1], "4", "--quiet"])  # kernel built for BATCH = 16
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("kernel parameter 'hidden_states': expected shape [16, 1536], got [4, 1536] from "
+            "dsref 'hidden_states'") in err
+    assert "kernel parameter 'kv_cache': expected shape [1024, 160], got [256, 160]" in err
+    assert len([ln for ln in err.splitlines() if "kernel parameter" in ln]) == 8
+
+
+def test_unknown_parameter_needs_a_map(capsys):
+    rc = main(["run-kernel", str(V4), *V4_ARGS, "--map", "q=no_such_tensor", "--quiet"])
+    assert rc == 2
+    assert "kernel parameter 'q': no dsref tensor of that name" in capsys.readouterr().err
+
+
+def test_unsupported_api_names_call_and_line(capsys):
+    rc = main(["run-kernel", str(KDIR / "misc" / "unsupported_api.py"), "--entry", "sort_rows",
+               "--model", "v32.decode_front", "--batch", "16", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "pl.sort32 is not supported by the emulator" in err
+    assert "unsupported_api.py:13" in err
+
+
+def test_import_isolation():
+    def importable() -> bool:
+        try:
+            importlib.import_module("pypto.language")
+        except ImportError:
+            return True
+        return False
+
+    if pypto_compat.real_pypto_available():
+        pytest.skip("the real pypto.language is installed")
+    assert importable()
+    before_config = sys.modules.get("config")
+    res = run_file(V4, "qkv_proj_rope", batch=3, seq=3)
+    assert res.report.verdict == "PASS"
+    assert importable()  # pypto.language is gone again
+    assert "pypto" not in sys.modules and "pypto.language" not in sys.modules
+    assert sys.modules.get("config") is before_config
+    assert not [n for n in sys.modules if n.startswith("_pl_kernel_")]
+
+
+def test_compat_module_inside_a_run():
+    with pypto_compat.installed() as pl:
+        import pypto.language as pl2
+
+        assert pl2 is pl
+        t = pl.Out[pl.Tensor[[4, pl.dynamic("T")], pl.BF16]]
+        assert t.direction == "out" and t.inner.shape[0] == 4 and t.inner.dtype == pl.BF16
+    assert "pypto.language" not in sys.modules
+
+
+def test_data_dir_golden(tmp_path):
+    dsref.write_golden(tmp_path / "g", "v4.qkv_proj_rope", "v4-tiny", batch=3, seq=3, seed=1,
+                       fmt="npz")
+    rc, rep = _json(tmp_path, [str(V4), "--entry", "qkv_proj_rope", "--data",
+                               str(tmp_path / "g")])
+    assert rc == 0, _fails(rep)
+    assert (rep["config"], rep["batch"], rep["seq"], rep["seed"]) == ("v4-tiny", 3, 3, 1)
