@@ -78,3 +78,22 @@ def rope_rows(table_cos, table_sin, pos: int, half: int):
     """The four ``[1, R/2]`` fp32 halves of the tables' row ``pos``."""
     return (table_cos[pos:pos + 1, 0:half], table_cos[pos:pos + 1, half:2 * half],
             table_sin[pos:pos + 1, 0:half], table_sin[pos:pos + 1, half:2 * half])
+
+
+def cube_row_blocks(n: int, m: int) -> Iterator[tuple[int, int]]:
+    """Independent cube row blocks ``(r0, rows)`` covering ``0..n``: blocks of up to ``m`` rows
+    that are multiples of 16, then the tail one row at a time (M = 1), so any n is covered."""
+    full = n - n % 16
+    for r0 in pl.parallel(0, full, m):
+        yield r0, min(m, full - r0)
+    for r0 in pl.parallel(full, n, 1):
+        yield r0, 1
+
+
+def t_tiles(tokens: int, tiles: int, t_tile: int) -> Iterator[tuple[int, int]]:
+    """Sequential in-core T tiles ``(t0, rows)``: ``tiles`` tiles of ``t_tile`` rows, the last
+    one clipped to ``tokens`` (a tiling that does not reach ``tokens`` leaves rows unwritten:
+    the coverage check reports them)."""
+    for tt in pl.range(tiles):
+        t0 = tt * t_tile
+        yield t0, min(t_tile, tokens - t0)
