@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     b.set_defaults(fn=cmd_budget)
     # subcommands defined in other modules: each adds itself with add_subparser(sub)
+    from lowering import files
+
+    files.add_subparser(sub)
     from lowering import run_kernel
 
     run_kernel.add_subparser(sub)

@@ -58,6 +58,7 @@ class Report:
     regions: list[RegionReport]
     unrecognised: list[str] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. inputs a diff-files run ignored
 
     @property
     def verdict(self) -> str:
@@ -80,7 +81,8 @@ class Report:
             "model": self.model, "config": self.config, "variants": self.variants, "mode": self.mode,
             "backend": self.backend, "platform": self.platform, "batch": self.batch, "seq": self.seq,
             "seed": self.seed, "verdict": self.verdict, "first_fail": self.first_fail,
-            "unrecognised": self.unrecognised, "regions": [r.to_dict() for r in self.regions],
+            "unrecognised": self.unrecognised, "notes": self.notes,
+            "regions": [r.to_dict() for r in self.regions],
         }
 
     def to_json(self, **kw: Any) -> str:
@@ -146,6 +148,8 @@ def render(reports: list[Report], console: Any = None) -> None:
                 console.print(f"  [yellow]{r.name}[/]: reference — {r.note}")
         for u in rep.unrecognised:
             console.print(f"  [red]unrecognised[/]: {u}")
+        for n in rep.notes:
+            console.print(f"  note: {n}", markup=False, highlight=False)
         first = f" (first FAIL: {rep.first_fail})" if rep.first_fail else ""
         color = "green" if rep.verdict == PASS else "red"
         console.print(f"[{color}]{rep.verdict}[/] {rep.model}{first}\n")

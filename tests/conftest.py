@@ -36,3 +36,32 @@ def assert_bitwise(got, want, name: str = "") -> None:
             f"{name}: {bad.size}/{got.size} elements differ; first at {tuple(map(int, i))}: "
             f"got {got[i]!r}, want {want[i]!r}"
         )
+
+
+# -- the array backend of the tile emulator: the same tests on numpy, torch cpu, torch cuda --
+
+import pytest  # noqa: E402
+
+BACKEND_PARAMS = ("numpy", "torch-cpu", "torch-cuda")
+
+
+def _open_backend(param: str):
+    from lowering.backends import get_backend
+
+    if param == "numpy":
+        return get_backend("numpy")
+    try:
+        return get_backend("torch", device=param.split("-", 1)[1])
+    except (ImportError, ValueError) as e:  # torch missing / broken, or no such device
+        pytest.skip(f"backend {param} unavailable: {e}")
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request):
+    """A tile-emulator backend object; single ops made outside a kernel run (``make_tile``)
+    use it too. Unavailable backends skip with the reason."""
+    from lowering.tile import core
+
+    bk = _open_backend(request.param)
+    with core.use_backend(bk):
+        yield bk

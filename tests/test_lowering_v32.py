@@ -29,9 +29,9 @@ def tiny():
 
 
 @pytest.mark.parametrize("mode", ["isolated", "chained"])
-def test_tiny_b16_passes_with_every_region_mapped(tiny, mode):
+def test_tiny_b16_passes_with_every_region_mapped(tiny, mode, backend):
     cfg, ins, _ = tiny
-    rep = lowering.diff(MODEL, cfg, ins, mode=mode)
+    rep = lowering.diff(MODEL, cfg, ins, mode=mode, backend=backend)
     assert [r.name for r in rep.regions] == list(dsref.get_model(MODEL).stages)
     assert all(r.status == PASS for r in rep.regions), rep.to_json()
     assert rep.verdict == PASS and rep.first_fail is None
@@ -39,19 +39,19 @@ def test_tiny_b16_passes_with_every_region_mapped(tiny, mode):
 
 
 @pytest.mark.parametrize("batch", [1, 5, 17])
-def test_batch_tails_are_covered(batch):
+def test_batch_tails_are_covered(batch, backend):
     """B not a multiple of the 16-row tile: the tail runs as M = 1 rows, nothing skipped."""
     cfg = dsref.config("v32-tiny")
     ins = dsref.make_inputs(MODEL, cfg, batch=batch, seed=batch)
-    rep = lowering.diff(MODEL, cfg, ins, mode="chained")
+    rep = lowering.diff(MODEL, cfg, ins, mode="chained", backend=backend)
     assert rep.verdict == PASS, rep.to_json()
     assert all(r.status == PASS for r in rep.regions)
 
 
-def test_rhaz_cast_variant_is_followed_by_the_kernels():
+def test_rhaz_cast_variant_is_followed_by_the_kernels(backend):
     cfg = dsref.config("v32-tiny", cast="rhaz")
     ins = dsref.make_inputs(MODEL, cfg, batch=16, seed=1, ties=True)
-    rep = lowering.diff(MODEL, cfg, ins)
+    rep = lowering.diff(MODEL, cfg, ins, backend=backend)
     assert rep.verdict == PASS and all(r.status == PASS for r in rep.regions)
 
 

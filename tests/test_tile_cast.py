@@ -38,7 +38,7 @@ def tie_cases(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", ["BF16", "FP16"])
-def test_every_tie_every_mode_both_signs(name: str) -> None:
+def test_every_tie_every_mode_both_signs(backend, name: str) -> None:
     dt, pdt, _ = NARROW[name]
     mid, ulo, uhi = tie_cases(name)
     lo, hi = from_bits(ulo, dt), from_bits(uhi, dt)
@@ -55,7 +55,7 @@ def test_every_tie_every_mode_both_signs(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["BF16", "FP16"])
-def test_just_off_ties_round_to_nearest(name: str) -> None:
+def test_just_off_ties_round_to_nearest(backend, name: str) -> None:
     dt, pdt, _ = NARROW[name]
     mid, ulo, uhi = tie_cases(name)
     lo, hi = from_bits(ulo, dt), from_bits(uhi, dt)
@@ -76,7 +76,7 @@ def test_rint_is_the_library_cast() -> None:
                                   x.astype(F16).view(np.uint16))
 
 
-def test_semantics_pins() -> None:
+def test_semantics_pins(backend) -> None:
     x = np.float32([1 + 2**-8, -(1 + 2**-8)])
     assert cast(x, pl.BF16, "rint").astype(np.float32).tolist() == [1.0, -1.0]
     assert cast(x, pl.BF16, "round").astype(np.float32).tolist() == [1.0078125, -1.0078125]
@@ -85,7 +85,7 @@ def test_semantics_pins() -> None:
         1.0078125, -1.0078125]
 
 
-def test_overflow_and_specials() -> None:
+def test_overflow_and_specials(backend) -> None:
     bmax = float(ml_dtypes.finfo(BF16).max)
     half_ulp = 2.0 ** (127 - 8)
     x = np.float32([bmax + half_ulp, np.inf, -np.inf, np.nan, bmax])
@@ -104,7 +104,7 @@ def test_overflow_and_specials() -> None:
     assert np.signbit(z.astype(np.float32)).tolist() == [False, True]
 
 
-def test_float_to_int_modes_and_saturation() -> None:
+def test_float_to_int_modes_and_saturation(backend) -> None:
     x = np.float32([0.5, 1.5, 2.5, -2.5, -0.5, 2.7, -2.7])
     assert cast(x, pl.INT32, "rint").tolist() == [0, 2, 2, -2, 0, 3, -3]
     assert cast(x, pl.INT32, "round").tolist() == [1, 2, 3, -3, -1, 3, -3]
@@ -118,7 +118,7 @@ def test_float_to_int_modes_and_saturation() -> None:
     assert cast(np.float16([300.0]), pl.INT8, "trunc").tolist() == [127]
 
 
-def test_quant_chain_is_exact() -> None:
+def test_quant_chain_is_exact(backend) -> None:
     v = np.arange(-127, 128, dtype=np.float32)
     i32 = pl.cast(make_tile(v), pl.INT32, mode="rint")
     f16 = pl.cast(i32, pl.FP16, mode="round")
@@ -126,7 +126,7 @@ def test_quant_chain_is_exact() -> None:
     assert i8.numpy().tolist() == list(range(-127, 128))
 
 
-def test_int_to_narrow_float_single_rounding() -> None:
+def test_int_to_narrow_float_single_rounding(backend) -> None:
     # ties between fp16 neighbours (ulp 2 in [2048, 4096)): 2049 -> 2048 (rint) / 2050 (round)
     x = np.arange(2048, 8192, dtype=np.int32)
     for mode in ("rint", "round", "floor", "ceil", "trunc"):

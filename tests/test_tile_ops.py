@@ -1,4 +1,5 @@
-"""Tile ops against independent numpy / ml_dtypes / math.fsum constructions."""
+"""Tile ops against independent numpy / ml_dtypes / math.fsum constructions, per backend
+(the ``backend`` fixture: numpy, torch cpu, torch cuda)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def t(a: np.ndarray):  # noqa: ANN201
     ("add", np.add), ("sub", np.subtract), ("mul", np.multiply), ("div", np.divide),
     ("maximum", np.maximum), ("minimum", np.minimum),
 ])
-def test_binary_fp32_correctly_rounded(name: str, ref) -> None:  # noqa: ANN001
+def test_binary_fp32_correctly_rounded(backend, name: str, ref) -> None:  # noqa: ANN001
     a, b = f32(16, 64), f32(16, 64)
     got = getattr(pl, name)(t(a), t(b)).numpy()
     assert got.dtype == np.float32
@@ -35,7 +36,7 @@ def test_binary_fp32_correctly_rounded(name: str, ref) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(got, want)
 
 
-def test_python_number_is_fp32_scalar() -> None:
+def test_python_number_is_fp32_scalar(backend) -> None:
     a = f32(4, 128)
     got = pl.mul(t(a), 1.0 / 7168).numpy()
     s = np.float32(1.0 / 7168)
@@ -49,7 +50,7 @@ def test_python_number_is_fp32_scalar() -> None:
                                   .astype(np.float32))
 
 
-def test_unary_ops() -> None:
+def test_unary_ops(backend) -> None:
     a = np.abs(f32(8, 64)) + np.float32(0.01)
     np.testing.assert_array_equal(pl.sqrt(t(a)).numpy(),
                                   np.sqrt(a.astype(np.float64)).astype(np.float32))
@@ -65,7 +66,7 @@ def test_unary_ops() -> None:
     assert (two != one).any()
 
 
-def test_row_reductions_and_expands() -> None:
+def test_row_reductions_and_expands(backend) -> None:
     x = f32(16, 512)
     got = pl.row_sum(t(x)).numpy()
     assert got.shape == (16, 1)
@@ -85,7 +86,7 @@ def test_row_reductions_and_expands() -> None:
         pl.row_expand_mul(t(x), t(c))
 
 
-def test_full_reshape_gather() -> None:
+def test_full_reshape_gather(backend) -> None:
     f = pl.full([4, 8], pl.FP32, 0.5).numpy()
     assert f.shape == (4, 8) and (f == 0.5).all()
     v = f32(16, 1)
@@ -107,7 +108,7 @@ def _exact_dot_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_matmul_bf16_exact_products_single_rounding() -> None:
+def test_matmul_bf16_exact_products_single_rounding(backend) -> None:
     a = f32(16, 256).astype(BF16)
     b = f32(256, 32).astype(BF16)
     got = pl.matmul(t(a), t(b), out_dtype=pl.FP32).numpy()
@@ -115,7 +116,7 @@ def test_matmul_bf16_exact_products_single_rounding() -> None:
     np.testing.assert_array_equal(got, _exact_dot_f32(a, b))
 
 
-def test_matmul_acc_is_one_fp32_add_per_call() -> None:
+def test_matmul_acc_is_one_fp32_add_per_call(backend) -> None:
     a0, a1 = f32(16, 128).astype(BF16), f32(16, 128).astype(BF16)
     b0, b1 = f32(128, 32).astype(BF16), f32(128, 32).astype(BF16)
     acc = pl.matmul(t(a0), t(b0))
@@ -128,7 +129,7 @@ def test_matmul_acc_is_one_fp32_add_per_call() -> None:
     assert (acc.numpy() != whole).any()
 
 
-def test_matmul_int8_exact_int32() -> None:
+def test_matmul_int8_exact_int32(backend) -> None:
     a = RNG.integers(-128, 128, (16, 1536)).astype(np.int8)
     b = RNG.integers(-128, 128, (1536, 64)).astype(np.int8)
     got = pl.matmul(t(a), t(b), out_dtype=pl.INT32)
@@ -142,12 +143,12 @@ def test_matmul_int8_exact_int32() -> None:
     assert pl.cast(big, pl.FP32, mode="rint").numpy().tolist() == [[2.0**24, 2.0**24 + 4]]
 
 
-def test_matmul_rejects_mixed_dtypes() -> None:
+def test_matmul_rejects_mixed_dtypes(backend) -> None:
     with pytest.raises(TypeError):
         pl.matmul(t(f32(16, 16).astype(BF16)), t(f32(16, 16)))
 
 
-def test_gm_slicing_3d_reshape_and_read() -> None:
+def test_gm_slicing_3d_reshape_and_read(backend) -> None:
     T, H, HD = 4, 3, 32
     q = f32(T, H, HD)
     seq = np.int32([5, 9])
@@ -164,7 +165,8 @@ def test_gm_slicing_3d_reshape_and_read() -> None:
                 q2[:, h * HD:(h + 1) * HD] = pl.reshape(blk, [T, HD])
 
     r = run_kernel(kernel, inputs={"q": q, "seq_lens": seq},
-                   outputs={"out": ((T, H, HD), pl.FP32), "flat": ((T, H, HD), pl.FP32)})
+                   outputs={"out": ((T, H, HD), pl.FP32), "flat": ((T, H, HD), pl.FP32)},
+                   backend=backend)
     assert r.ok, r.summary()
     np.testing.assert_array_equal(r.outputs["out"], q * 2)
     np.testing.assert_array_equal(r.outputs["flat"], q)

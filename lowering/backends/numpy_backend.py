@@ -52,6 +52,9 @@ class NumpyBackend:
 
     name = "numpy"
 
+    def __str__(self) -> str:
+        return "numpy"
+
     # -- storage -----------------------------------------------------------------------
     def native(self, dtype: str) -> np.dtype:
         """The numpy dtype that stores tile dtype ``dtype``."""

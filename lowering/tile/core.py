@@ -14,6 +14,7 @@ Bookkeeping that drives the checks:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import linecache
 import math
@@ -565,6 +566,19 @@ def current() -> Run:
     if _detached is None:
         _detached = Run(checks=False, kernel="<detached>")
     return _detached
+
+
+@contextlib.contextmanager
+def use_backend(backend: Any) -> Iterator[Run]:
+    """Ops outside a kernel run (``make_tile``, single-op tests) use ``backend`` inside the
+    ``with`` block: a detached run (no checks) on that backend."""
+    global _detached
+    prev = _detached
+    _detached = Run(backend, checks=False, kernel="<detached>")
+    try:
+        yield _detached
+    finally:
+        _detached = prev
 
 
 def activate(run: Run | None) -> Run | None:

@@ -1,0 +1,176 @@
+"""``lowering diff-files``: compare outputs produced elsewhere (a pypto-lib run, a torch_npu
+fused op, an older dsref) against dsref run on the same inputs.
+
+A data directory is any layout ``dsref.load_golden`` reads: dsref's ``inputs/outputs``
+``.safetensors`` or ``.npz`` (+ ``meta.json``), or pypto-lib's ``in/<name>.pt`` /
+``out/<name>.pt`` (in/out tensors such as ``kv_cache`` in both). pypto-lib's V4 PR #332
+harness differs from the dsref names in two ways, both accepted: ``wq_b_scale`` is stored as
+``[H·HD/128, 128]`` (flattened to ``[H·HD]``), and the select matrices ``even_select_t`` /
+``odd_select_t`` of its re-interleave matmul are passed as inputs (ignored, and said so).
+
+Names, shapes and dtypes are checked before anything runs: every bad tensor gets one line
+(exit 2). Batch and seq come from the leading activation; the config from ``--config``, else
+``meta.json``, else the one config whose shapes fit (ambiguous: ``--config`` is required).
+The result is a ``Report`` with one region per model output (status PASS / FAIL under the
+standard presets), rendered and exit-coded like ``lowering diff``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import dsref
+from dsref.io import detect_format
+from dsref.run import infer_batch_seq
+from lowering import tolerances
+from lowering.diff import compare
+from lowering.report import FAIL, PASS, RegionReport, Report
+
+# inputs pypto-lib's V4 harness passes that dsref's contract has no use for
+IGNORED_EXTRAS = {"v4.qkv_proj_rope": ("even_select_t", "odd_select_t")}
+
+
+class DataError(ValueError):
+    """The data directory does not fit the model: one line per bad tensor (exit 2)."""
+
+
+def _normalise(model: str, inputs: dict[str, np.ndarray], notes: list[str]) -> dict[str, np.ndarray]:
+    """Undo the known layout quirks of other producers (see the module docstring)."""
+    ins = dict(inputs)
+    for n in IGNORED_EXTRAS.get(model, ()):
+        if n in ins:
+            a = ins.pop(n)
+            notes.append(f"input {n} {a.dtype.name}{list(a.shape)} ignored (pypto-lib select "
+                         "matrix; not part of the dsref contract)")
+    s = ins.get("wq_b_scale")
+    if model.startswith("v4") and s is not None and np.ndim(s) == 2 and np.shape(s)[-1] == 128:
+        notes.append(f"input wq_b_scale {list(np.shape(s))} flattened to [{np.size(s)}] "
+                     "(pypto-lib PR #332 layout)")
+        ins["wq_b_scale"] = np.ascontiguousarray(s).reshape(-1)
+    return ins
+
+
+def _problems(got: Mapping[str, np.ndarray], specs: Mapping[str, Any], group: str) -> list[str]:
+    out = []
+    for n, spec in specs.items():
+        if n not in got:
+            out.append(f"{group} {n}: missing (expected {spec.dtype.name}{list(spec.shape)})")
+            continue
+        a = got[n]
+        if tuple(a.shape) != tuple(spec.shape) or a.dtype != spec.dtype:
+            out.append(f"{group} {n}: expected {spec.dtype.name}{list(spec.shape)}, "
+                       f"got {a.dtype.name}{list(a.shape)}")
+    for n in got:
+        if n not in specs:
+            out.append(f"{group} {n}: unknown {group[:-1]} of the model (expected "
+                       f"{', '.join(specs)})")
+    return out
+
+
+def _fits(m: Any, cfg: Any, ins: Mapping[str, np.ndarray], outs: Mapping[str, np.ndarray],
+          batch: int, seq: int) -> list[str]:
+    return (_problems(ins, m.input_specs(cfg, batch, seq), "inputs")
+            + _problems(outs, m.output_specs(cfg, batch, seq), "outputs"))
+
+
+def _choose_config(model: str, meta: dict, config: str | None, variants: Mapping[str, Any],
+                   ins: Mapping[str, np.ndarray], outs: Mapping[str, np.ndarray]) -> Any:
+    m = dsref.get_model(model)
+    try:
+        batch, seq = infer_batch_seq(m, ins)
+    except dsref.InputError as e:
+        raise DataError(f"inputs {e}") from None
+    if config is None and meta.get("config"):
+        config = meta["config"]
+        variants = {**meta.get("variants", {}), **variants}
+    if config is not None:
+        cfg = dsref.config(config, **variants)
+        if not isinstance(cfg, m.config_type):
+            raise DataError(f"config {config} is not a config of {model}")
+        bad = _fits(m, cfg, ins, outs, batch, seq)
+        if bad:
+            raise DataError(f"{len(bad)} tensor(s) do not fit {model} at config {config} "
+                            f"(batch={batch} seq={seq}):\n  " + "\n  ".join(bad))
+        return cfg, batch, seq
+    fits, best = [], None
+    for name in dsref.config_names():
+        cfg = dsref.config(name, **variants)
+        if not isinstance(cfg, m.config_type):
+            continue
+        bad = _fits(m, cfg, ins, outs, batch, seq)
+        if not bad:
+            fits.append(cfg)
+        elif best is None or len(bad) < len(best[1]):
+            best = (name, bad)
+    if len(fits) == 1:
+        return fits[0], batch, seq
+    if fits:
+        raise DataError(f"the shapes fit configs {', '.join(c.name for c in fits)}: "
+                        "pass --config")
+    name, bad = best
+    raise DataError(f"the data fits no config of {model}; closest {name}, where "
+                    f"{len(bad)} tensor(s) differ:\n  " + "\n  ".join(bad))
+
+
+def diff_files(data: str | Path, model: str | None = None, *, config: str | None = None,
+               variants: Mapping[str, Any] | None = None) -> Report:
+    """Compare the outputs stored in ``data`` with dsref run on its inputs (see module)."""
+    d = Path(data)
+    fmt = detect_format(d)
+    golden = dsref.load_golden(d)
+    meta = golden.meta
+    model = model or meta.get("model")
+    if model is None:
+        raise DataError(f"{d}: no meta.json naming the model: pass MODEL")
+    if meta.get("model") not in (None, model):
+        raise DataError(f"{d}: meta.json says model {meta['model']}, not {model}")
+    notes: list[str] = []
+    ins = _normalise(model, golden.inputs, notes)
+    outs = dict(golden.outputs)
+    cfg, batch, seq = _choose_config(model, meta, config, dict(variants or {}), ins, outs)
+    t0 = time.perf_counter()
+    want = dsref.run(model, cfg, ins)
+    secs = time.perf_counter() - t0
+    regions = []
+    for n in dsref.get_model(model).output_specs(cfg, batch, seq):
+        o = compare(n, outs[n], want[n], tolerances.preset_for(n, want[n].dtype))
+        regions.append(RegionReport(name=n, status=PASS if o.ok else FAIL,
+                                    kernel=f"{d}:{n}", outputs=[o], seconds=secs))
+    return Report(model=model, config=cfg.name, mode="files", backend=f"files:{fmt}",
+                  platform="-", batch=batch, seq=seq, seed=meta.get("seed"), regions=regions,
+                  variants=dsref.variant_values(cfg), notes=notes)
+
+
+def cmd_diff_files(args: argparse.Namespace) -> int:
+    from lowering.cli import _console
+    from lowering.report import render
+
+    rep = diff_files(args.data, args.model, config=args.config,
+                     variants=dsref.parse_variants(args.variant))
+    if not args.quiet:
+        render([rep], _console())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([rep.to_dict()], f, indent=2, default=str)
+    return 0 if rep.verdict == PASS else 1
+
+
+def add_subparser(sub: Any) -> None:
+    """``lowering diff-files [MODEL] --data DIR [--config C] [--variant k=v ...]``."""
+    p = sub.add_parser("diff-files", help="diff outputs stored in a golden / snapshot "
+                       "directory (dsref or pypto-lib layout) against dsref on its inputs")
+    p.add_argument("model", nargs="?", choices=dsref.model_names(),
+                   help="default: the model named in DIR/meta.json")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--config", help="default: meta.json's, else the one whose shapes fit")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_diff_files)
