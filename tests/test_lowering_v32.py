@@ -127,37 +127,6 @@ def test_cross_iteration_write_is_a_race(tiny):
     assert "n0=0" in races[0].message and "n0=64" in races[0].message
 
 
-def test_pr134_dead_write_of_rotated_q_is_a_warning(tiny):
-    """PR #134 wrote the rotated q back into a local q buffer that nothing read."""
-
-    def q_rope(q, seq_lens, rope_cos, rope_sin, q_nope_out, q_pe_out, *, tiling):
-        t = tiling
-        q_proj_out = pl.create_tensor(list(q.shape), pl.BF16)  # the kernel's local q buffer
-        hd, half = t.nope + t.rope, t.rope // 2
-        with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_rope"):
-            for b in pl.parallel(0, q.shape[0], 1):
-                pos = pl.read(seq_lens, [b]) - 1
-                rows = blocks.rope_rows(rope_cos, rope_sin, pos, half)
-                for h in pl.range(t.heads):
-                    c = h * hd + t.nope
-                    q_nope_out[b:b + 1, h * t.nope:(h + 1) * t.nope] = q[b:b + 1, h * hd:c]
-                    lo, hi = blocks.rope_half(pl.cast(q[b:b + 1, c:c + half], target_type=pl.FP32),
-                                              pl.cast(q[b:b + 1, c + half:c + t.rope],
-                                                      target_type=pl.FP32), *rows)
-                    lo16 = pl.cast(lo, target_type=pl.BF16, mode=t.mode)
-                    hi16 = pl.cast(hi, target_type=pl.BF16, mode=t.mode)
-                    q_proj_out[b:b + 1, c:c + half] = lo16  # dead
-                    q_proj_out[b:b + 1, c + half:c + t.rope] = hi16  # dead
-                    q_pe_out[b:b + 1, h * t.rope:h * t.rope + half] = lo16
-                    q_pe_out[b:b + 1, h * t.rope + half:(h + 1) * t.rope] = hi16
-
-    run = _region_run(tiny, "q_rope", q_rope)
-    (f,) = run.by_check("dead_write")
-    assert f.severity == "warning" and f.tensor == "q_proj_out" and run.ok
-    assert np.array_equal(run.outputs["q_pe_out"].view(np.uint16),
-                          tiny[2].region("q_rope").outputs["q_pe_out"].view(np.uint16))
-
-
 def test_over_budget_tile_is_a_budget_fail(tiny):
     """The whole 1536-wide row block at once instead of 512-wide chunks: [16, 1536] fp32 tiles
     (96 KiB each, plus the row_sum scratch) overflow a2a3's 184 KiB of Vec."""

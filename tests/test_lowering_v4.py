@@ -1,17 +1,14 @@
 """V4 qkv_proj_rope kernels (PR #332 tiling): every region against dsref on the emulator, at
 odd token counts, under each V4 variant, and their FLASH budgets against TILE_OPS.md."""
 
-import dataclasses
 
-import ml_dtypes
-import numpy as np
 import pytest
 
 import dsref
 import lowering
+from lowering.bugs import flash_rms_run as flash_run
 from lowering.registry import kernel_for, kernels
 from lowering.report import PASS
-from lowering.tile import run_kernel
 
 MODEL = "v4.qkv_proj_rope"
 KIB = 1024
@@ -69,39 +66,6 @@ def test_rms_t_tiles_cover_every_token_count(tokens):
     rows = [min(t.t_tile, tokens - i * t.t_tile) for i in range(t.tiles)]
     assert sum(rows) == tokens and min(rows) >= 1 and max(rows) <= 64
     assert (t.tiles, t.t_tile) == ((2, 64) if tokens == 128 else (1, tokens))
-
-
-def _bf(a):
-    return a.astype(ml_dtypes.bfloat16)
-
-
-def flash_rms_inputs(stage: str, tokens: int = 128):
-    """Random inputs / output specs of one FLASH region (budgets do not depend on values)."""
-    cfg = dsref.config("v4-flash")
-    rng = np.random.default_rng(0)
-    rope = {"rope_cos": _bf(rng.standard_normal((tokens, cfg.rope))),
-            "rope_sin": _bf(rng.standard_normal((tokens, cfg.rope)))}
-    if stage == "q_head_rms_rope":
-        qf = rng.standard_normal((tokens, cfg.heads * cfg.head_dim)).astype(np.float32)
-        return {"qf": qf, **rope}, {"q": ((tokens, cfg.heads, cfg.head_dim), "BF16")}
-    if stage == "kv_rms_rope":
-        kv32 = rng.standard_normal((tokens, cfg.head_dim)).astype(np.float32)
-        return ({"kv32": kv32, "gamma_ckv": _bf(1 + 0.1 * rng.standard_normal(cfg.head_dim)),
-                 **rope}, {"kv": ((tokens, cfg.head_dim), "BF16")})
-    x = _bf(rng.standard_normal((tokens // 2, 2, cfg.hidden)))
-    return ({"x": x, "norm_w": np.ones(cfg.hidden, np.float32)},
-            {"tok": ((tokens, cfg.hidden), "BF16")})
-
-
-def flash_run(stage: str, tiles: int | None = None):
-    cfg = dsref.config("v4-flash")
-    ins, outs = flash_rms_inputs(stage)
-    k = kernel_for(MODEL, stage)
-    tiling = k.tiling(cfg, {**{n: a.shape for n, a in ins.items()},
-                            **{n: s for n, (s, _) in outs.items()}})
-    if tiles is not None:
-        tiling = dataclasses.replace(tiling, tiles=tiles, t_tile=-(-128 // tiles))
-    return run_kernel(k.fn, inputs=ins, outputs=outs, kwargs={"tiling": tiling}, name=stage)
 
 
 # TILE_OPS.md: FLASH, T = 128, a2a3, shape model (KiB)

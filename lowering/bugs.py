@@ -1,0 +1,220 @@
+"""The bugs the seed kernels' code reviews found, as runnable, deliberately broken kernels.
+
+Each :class:`Bug` rebuilds the broken pattern from the production kernels' blocks, runs it on
+the emulator next to the production kernel (the control, under the same conditions) and
+returns what a user sees: the findings of the check that catches it, or the diff it causes.
+The tests assert the exact findings; ``notebooks/03_bug_hunt.ipynb`` shows them. Nothing here
+is a production kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import dsref
+from lowering.diff import OutputDiff, compare
+from lowering.kernels import blocks
+from lowering.kernels.blocks import t_tiles
+from lowering.kernels.v4 import attn_norm as v4_attn_norm
+from lowering.kernels.v4 import q_head_rms_rope as v4_q_head
+from lowering.kernels.v4._blocks import norm_rope_rows, reassemble, rope_selects
+from lowering.kernels.v4._tiling import RopeTiling
+from lowering.kernels.v32 import q_rope as v32_q_rope
+from lowering.registry import kernel_for
+from lowering.tile import Finding, KernelRun, pl, run_kernel
+from lowering.tolerances import PRESETS
+from lowering.trace import Region, trace
+
+V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
+
+
+@dataclass
+class Hunt:
+    """One bug run: the broken kernel's run, the control's, and what shows the bug."""
+
+    bug: Bug
+    broken: KernelRun
+    control: KernelRun
+    findings: list[Finding] = field(default_factory=list)  # broken run, the bug's check
+    diff: OutputDiff | None = None  # for bugs only a diff can show
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    review: str  # where it was found
+    what: str  # the pattern, one line
+    check: str  # the emulator check that catches it ('diff' for a numerics bug)
+    hunt: Callable[[], Hunt] = field(repr=False)
+
+
+# ---- kernels with the bugs -----------------------------------------------------------------
+
+
+def q_head_rms_rope_shared_temps(qf, rope_cos, rope_sin, q, *, tiling):
+    """PR #332 as written: the rotated halves' temporaries are created inside
+    ``pl.parallel(H)`` without a head dimension — one GM buffer shared by every head."""
+    t = tiling
+    tokens, heads, hd = q.shape
+    q_flat = pl.reshape(q, [tokens, heads * hd])
+    even_select, odd_select = rope_selects(t.rope_chunk)
+    for h in pl.parallel(heads):
+        q_rot_even_bf16 = pl.create_tensor([tokens, t.rope // 2], dtype=pl.BF16)
+        q_rot_odd_bf16 = pl.create_tensor([tokens, t.rope // 2], dtype=pl.BF16)
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_head_rms_rope"):
+            for t0, rows in t_tiles(tokens, t.tiles, t.t_tile):
+                norm_rope_rows(qf, None, rope_cos, rope_sin, q_flat, q_rot_even_bf16,
+                               q_rot_odd_bf16, t0=t0, rows=rows, c0=h * hd, tmp_col=0, t=t)
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_rope_reassemble"):
+            reassemble(q_rot_even_bf16, q_rot_odd_bf16, even_select, odd_select, q_flat,
+                       tokens=tokens, tmp_col=0, c0=h * hd + t.nope, t=t)
+
+
+class UnguardedTiling(RopeTiling):
+    """PR #332's ``T_TILE = T // RMS_T_TILES`` without the guard its review asked for."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def q_rope_dead_write(q, seq_lens, rope_cos, rope_sin, q_nope_out, q_pe_out, *, tiling):
+    """PR #134's q_rope: the rotated q is also written back into the kernel's local q buffer,
+    which nothing reads afterwards."""
+    t = tiling
+    q_proj_out = pl.create_tensor(list(q.shape), pl.BF16)  # the kernel's local q buffer
+    hd, half = t.nope + t.rope, t.rope // 2
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_rope"):
+        for b in pl.parallel(0, q.shape[0], 1):
+            pos = pl.read(seq_lens, [b]) - 1
+            table = blocks.rope_rows(rope_cos, rope_sin, pos, half)
+            for h in pl.range(t.heads):
+                c = h * hd + t.nope
+                q_nope_out[b:b + 1, h * t.nope:(h + 1) * t.nope] = q[b:b + 1, h * hd:c]
+                lo, hi = blocks.rope_half(pl.cast(q[b:b + 1, c:c + half], target_type=pl.FP32),
+                                          pl.cast(q[b:b + 1, c + half:c + t.rope],
+                                                  target_type=pl.FP32), *table)
+                lo16 = pl.cast(lo, target_type=pl.BF16, mode=t.mode)
+                hi16 = pl.cast(hi, target_type=pl.BF16, mode=t.mode)
+                q_proj_out[b:b + 1, c:c + half] = lo16  # dead
+                q_proj_out[b:b + 1, c + half:c + t.rope] = hi16  # dead
+                q_pe_out[b:b + 1, h * t.rope:h * t.rope + half] = lo16
+                q_pe_out[b:b + 1, h * t.rope + half:(h + 1) * t.rope] = hi16
+
+
+# ---- running them --------------------------------------------------------------------------
+
+
+def tiny_region(model: str, stage: str, *, batch: int, seq: int = 1, seed: int = 0,
+                **make: Any) -> tuple[Any, Region]:
+    """The tiny-config region of ``stage`` with its reference values."""
+    cfg = dsref.config("v32-tiny" if model == V32 else "v4-tiny")
+    ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=seed, **make)
+    return cfg, trace(model, cfg, ins).region(stage)
+
+
+def run_on(fn: Callable, region: Region, tiling: Any, platform: str = "a2a3") -> KernelRun:
+    """Run ``fn`` on a region's reference inputs, outputs sized like the reference's."""
+    outs = {n: (a.shape, a.dtype) for n, a in region.outputs.items()}
+    return run_kernel(fn, inputs=dict(region.inputs), outputs=outs, kwargs={"tiling": tiling},
+                      name=region.name, platform=platform)
+
+
+def _tiling(model: str, cfg: Any, region: Region) -> Any:
+    shapes = {n: np.shape(a) for n, a in {**region.inputs, **region.outputs}.items()}
+    return kernel_for(model, region.name).tiling(cfg, shapes)
+
+
+def hunt_race() -> Hunt:
+    cfg, region = tiny_region(V4, "q_head_rms_rope", batch=3, seq=3)
+    t = _tiling(V4, cfg, region)
+    broken = run_on(q_head_rms_rope_shared_temps, region, t)
+    return Hunt(BUGS["race"], broken, run_on(v4_q_head.q_head_rms_rope, region, t),
+                broken.by_check("race"))
+
+
+def hunt_odd_tail() -> Hunt:
+    cfg, region = tiny_region(V4, "q_head_rms_rope", batch=3, seq=3)  # T = 9
+    good = _tiling(V4, cfg, region)
+    tokens = region.inputs["qf"].shape[0]
+    fields = {f.name: getattr(good, f.name) for f in dataclasses.fields(good)}
+    broken_t = UnguardedTiling(**{**fields, "tiles": 2, "t_tile": tokens // 2})
+    control_t = dataclasses.replace(good, tiles=2, t_tile=-(-tokens // 2))  # ceil: last shorter
+    broken = run_on(v4_q_head.q_head_rms_rope, region, broken_t)
+    return Hunt(BUGS["odd_tail"], broken, run_on(v4_q_head.q_head_rms_rope, region, control_t),
+                broken.by_check("coverage"))
+
+
+def hunt_dead_write() -> Hunt:
+    cfg, region = tiny_region(V32, "q_rope", batch=16)
+    t = _tiling(V32, cfg, region)
+    broken = run_on(q_rope_dead_write, region, t)
+    return Hunt(BUGS["dead_write"], broken, run_on(v32_q_rope.q_rope, region, t),
+                broken.by_check("dead_write"))
+
+
+def flash_rms_region(stage: str, tokens: int = 128) -> Region:
+    """A FLASH-dims region of an RMS stage (attn_norm, q_head_rms_rope, kv_rms_rope) with
+    random values: budgets do not depend on values."""
+    cfg = dsref.config("v4-flash")
+    rng = np.random.default_rng(0)
+
+    def bf(a):
+        return np.asarray(a, np.float32).astype(dsref.inputs.BF16)
+
+    rope = {"rope_cos": bf(rng.standard_normal((tokens, cfg.rope))),
+            "rope_sin": bf(rng.standard_normal((tokens, cfg.rope)))}
+    if stage == "q_head_rms_rope":
+        qf = rng.standard_normal((tokens, cfg.heads * cfg.head_dim)).astype(np.float32)
+        return Region(stage, -1, {"qf": qf, **rope},
+                      {"q": np.zeros((tokens, cfg.heads, cfg.head_dim), dsref.inputs.BF16)})
+    if stage == "attn_norm":
+        x = bf(rng.standard_normal((tokens // 2, 2, cfg.hidden)))
+        return Region(stage, -1, {"x": x, "norm_w": np.ones(cfg.hidden, np.float32)},
+                      {"tok": np.zeros((tokens, cfg.hidden), dsref.inputs.BF16)})
+    kv32 = rng.standard_normal((tokens, cfg.head_dim)).astype(np.float32)
+    gamma = bf(1 + 0.1 * rng.standard_normal(cfg.head_dim))
+    return Region(stage, -1, {"kv32": kv32, "gamma_ckv": gamma, **rope},
+                  {"kv": np.zeros((tokens, cfg.head_dim), dsref.inputs.BF16)})
+
+
+def flash_rms_run(stage: str, tiles: int | None = None, platform: str = "a2a3") -> KernelRun:
+    """Run a production RMS kernel at FLASH dims, T = 128, with ``tiles`` in-core T tiles
+    (default: the kernel's own choice)."""
+    region = flash_rms_region(stage)
+    t = _tiling(V4, dsref.config("v4-flash"), region)
+    if tiles is not None:
+        t = dataclasses.replace(t, tiles=tiles, t_tile=-(-128 // tiles))
+    return run_on(kernel_for(V4, stage).fn, region, t, platform)
+
+
+def hunt_budget() -> Hunt:
+    broken = flash_rms_run("q_head_rms_rope", tiles=1)
+    return Hunt(BUGS["budget"], broken, flash_rms_run("q_head_rms_rope"), broken.by_check("budget"))
+
+
+def hunt_round_cast() -> Hunt:
+    cfg, region = tiny_region(V4, "attn_norm", batch=2, seq=3, ties=True)
+    t = _tiling(V4, cfg, region)
+    broken = run_on(v4_attn_norm.attn_norm, region, dataclasses.replace(t, mode="round"))
+    want = region.outputs["tok"]
+    return Hunt(BUGS["round_cast"], broken, run_on(v4_attn_norm.attn_norm, region, t),
+                diff=compare("tok", broken.outputs["tok"], want, PRESETS["bf16"]))
+
+
+BUGS: dict[str, Bug] = {b.name: b for b in (
+    Bug("race", "PR #332 review", "per-head temporaries q_rot_even_bf16 / q_rot_odd_bf16 "
+        "created inside pl.parallel(H) without a head dimension", "race", hunt_race),
+    Bug("odd_tail", "PR #332 review", "T_TILE = T // 2 with odd T: the last token is never "
+        "normalised or rotated", "coverage", hunt_odd_tail),
+    Bug("dead_write", "PR #134 review", "rotated q written back into the local q buffer that "
+        "nothing reads", "dead_write", hunt_dead_write),
+    Bug("budget", "PR #332 (why it T-tiles)", "the RMS+RoPE scope without in-core T tiling at "
+        "FLASH dims, T = 128: Vec over a2a3's 184 KiB", "budget", hunt_budget),
+    Bug("round_cast", "PyPTO precision guide", "a bf16 cast left at pl.cast's default mode "
+        "'round' (ties away) instead of 'rint'", "diff", hunt_round_cast),
+)}
