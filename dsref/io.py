@@ -14,9 +14,8 @@ version, and the dtypes and shapes of every tensor — everything needed to rege
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 from dsref.config import Config, config, variant_values, with_variants
 from dsref.inputs import make_inputs
 from dsref.model import get_model
+from dsref.progress import progress_steps
 from dsref.run import run
 
 FORMATS = ("safetensors", "npz", "pypto-lib")
@@ -82,7 +82,7 @@ def write_golden(
     cfg = with_variants(cfg, **variants) if variants else cfg
     if fmt == "pypto-lib":
         import_torch()  # fail before any work
-    with _progress(progress, 4) as step:
+    with progress_steps(progress, 4) as step:
         step("making inputs")
         inputs = make_inputs(model, cfg, batch=batch, seq=seq, seed=seed)
         step("running the model")
@@ -116,28 +116,6 @@ def _meta(model: str, cfg: Config, batch: int, seq: int, seed: int, fmt: str,
         "dtypes": {g: {k: a.dtype.name for k, a in arrs.items()}
                    for g, arrs in (("inputs", inputs), ("outputs", outputs))},
     }
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    """A ``step(description)`` callback driving a transient rich progress bar (or nothing)."""
-    if not enabled:
-        yield lambda _desc: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("golden", total=total)
-        started = [0]
-
-        def step(desc: str) -> None:  # steps started before this one are complete
-            bar.update(task, description=desc, completed=started[0])
-            started[0] += 1
-
-        yield step
-        bar.update(task, completed=total)
 
 
 def _write_safetensors(out: Path, groups: dict, inouts: tuple[str, ...], step: Callable) -> None:

@@ -65,12 +65,17 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Any, int, int]]:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from dsref.progress import progress_steps, wanted
+
     backend = _backend(args)
     reports = []
-    for model, cfg, batch, seq in _runs(args):
-        ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed)
-        reports.append(pipeline.diff(model, cfg, ins, mode=args.mode, backend=backend,
-                                     platform=args.platform, seed=args.seed))
+    runs = _runs(args)
+    total = sum(len(dsref.get_model(m).stages) for m, *_ in runs)
+    with progress_steps(wanted(args.quiet), total) as step:
+        for model, cfg, batch, seq in runs:
+            ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed)
+            reports.append(pipeline.diff(model, cfg, ins, mode=args.mode, backend=backend,
+                                         platform=args.platform, seed=args.seed, on_region=step))
     if not args.quiet:
         render(reports, _console())
     if args.json:

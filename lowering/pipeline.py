@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -71,9 +71,11 @@ def run_region(model: str, cfg: Any, region: Region, inputs: Mapping[str, np.nda
 
 def diff(model: str, cfg: Any, inputs: Mapping[str, np.ndarray], *, mode: str = "isolated",
          backend: Any = "numpy", platform: str = "a2a3", seed: int | None = None,
-         permute_parallel: bool = False, kernel_cfg: Any = None) -> Report:
+         permute_parallel: bool = False, kernel_cfg: Any = None,
+         on_region: Callable[[str], None] | None = None) -> Report:
     """Diff every region of ``model`` (kernels on the tile emulator) against dsref at ``cfg``;
-    ``kernel_cfg`` (same model) sets the semantics the kernels follow, default ``cfg``."""
+    ``kernel_cfg`` (same model) sets the semantics the kernels follow, default ``cfg``;
+    ``on_region(name)`` is called as each region starts (progress display)."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     tr = trace(model, cfg, inputs)
@@ -84,6 +86,8 @@ def diff(model: str, cfg: Any, inputs: Mapping[str, np.ndarray], *, mode: str = 
         region = by_index.get(i)
         if region is None or stage_of(eqn, model) is None:
             return None
+        if on_region is not None:
+            on_region(f"{model.split('.')[0]} {region.name}")
         ins = region.inputs if mode == "isolated" else {
             n: np.asarray(v) for n, v in zip(region.inputs, invals, strict=True)}
         rep, outs = run_region(model, cfg, region, ins, platform=platform, backend=backend,
