@@ -14,5 +14,13 @@ def decode_rows(seq_lens: jax.Array, max_seq: int) -> jax.Array:
 
 def write_rows(cache: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
     """A new cache with ``cache[rows[i]] = values[i]``; rows must be distinct and in range
-    (``dsref.run`` validates ``seq_lens`` before this runs)."""
-    return cache.at[rows].set(values.astype(cache.dtype), mode="promise_in_bounds")
+    (``dsref.run`` validates ``seq_lens`` before this runs).
+
+    The rows move as raw 16-bit words: a pure copy, and XLA CPU scatters a bf16 cache about
+    twice as slowly as the same bytes typed uint16."""
+    values = values.astype(cache.dtype)
+    if cache.dtype.itemsize != 2:
+        return cache.at[rows].set(values, mode="promise_in_bounds")
+    bits = jax.lax.bitcast_convert_type(cache, jnp.uint16)
+    bits = bits.at[rows].set(jax.lax.bitcast_convert_type(values, jnp.uint16), mode="promise_in_bounds")
+    return jax.lax.bitcast_convert_type(bits, cache.dtype)
