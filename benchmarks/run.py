@@ -89,7 +89,8 @@ def bench_lowering_diff(backend_args: list[str]) -> dict:
 
 
 def run(quick: bool = False, backend: str = "numpy", device: str | None = None,
-        eager: bool = True) -> dict:
+        eager: bool = True, progress: bool = False) -> dict:
+    from dsref.progress import progress_steps
     from lowering.backends import get_backend
 
     bk = get_backend(backend, device=device)
@@ -101,20 +102,24 @@ def run(quick: bool = False, backend: str = "numpy", device: str | None = None,
                     "cpus": os.cpu_count(), "numpy": np.__version__},
         "quick": quick, "backend": str(bk), "copy_bandwidth_GBps": bw / 1e9, "models": {},
     }
-    for model, config, batch, seq in runs:
-        cfg = dsref.config(config)
-        ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=0)
-        wbytes = sum(a.nbytes for n, a in ins.items() if WEIGHT.search(n))
-        ref = bench_reference(model, cfg, ins, repeat, eager)
-        floor = wbytes / bw
-        emu = bench_emulator(model, cfg, ins, bk)
-        res["models"][model] = {
-            "config": config, "batch": batch, "seq": seq, "weight_bytes": wbytes,
-            "reference": ref, "floor_s": floor, "reference_over_floor": ref["jit_s"] / floor,
-            "emulator": emu, "emulator_over_reference": emu["kernels_s"] / ref["jit_s"],
-        }
-    args = ["--backend", backend] + (["--device", device] if device else [])
-    res["lowering_diff"] = bench_lowering_diff(args)
+    with progress_steps(progress, 2 * len(runs) + 1) as step:
+        for model, config, batch, seq in runs:
+            cfg = dsref.config(config)
+            ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=0)
+            wbytes = sum(a.nbytes for n, a in ins.items() if WEIGHT.search(n))
+            step(f"{config} reference")
+            ref = bench_reference(model, cfg, ins, repeat, eager)
+            floor = wbytes / bw
+            step(f"{config} emulator")
+            emu = bench_emulator(model, cfg, ins, bk)
+            res["models"][model] = {
+                "config": config, "batch": batch, "seq": seq, "weight_bytes": wbytes,
+                "reference": ref, "floor_s": floor, "reference_over_floor": ref["jit_s"] / floor,
+                "emulator": emu, "emulator_over_reference": emu["kernels_s"] / ref["jit_s"],
+            }
+        step("lowering diff (tiny)")
+        args = ["--backend", backend] + (["--device", device] if device else [])
+        res["lowering_diff"] = bench_lowering_diff(args)
     return res
 
 
@@ -147,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch"))
     p.add_argument("--device", default=None)
     p.add_argument("--no-eager", action="store_true", help="skip the eager reference runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    res = run(quick=a.quick, backend=a.backend, device=a.device, eager=not a.no_eager)
+    from dsref.progress import wanted
+
+    res = run(quick=a.quick, backend=a.backend, device=a.device, eager=not a.no_eager,
+              progress=wanted(a.quiet))
     print(render(res))
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {a.out}")

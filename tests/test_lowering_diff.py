@@ -102,3 +102,37 @@ def test_cli_exit_codes(tmp_path, capsys):
                    str(out), "--quiet"])
     rep = json.loads(out.read_text())[0]
     assert rc == (0 if rep["verdict"] == "PASS" else 1)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="plot extra not installed")
+    out = tmp_path / "diff.png"
+    assert cli.main(["diff", "v4.qkv_proj_rope", "--config", "v4-tiny", "--batch", "2", "--seq", "3",
+                     "--plot", str(out), "--quiet"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_plot_without_matplotlib_is_a_clear_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    rc = cli.main(["diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2",
+                   "--plot", str(tmp_path / "x.png"), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("lowering: error: plots need matplotlib: pip install 'dsref[plot]' "
+                   "(or: pip install matplotlib)")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_heatmap_counts_elements_off_per_head_and_token():
+    from lowering.plots import head_token_ulps
+
+    cfg = dsref.config("v4-tiny")
+    ins = dsref.make_inputs("v4.qkv_proj_rope", cfg, batch=2, seq=3, seed=0)
+    rep = lowering.diff("v4.qkv_proj_rope", dsref.with_variants(cfg, rope_preround=True), ins,
+                        kernel_cfg=cfg)
+    ulps = head_token_ulps(rep)
+    assert ulps.shape == (6, cfg.heads, cfg.head_dim)
+    assert not ulps[0].any()  # token 0 sits at position 0: the rotation is the identity
+    assert not ulps[:, :, : cfg.nope].any() and ulps[1:, :, cfg.nope:].any()  # rope part only
