@@ -60,14 +60,15 @@ def plot_regions(ax: Any, report: Report) -> None:
             colors.append("#bbbbbb")
             continue
         for o in r.outputs:
-            labels.append(f"{r.name}\n{o.name}" if len(r.outputs) > 1 else r.name)
+            label = f"{r.name}\n{o.name}" if len(r.outputs) > 1 else r.name
+            labels.append(label if o.dtype == "bfloat16" else f"{label} ({o.dtype})")
             ulps.append(max(o.max_ulp, 0))
             differ.append(o.differ_ratio)
             colors.append("#2a9d8f" if o.ok else "#e63946")
     x = np.arange(len(labels))
     ax.bar(x, np.asarray(ulps) + 1, color=colors)  # +1: zero error still shows on a log axis
     ax.set_yscale("log")
-    ax.set_ylabel("max ulp + 1 (log)")
+    ax.set_ylabel("max ulp + 1 (log; of each output's own format)")
     ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
     for xi, u, d in zip(x, ulps, differ, strict=True):
         ax.annotate(f"{100 * d:.2f}%", (xi, u + 1), ha="center", va="bottom", fontsize=6)
