@@ -126,8 +126,11 @@ def dot(a: jax.Array, b: jax.Array, accumulate: str = "exact") -> jax.Array:
 
 
 def idot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """int8 x int8 -> exact int32 accumulator, carried as float64 (exact: |sum| < 2**53)."""
-    return jnp.dot(widen(a), widen(b), precision=jax.lax.Precision.HIGHEST)
+    """int8 x int8 -> the exact int32 accumulator, carried as float64.
+
+    XLA's integer dot accumulates in int32, which is exact here (|sum| <= K·2**14 < 2**31 for
+    K < 2**17) and about 4x faster on CPU than a float64 dot of the widened operands."""
+    return jnp.dot(a, b, preferred_element_type=jnp.int32).astype(jnp.float64)
 
 
 def int8_codes(v: jax.Array) -> jax.Array:
