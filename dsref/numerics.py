@@ -111,12 +111,13 @@ def row_sum(v: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def dot(a: jax.Array, b: jax.Array, accumulate: str = "exact") -> jax.Array:
-    """``a @ b`` of bf16 (or int8) operands, as a carried fp32 value.
+    """``a @ b`` of bf16 operands, as a carried fp32 value (int8 operands: :func:`idot`).
 
     ``exact``: the products are exact in float64 and summed there, then rounded once to fp32
-    (int8 x int8: the float64 sum is the exact int32 value, rounded RNE to fp32 by the caller's
-    widening). ``fp32``: XLA's native fp32-accumulated dot on the stored operands, order
-    unspecified — faster, not bitwise portable.
+    (the float64 sum differs from the exact one by ~K·2**-53 relative, so the fp32 result is
+    the correctly rounded sum unless it lies that close to an fp32 rounding boundary).
+    ``fp32``: XLA's native fp32-accumulated dot on the stored operands, order unspecified —
+    faster, not bitwise portable.
     """
     if accumulate == "exact":
         return r32(jnp.dot(widen(a), widen(b), precision=jax.lax.Precision.HIGHEST))
