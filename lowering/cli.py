@@ -75,7 +75,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for model, cfg, batch, seq in runs:
             ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed)
             reports.append(pipeline.diff(model, cfg, ins, mode=args.mode, backend=backend,
-                                         platform=args.platform, seed=args.seed, on_region=step))
+                                         platform=args.platform, seed=args.seed, on_region=step,
+                                         permute_parallel=args.permute_parallel))
     if not args.quiet:
         render(reports, _console())
     if args.json:
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", metavar="FILE")
     d.add_argument("--plot", metavar="FILE")
     d.add_argument("--quiet", action="store_true")
+    d.add_argument("--permute-parallel", action="store_true",
+                   help="run pl.parallel / pl.spmd iterations in a seeded random order")
     d.set_defaults(fn=cmd_diff)
     pl = sub.add_parser("plan", help="show the regions, their tensors and kernels")
     common(pl, model_required=True)

@@ -136,3 +136,12 @@ def test_heatmap_counts_elements_off_per_head_and_token():
     assert ulps.shape == (6, cfg.heads, cfg.head_dim)
     assert not ulps[0].any()  # token 0 sits at position 0: the rotation is the identity
     assert not ulps[:, :, : cfg.nope].any() and ulps[1:, :, cfg.nope:].any()  # rope part only
+
+
+def test_kernels_pass_with_parallel_iterations_permuted(tmp_path):
+    """pl.parallel promises independent iterations: any order must give the same bits."""
+    out = tmp_path / "r.json"
+    assert cli.main(["diff", "--permute-parallel", "--seed", "3", "--json", str(out), "--quiet"]) == 0
+    reps = json.loads(out.read_text())
+    assert [r["model"] for r in reps] == ["v32.decode_front", "v4.qkv_proj_rope"]
+    assert all(reg["status"] == "PASS" for r in reps for reg in r["regions"])
