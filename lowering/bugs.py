@@ -19,10 +19,10 @@ import numpy as np
 import dsref
 from lowering.diff import OutputDiff, compare
 from lowering.kernels import blocks
-from lowering.kernels.blocks import t_tiles
+from lowering.kernels.blocks import rope_selects, t_tiles
 from lowering.kernels.v4 import attn_norm as v4_attn_norm
 from lowering.kernels.v4 import q_head_rms_rope as v4_q_head
-from lowering.kernels.v4._blocks import norm_rope_rows, reassemble, rope_selects
+from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
 from lowering.kernels.v4._tiling import RopeTiling
 from lowering.kernels.v32 import q_rope as v32_q_rope
 from lowering.registry import kernel_for

@@ -45,12 +45,20 @@ def inv_rms(sq, n: int, eps: float):
 
 
 def rms_norm_rows(x, w, out, *, r0: int, rows: int, c0: int, n: int, k: int, eps: float,
-                  mode: str) -> None:
-    """``out[r, :] = bf16(w · (x[r, c0:c0+n] · inv_rms))`` for the rows of one block."""
+                  mode: str, hf: bool = False) -> None:
+    """``out[r, :] = bf16(w · (x[r, c0:c0+n] · inv_rms))`` for the rows of one block.
+
+    ``hf`` (HF DeepseekV3RMSNorm): ``bf16(bf16(w) · bf16(x · inv_rms))`` — the normalised row
+    and the weight rounded to bf16 first (the weight ``rint``, as a bf16 parameter is stored)."""
     inv = inv_rms(sum_squares(x, r0, rows, c0, n, k), n, eps)
     for k0 in pl.range(0, n, k):
         xc = pl.cast(x[r0:r0 + rows, c0 + k0:c0 + k0 + k], target_type=pl.FP32)
-        y = pl.col_expand_mul(pl.row_expand_mul(xc, inv), w[0:1, k0:k0 + k])
+        normed = pl.row_expand_mul(xc, inv)
+        wc = w[0:1, k0:k0 + k]
+        if hf:
+            normed = pl.cast(pl.cast(normed, target_type=pl.BF16, mode=mode), target_type=pl.FP32)
+            wc = pl.cast(pl.cast(wc, target_type=pl.BF16, mode="rint"), target_type=pl.FP32)
+        y = pl.col_expand_mul(normed, wc)
         out[r0:r0 + rows, k0:k0 + k] = pl.cast(y, target_type=pl.BF16, mode=mode)
 
 
@@ -97,3 +105,44 @@ def t_tiles(tokens: int, tiles: int, t_tile: int) -> Iterator[tuple[int, int]]:
     for tt in pl.range(tiles):
         t0 = tt * t_tile
         yield t0, min(t_tile, tokens - t0)
+
+
+def rope_selects(chunk: int):
+    """The 0/1 re-interleave blocks ``even_select[i, 2i] = 1``, ``odd_select[i, 2i+1] = 1``
+    (bf16 ``[chunk/2, chunk]``), built once per kernel call in a GM buffer. PR #332 passes
+    whole ``[R/2, R]`` matrices in as host-built inputs and reads only their diagonal
+    ``[chunk/2, chunk]`` blocks, which are all this same block; the pipeline hands a kernel only
+    its region's tensors, so the kernel writes the block itself (one row per store)."""
+    half = chunk // 2
+    even_select = pl.create_tensor([half, chunk], dtype=pl.BF16)
+    odd_select = pl.create_tensor([half, chunk], dtype=pl.BF16)
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="rope_select"):
+        one = pl.full([1, 1], dtype=pl.BF16, value=1.0)
+        for i in pl.range(half):
+            row_e = pl.full([1, chunk], dtype=pl.BF16, value=0.0)
+            row_e[0:1, 2 * i:2 * i + 1] = one
+            even_select[i:i + 1, :] = row_e
+            row_o = pl.full([1, chunk], dtype=pl.BF16, value=0.0)
+            row_o[0:1, 2 * i + 1:2 * i + 2] = one
+            odd_select[i:i + 1, :] = row_o
+    return even_select, odd_select
+
+
+def rope_interleaved_pairs(x, cos_e, sin_e, cos_o, sin_o):
+    """Interleaved-pair rotation of an fp32 ``[rows, R]`` tile: ``e, o`` = even / odd columns
+    (``tensor.gather`` P0101 / P1010); returns ``(e·c − o·s, e·s' + o·c')`` as ``[rows, R/2]``
+    fp32 tiles, each product and sum one fp32 op (pair tables: ``c = c'``, ``s = s'``)."""
+    e = pl.tensor.gather(x, mask_pattern=pl.tile.MaskPattern.P0101)
+    o = pl.tensor.gather(x, mask_pattern=pl.tile.MaskPattern.P1010)
+    y_e = pl.sub(pl.col_expand_mul(e, cos_e), pl.col_expand_mul(o, sin_e))
+    y_o = pl.add(pl.col_expand_mul(e, sin_o), pl.col_expand_mul(o, cos_o))
+    return y_e, y_o
+
+
+def interleave(y_e, y_o, even_select, odd_select, mode: str):
+    """``bf16([y_e0, y_o0, y_e1, y_o1, …])`` from the two fp32 halves: each cast to bf16, then
+    re-interleaved through the 0/1 select matmuls (exact, except −0.0 → +0.0)."""
+    acc = pl.matmul(pl.cast(y_e, target_type=pl.BF16, mode=mode), even_select[:, :],
+                    out_dtype=pl.FP32)
+    acc = pl.matmul_acc(acc, pl.cast(y_o, target_type=pl.BF16, mode=mode), odd_select[:, :])
+    return pl.cast(acc, target_type=pl.BF16, mode=mode)

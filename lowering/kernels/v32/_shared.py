@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import project_block, rms_norm_rows, row_blocks
-from lowering.kernels.v32._tiling import ProjTiling, RmsNormTiling
+from lowering.kernels.blocks import (
+    interleave,
+    project_block,
+    rms_norm_rows,
+    rope_half,
+    rope_interleaved_pairs,
+    rope_selects,
+    row_blocks,
+)
+from lowering.kernels.v32._tiling import ProjTiling, RmsNormTiling, RopeTiling
 from lowering.tile import pl
 
 
@@ -11,7 +19,8 @@ def rms_norm_kernel(x, w, out, t: RmsNormTiling, name: str) -> None:
     """``out = bf16(w · (x[:, :n] · inv_rms))`` in ``batch_tile``-row blocks."""
     with pl.at(level=pl.Level.CORE_GROUP, name_hint=name):
         for r0, rows in row_blocks(x.shape[0], t.batch_tile):
-            rms_norm_rows(x, w, out, r0=r0, rows=rows, c0=0, n=t.n, k=t.k, eps=t.eps, mode=t.mode)
+            rms_norm_rows(x, w, out, r0=r0, rows=rows, c0=0, n=t.n, k=t.k, eps=t.eps, mode=t.mode,
+                          hf=t.hf)
 
 
 def projection_kernel(x, w, y, t: ProjTiling, name: str) -> None:
@@ -21,3 +30,27 @@ def projection_kernel(x, w, y, t: ProjTiling, name: str) -> None:
         for r0, rows in row_blocks(b, t.batch_tile):
             for n0 in pl.parallel(0, n, t.n_chunk):
                 project_block(x, w, y, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k, mode=t.mode)
+
+
+def selects(t: RopeTiling):
+    """The re-interleave select blocks an interleaved layout needs (built once per call)."""
+    return rope_selects(t.rope) if t.layout == "interleaved" else None
+
+
+def rotate_row(x, table, sel, t: RopeTiling):
+    """RoPE of one bf16 ``[1, R]`` row at one position → bf16 ``[1, R]``.
+
+    ``table`` = the position's ``(cos_lo, cos_hi, sin_lo, sin_hi)`` halves. half layout:
+    ``[x_lo·c_lo − x_hi·s_lo | x_hi·c_hi + x_lo·s_hi]``; interleaved (pair i reads column i):
+    ``[e·c − o·s, e·s + o·c]`` per pair, re-interleaved by the ``sel`` select matmuls."""
+    half = t.rope // 2
+    xf = pl.cast(x, target_type=pl.FP32)
+    cos_lo, cos_hi, sin_lo, sin_hi = table
+    if t.layout == "interleaved":
+        y_e, y_o = rope_interleaved_pairs(xf, cos_lo, sin_lo, cos_lo, sin_lo)
+        return interleave(y_e, y_o, *sel, t.mode)
+    lo, hi = rope_half(pl.slice(xf, [1, half], [0, 0]), pl.slice(xf, [1, half], [0, half]),
+                       cos_lo, cos_hi, sin_lo, sin_hi)
+    return pl.concat(pl.cast(lo, target_type=pl.BF16, mode=t.mode),
+                     pl.cast(hi, target_type=pl.BF16, mode=t.mode))
+

@@ -38,6 +38,7 @@ class RmsNormTiling:
     n: int  # normalised dim (D, QL or KL)
     eps: float
     mode: str  # pl.cast mode of the bf16 output
+    hf: bool = False  # rmsnorm="hf": HF's two-rounding form
 
     def __post_init__(self) -> None:
         if self.n % self.k:
@@ -45,9 +46,8 @@ class RmsNormTiling:
 
 
 def rms_norm_tiling(cfg, n: int, what: str) -> RmsNormTiling:
-    require(cfg, rmsnorm="ds32")
     return RmsNormTiling(batch_tile=BATCH_TILE, k=chunk(n, RMSNORM_K, what), n=n, eps=cfg.eps,
-                         mode=cast_mode(cfg.cast))
+                         mode=cast_mode(cfg.cast), hf=cfg.rmsnorm == "hf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +79,7 @@ class RopeTiling:
     kv_lora: int
     max_seq: int  # cache rows per batch entry
     mode: str  # pl.cast mode of the bf16 outputs
+    layout: str = "half"  # rope_layout: "half" (PR #134) | "interleaved" (official ds32)
 
     def __post_init__(self) -> None:
         if self.rope % 2:
@@ -86,6 +87,5 @@ class RopeTiling:
 
 
 def rope_tiling(cfg) -> RopeTiling:
-    require(cfg, rope_layout="half")
     return RopeTiling(heads=cfg.heads, nope=cfg.nope, rope=cfg.rope, kv_lora=cfg.kv_lora,
-                      max_seq=cfg.max_seq, mode=cast_mode(cfg.cast))
+                      max_seq=cfg.max_seq, mode=cast_mode(cfg.cast), layout=cfg.rope_layout)

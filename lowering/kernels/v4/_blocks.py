@@ -78,27 +78,6 @@ def norm_rope_rows(src, gamma, rope_cos, rope_sin, dst, even, odd, *, t0: int, r
     odd[t0:t0 + rows, tmp_col:tmp_col + half] = pl.cast(y_o, target_type=pl.BF16, mode=t.mode)
 
 
-def rope_selects(chunk: int):
-    """The 0/1 re-interleave blocks ``even_select[i, 2i] = 1``, ``odd_select[i, 2i+1] = 1``
-    (bf16 ``[chunk/2, chunk]``), built once per kernel call in a GM buffer. PR #332 passes
-    whole ``[R/2, R]`` matrices in as host-built inputs and reads only their diagonal
-    ``[chunk/2, chunk]`` blocks, which are all this same block; the pipeline hands a kernel only
-    its region's tensors, so the kernel writes the block itself (one row per store)."""
-    half = chunk // 2
-    even_select = pl.create_tensor([half, chunk], dtype=pl.BF16)
-    odd_select = pl.create_tensor([half, chunk], dtype=pl.BF16)
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="rope_select"):
-        one = pl.full([1, 1], dtype=pl.BF16, value=1.0)
-        for i in pl.range(half):
-            row_e = pl.full([1, chunk], dtype=pl.BF16, value=0.0)
-            row_e[0:1, 2 * i:2 * i + 1] = one
-            even_select[i:i + 1, :] = row_e
-            row_o = pl.full([1, chunk], dtype=pl.BF16, value=0.0)
-            row_o[0:1, 2 * i + 1:2 * i + 2] = one
-            odd_select[i:i + 1, :] = row_o
-    return even_select, odd_select
-
-
 def reassemble(even, odd, even_select, odd_select, dst, *, tokens: int, tmp_col: int,
                c0: int, t) -> None:
     """``dst[:, c0:c0+R] = bf16(even @ even_select + odd @ odd_select)`` block by block (the

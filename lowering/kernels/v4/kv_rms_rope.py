@@ -18,8 +18,8 @@ Tiling: one in-core scope over ``tiles`` (RMS_T_TILES) sequential T tiles of
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import t_tiles
-from lowering.kernels.v4._blocks import norm_rope_rows, reassemble, rope_selects
+from lowering.kernels.blocks import rope_selects, t_tiles
+from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
 from lowering.kernels.v4._tiling import KV_CHUNK, RopeTiling, rope_tiling
 from lowering.tile import pl
 

@@ -26,8 +26,8 @@ re-interleave scope per head writes the rope columns of q.
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import t_tiles
-from lowering.kernels.v4._blocks import norm_rope_rows, reassemble, rope_selects
+from lowering.kernels.blocks import rope_selects, t_tiles
+from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
 from lowering.kernels.v4._tiling import HEAD_CHUNK, RopeTiling, rope_tiling
 from lowering.tile import pl
 
