@@ -145,3 +145,26 @@ def test_kernels_pass_with_parallel_iterations_permuted(tmp_path):
     reps = json.loads(out.read_text())
     assert [r["model"] for r in reps] == ["v32.decode_front", "v4.qkv_proj_rope"]
     assert all(reg["status"] == "PASS" for r in reps for reg in r["regions"])
+
+
+def test_plan_lists_every_region_with_its_kernel_and_tiling(capsys):
+    assert cli.main(["plan", "v4.qkv_proj_rope", "--config", "v4-tiny", "--batch", "3",
+                     "--seq", "3"]) == 0
+    out = capsys.readouterr().out
+    for stage in dsref.get_model("v4.qkv_proj_rope").stages:
+        assert f" {stage}  → " in out and f"kernels/v4/{stage}.py" in out
+    assert "x bfloat16[3, 3, 1536]" in out and "tiling: " in out
+
+
+def test_budget_rows_and_exit_code(capsys):
+    from lowering.budgets import measure
+    from lowering.tile import LIMITS
+
+    rows = measure("v32.decode_front", dsref.config("v32-tiny"), batch=16, platform="a5")
+    by = {(r.region, r.space): r for r in rows}
+    # the projections' [512, 64] bf16 weight tile fills L0B exactly (PR #134's K chunk)
+    assert by[("q_head_proj", "Right")].shape == 512 * 64 * 2 == LIMITS["a5"]["Right"]
+    assert not any(r.over for r in rows)
+    assert cli.main(["budget", "v32.decode_front", "--config", "v32-tiny", "--batch", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "q_head_proj" in out and "OVER" not in out
