@@ -67,6 +67,12 @@ def _normal(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def _norm_weight(rng: np.random.Generator, shape) -> np.ndarray:
+    """fp32 RMSNorm weight ~ N(1, 0.1²) on the bf16 grid: checkpoints store it in bf16 and
+    ds32's RMSNorm holds it as an fp32 parameter."""
+    return _bf16(1 + _normal(rng, shape, 0.1)).astype(np.float32)
+
+
 def _tie_weights(rng: np.random.Generator, shape) -> np.ndarray:
     """fp32 weights with 9 significant bits: ``w · ±1`` lands exactly halfway between bf16s."""
     m = rng.integers(128, 256, size=shape) * 2 + 1  # odd, 9 bits: 257..511
@@ -84,7 +90,8 @@ def make_inputs(
 ) -> dict[str, np.ndarray]:
     """Inputs of ``model`` at ``cfg`` for ``batch`` (× ``seq`` for V4), keyed by tensor name.
 
-    Weights ~ N(0, 1/fan_in) rounded to bf16; norm weights ~ N(1, 0.1²); RoPE tables real
+    Weights ~ N(0, 1/fan_in) rounded to bf16; norm weights ~ N(1, 0.1²) on the bf16 grid
+    (stored fp32, as checkpoints hold them in bf16); RoPE tables real
     (SEMANTICS.md). ``tables="adversarial"``: V3.2 tables whose halves differ (the hi half uses
     angles of a different frequency set); V4 tables with NaN in the never-read columns R/2...
     ``ties=True``: the first norm's inputs are built so that most of its outputs are exact bf16
@@ -109,12 +116,12 @@ def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool) -> dict[str, np.n
     d, ql, kl, r, h = cfg.hidden, cfg.q_lora, cfg.kv_lora, cfg.rope, cfg.heads
     ins = {
         "hidden_states": _bf16(_normal(rng, (batch, d))),
-        "input_rms_weight": (1 + _normal(rng, (1, d), 0.1)),
+        "input_rms_weight": _norm_weight(rng, (1, d)),
         "wq_a": _bf16(_normal(rng, (d, ql), d**-0.5)),
-        "q_norm_weight": (1 + _normal(rng, (1, ql), 0.1)),
+        "q_norm_weight": _norm_weight(rng, (1, ql)),
         "wq_b": _bf16(_normal(rng, (ql, h * cfg.head_dim), ql**-0.5)),
         "wkv_a": _bf16(_normal(rng, (d, kl + r), d**-0.5)),
-        "kv_norm_weight": (1 + _normal(rng, (1, kl), 0.1)),
+        "kv_norm_weight": _norm_weight(rng, (1, kl)),
     }
     seq_lens = rng.integers(1, cfg.max_seq + 1, size=batch)
     seq_lens[0] = 1  # pos 0: the identity rotation
@@ -151,7 +158,7 @@ def _v4_inputs(cfg: V4Config, rng, batch: int, seq: int, tables: str, ties: bool
     codes = np.clip(np.rint(w_b / w_scale), -127, 127).astype(np.int8)
     ins = {
         "x": _bf16(_normal(rng, (batch, seq, d))),
-        "norm_w": (1 + _normal(rng, (d,), 0.1)),
+        "norm_w": _norm_weight(rng, (d,)),
         "wq_a": _bf16(_normal(rng, (d, ql), d**-0.5)),
         "wq_b": codes,
         "wq_b_scale": w_scale,
