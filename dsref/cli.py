@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ExtraMissing) as e:  # InputError, bad names/values, missing torch
         print(f"dsref: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        from dsref.progress import quiet_broken_pipe
+
+        return quiet_broken_pipe()
 
 
 if __name__ == "__main__":

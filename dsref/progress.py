@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 
@@ -32,3 +33,12 @@ def progress_steps(enabled: bool, total: int) -> Iterator[Callable[[str], None]]
 
         yield step
         bar.update(task, completed=total)
+
+
+def quiet_broken_pipe() -> int:
+    """stdout was closed early (``dsref list | head``): not an error. Point stdout at devnull
+    so the interpreter's final flush does not raise again; exit 0."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+

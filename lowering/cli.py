@@ -21,7 +21,7 @@ import numpy as np
 import dsref
 from lowering import pipeline
 from lowering.registry import kernel_for
-from lowering.report import PASS, render
+from lowering.report import PASS, make_console, render
 
 # `lowering diff` with no MODEL: both models at tiny dims; V4 with an odd token count
 DEFAULT_RUNS = (("v32.decode_front", "v32-tiny", 16, 1), ("v4.qkv_proj_rope", "v4-tiny", 3, 3))
@@ -32,9 +32,7 @@ class UsageError(ValueError):
 
 
 def _console():
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    return make_console()
 
 
 def _cfg(args: argparse.Namespace, model: str, default: str | None = None):
@@ -182,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"lowering: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        from dsref.progress import quiet_broken_pipe
+
+        return quiet_broken_pipe()
 
 
 if __name__ == "__main__":

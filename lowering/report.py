@@ -103,14 +103,26 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def render(reports: list[Report], console: Any = None) -> None:
-    """Print each report as a rich table, then its findings, then the verdict line."""
+def make_console() -> Any:
+    """The terminal console of the CLIs: full width on a terminal, 160 columns in a pipe; a
+    closed pipe (``| head``) raises BrokenPipeError for the CLI to end quietly with exit 0
+    (rich's own handling exits 1, which here would mean "a check failed")."""
     import sys
 
     from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
+def render(reports: list[Report], console: Any = None) -> None:
+    """Print each report as a rich table, then its findings, then the verdict line."""
     from rich.table import Table
 
-    console = console or Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    console = console or make_console()
     for rep in reports:
         title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  mode={rep.mode}"
                  f"  backend={rep.backend}  platform={rep.platform}")

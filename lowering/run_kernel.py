@@ -544,10 +544,7 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
             print(f"lowering: error: {line}", file=sys.stderr)
         return 2
     if not args.quiet:
-        from rich.console import Console
-
-        render([res.report], Console(width=None if sys.stdout.isatty() else 160,
-                                     highlight=False))
+        render([res.report])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res.report.to_dict(), f, indent=2, default=str)

@@ -168,3 +168,17 @@ def test_budget_rows_and_exit_code(capsys):
     assert cli.main(["budget", "v32.decode_front", "--config", "v32-tiny", "--batch", "16"]) == 0
     out = capsys.readouterr().out
     assert "q_head_proj" in out and "OVER" not in out
+
+
+def test_closed_pipe_is_not_a_failure():
+    """`lowering diff | head` and `dsref list | head` end with exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    for cmd in (["-m", "lowering", "diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2"],
+                ["-m", "dsref", "list"]):
+        p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()  # the reader is gone before the first write: every write is EPIPE
+        err = p.stderr.read()
+        assert p.wait(timeout=120) == 0, (cmd, err)
+        assert b"Traceback" not in err
