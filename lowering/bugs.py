@@ -25,8 +25,9 @@ from lowering.kernels.v4 import q_head_rms_rope as v4_q_head
 from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
 from lowering.kernels.v4._tiling import RopeTiling
 from lowering.kernels.v32 import q_rope as v32_q_rope
+from lowering.pipeline import region_shapes, run_kernel_on
 from lowering.registry import kernel_for
-from lowering.tile import Finding, KernelRun, pl, run_kernel
+from lowering.tile import Finding, KernelRun, pl
 from lowering.tolerances import PRESETS
 from lowering.trace import Region, trace
 
@@ -117,23 +118,22 @@ def tiny_region(model: str, stage: str, *, batch: int, seq: int = 1, seed: int =
     return cfg, trace(model, cfg, ins).region(stage)
 
 
-def run_on(fn: Callable, region: Region, tiling: Any, platform: str = "a2a3") -> KernelRun:
-    """Run ``fn`` on a region's reference inputs, outputs sized like the reference's."""
-    outs = {n: (a.shape, a.dtype) for n, a in region.outputs.items()}
-    return run_kernel(fn, inputs=dict(region.inputs), outputs=outs, kwargs={"tiling": tiling},
-                      name=region.name, platform=platform)
+def run_on(fn: Callable, model: str, cfg: Any, region: Region, tiling: Any,
+           platform: str = "a2a3") -> KernelRun:
+    """Run ``fn`` (a kernel with the stage's signature) on a region's reference inputs."""
+    return run_kernel_on(kernel_for(model, region.name), cfg, region, region.inputs, tiling,
+                         fn=fn, platform=platform)
 
 
 def _tiling(model: str, cfg: Any, region: Region) -> Any:
-    shapes = {n: np.shape(a) for n, a in {**region.inputs, **region.outputs}.items()}
-    return kernel_for(model, region.name).tiling(cfg, shapes)
+    return kernel_for(model, region.name).tiling(cfg, region_shapes(region))
 
 
 def hunt_race() -> Hunt:
     cfg, region = tiny_region(V4, "q_head_rms_rope", batch=3, seq=3)
     t = _tiling(V4, cfg, region)
-    broken = run_on(q_head_rms_rope_shared_temps, region, t)
-    return Hunt(BUGS["race"], broken, run_on(v4_q_head.q_head_rms_rope, region, t),
+    broken = run_on(q_head_rms_rope_shared_temps, V4, cfg, region, t)
+    return Hunt(BUGS["race"], broken, run_on(v4_q_head.q_head_rms_rope, V4, cfg, region, t),
                 broken.by_check("race"))
 
 
@@ -144,16 +144,16 @@ def hunt_odd_tail() -> Hunt:
     fields = {f.name: getattr(good, f.name) for f in dataclasses.fields(good)}
     broken_t = UnguardedTiling(**{**fields, "tiles": 2, "t_tile": tokens // 2})
     control_t = dataclasses.replace(good, tiles=2, t_tile=-(-tokens // 2))  # ceil: last shorter
-    broken = run_on(v4_q_head.q_head_rms_rope, region, broken_t)
-    return Hunt(BUGS["odd_tail"], broken, run_on(v4_q_head.q_head_rms_rope, region, control_t),
+    broken = run_on(v4_q_head.q_head_rms_rope, V4, cfg, region, broken_t)
+    return Hunt(BUGS["odd_tail"], broken, run_on(v4_q_head.q_head_rms_rope, V4, cfg, region, control_t),
                 broken.by_check("coverage"))
 
 
 def hunt_dead_write() -> Hunt:
     cfg, region = tiny_region(V32, "q_rope", batch=16)
     t = _tiling(V32, cfg, region)
-    broken = run_on(q_rope_dead_write, region, t)
-    return Hunt(BUGS["dead_write"], broken, run_on(v32_q_rope.q_rope, region, t),
+    broken = run_on(q_rope_dead_write, V32, cfg, region, t)
+    return Hunt(BUGS["dead_write"], broken, run_on(v32_q_rope.q_rope, V32, cfg, region, t),
                 broken.by_check("dead_write"))
 
 
@@ -186,10 +186,11 @@ def flash_rms_run(stage: str, tiles: int | None = None, platform: str = "a2a3") 
     """Run a production RMS kernel at FLASH dims, T = 128, with ``tiles`` in-core T tiles
     (default: the kernel's own choice)."""
     region = flash_rms_region(stage)
-    t = _tiling(V4, dsref.config("v4-flash"), region)
+    cfg = dsref.config("v4-flash")
+    t = _tiling(V4, cfg, region)
     if tiles is not None:
         t = dataclasses.replace(t, tiles=tiles, t_tile=-(-128 // tiles))
-    return run_on(kernel_for(V4, stage).fn, region, t, platform)
+    return run_on(kernel_for(V4, stage).fn, V4, cfg, region, t, platform)
 
 
 def hunt_budget() -> Hunt:
@@ -200,9 +201,9 @@ def hunt_budget() -> Hunt:
 def hunt_round_cast() -> Hunt:
     cfg, region = tiny_region(V4, "attn_norm", batch=2, seq=3, ties=True)
     t = _tiling(V4, cfg, region)
-    broken = run_on(v4_attn_norm.attn_norm, region, dataclasses.replace(t, mode="round"))
+    broken = run_on(v4_attn_norm.attn_norm, V4, cfg, region, dataclasses.replace(t, mode="round"))
     want = region.outputs["tok"]
-    return Hunt(BUGS["round_cast"], broken, run_on(v4_attn_norm.attn_norm, region, t),
+    return Hunt(BUGS["round_cast"], broken, run_on(v4_attn_norm.attn_norm, V4, cfg, region, t),
                 diff=compare("tok", broken.outputs["tok"], want, PRESETS["bf16"]))
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import ml_dtypes
 import numpy as np
 
+from dsref.explore import ulps as ulp_distance
 from lowering.tolerances import Preset
 
 FIRST_N = 8  # mismatching indices listed per output
@@ -36,19 +37,6 @@ class OutputDiff:
         d["shape"] = list(self.shape)
         d["first_mismatches"] = [list(i) for i in self.first_mismatches]
         return d
-
-
-def ulp_distance(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Distance in units of the storage format's last place (bf16, fp32 or fp16), signed
-    zeros equal. Uses the ordered integer image of the bit patterns."""
-    dt = np.dtype(got.dtype)
-    width = {2: np.int16, 4: np.int32}[dt.itemsize]
-    a = np.ascontiguousarray(got).view(width).astype(np.int64)
-    b = np.ascontiguousarray(want).view(width).astype(np.int64)
-    sign = 1 << (8 * dt.itemsize - 1)
-    a = np.where(a < 0, -(a + sign), a)  # negative floats: ordered below zero, −0 → 0
-    b = np.where(b < 0, -(b + sign), b)
-    return np.abs(a - b)
 
 
 def compare(name: str, got: np.ndarray, want: np.ndarray, preset: Preset) -> OutputDiff:

@@ -21,12 +21,35 @@ import dsref
 from dsref.run import infer_batch_seq
 from lowering import tolerances
 from lowering.diff import compare
-from lowering.registry import Unsupported, kernel_for
+from lowering.registry import Kernel, Unsupported, kernel_for
 from lowering.report import FAIL, PASS, REFERENCE, RegionReport, Report
-from lowering.tile import run_kernel
+from lowering.tile import KernelRun, run_kernel
 from lowering.trace import Region, evaluate, flat_inputs, stage_of, trace
 
 MODES = ("isolated", "chained")
+
+
+def region_shapes(region: Region, inputs: Mapping[str, np.ndarray] | None = None) -> dict:
+    """Shapes of a region's tensors by name (``inputs`` default: the reference inputs) — what
+    ``make_tiling`` derives a tiling from."""
+    return {n: np.shape(a) for n, a in {**(region.inputs if inputs is None else inputs),
+                                        **region.outputs}.items()}
+
+
+def run_kernel_on(k: Kernel, cfg: Any, region: Region, inputs: Mapping[str, np.ndarray],
+                  tiling: Any, *, fn: Callable | None = None, platform: str = "a2a3",
+                  backend: Any = "numpy", seed: int = 0,
+                  permute_parallel: bool = False) -> KernelRun:
+    """Run ``fn`` (default: the kernel's own function, e.g. a broken copy with the same
+    signature) on a region's tensors: outputs sized like the reference's, in/out tensors with
+    the rows the kernel owns."""
+    owned = k.owned_rows(cfg, inputs)
+    inouts = {n: (np.asarray(inputs[n]), owned[n]) for n in owned}
+    ins = {n: np.asarray(a) for n, a in inputs.items() if n not in inouts}
+    outs = {n: (a.shape, a.dtype) for n, a in region.outputs.items() if n not in inouts}
+    return run_kernel(fn or k.fn, inputs=ins, outputs=outs, inouts=inouts,
+                      kwargs={"tiling": tiling}, platform=platform, backend=backend,
+                      name=region.name, seed=seed, permute_parallel=permute_parallel)
 
 
 def run_region(model: str, cfg: Any, region: Region, inputs: Mapping[str, np.ndarray], *,
@@ -42,20 +65,14 @@ def run_region(model: str, cfg: Any, region: Region, inputs: Mapping[str, np.nda
     if k is None:
         return RegionReport(name=region.name, status=REFERENCE), dict(region.outputs)
     t0 = time.perf_counter()
-    shapes = {n: np.shape(a) for n, a in {**inputs, **region.outputs}.items()}
     try:
-        tiling = k.tiling(cfg if kernel_cfg is None else kernel_cfg, shapes)
+        tiling = k.tiling(cfg if kernel_cfg is None else kernel_cfg, region_shapes(region, inputs))
     except Unsupported as e:
         note = f"kernel {k.stage} does not implement {e}"
         return RegionReport(name=region.name, status=REFERENCE, kernel=k.file, note=note), dict(
             region.outputs)
-    owned = k.owned_rows(cfg, inputs)
-    inouts = {n: (np.asarray(inputs[n]), owned[n]) for n in owned}
-    ins = {n: np.asarray(a) for n, a in inputs.items() if n not in inouts}
-    outs = {n: (a.shape, a.dtype) for n, a in region.outputs.items() if n not in inouts}
-    run = run_kernel(k.fn, inputs=ins, outputs=outs, inouts=inouts, kwargs={"tiling": tiling},
-                     platform=platform, backend=backend, name=region.name, seed=seed,
-                     permute_parallel=permute_parallel)
+    run = run_kernel_on(k, cfg, region, inputs, tiling, platform=platform, backend=backend,
+                        seed=seed, permute_parallel=permute_parallel)
     diffs = [compare(n, run.outputs[n], want, tolerances.preset_for(n, want.dtype, mode))
              for n, want in region.outputs.items()]
     ok = run.ok and all(d.ok for d in diffs)

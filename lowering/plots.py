@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import dsref
-from lowering.diff import ulp_distance
+from dsref.explore import ulps
 from lowering.report import REFERENCE, Report
 
 HEADED = {"v32.decode_front": ("q_rope", "q_pe_out"), "v4.qkv_proj_rope": ("q_head_rms_rope", "q")}
@@ -46,7 +46,7 @@ def head_token_ulps(report: Report) -> np.ndarray | None:
         return None
     got, want = (np.asarray(a) for a in r.values[out])
     heads = dsref.config(report.config).heads
-    return ulp_distance(got, want).reshape(got.shape[0], heads, -1)
+    return ulps(got, want).reshape(got.shape[0], heads, -1)
 
 
 def plot_regions(ax: Any, report: Report) -> None:

@@ -13,7 +13,7 @@ from lowering.kernels.v32 import decode_cache_write as dcw
 from lowering.kernels.v32 import input_rmsnorm as irms
 from lowering.kernels.v32 import q_lora_proj as qlp
 from lowering.kernels.v32 import q_rope as qr
-from lowering.pipeline import run_region
+from lowering.pipeline import region_shapes, run_kernel_on, run_region
 from lowering.report import FAIL, PASS
 from lowering.tile import pl, run_kernel
 from lowering.trace import trace
@@ -101,17 +101,11 @@ def test_wrong_rounding_mode_shows_as_tie_mismatches(tiny):
 
 
 def _region_run(tiny, name, kernel, **tiling_changes):
-    cfg, ins, tr = tiny
+    cfg, _, tr = tiny
     region = tr.region(name)
     k = lowering.kernel_for(MODEL, name)
-    shapes = {n: np.shape(a) for n, a in {**region.inputs, **region.outputs}.items()}
-    tiling = dataclasses.replace(k.tiling(cfg, shapes), **tiling_changes)
-    owned = k.owned_rows(cfg, region.inputs)
-    inouts = {n: (region.inputs[n], owned[n]) for n in owned}
-    return run_kernel(kernel, inputs={n: a for n, a in region.inputs.items() if n not in inouts},
-                      outputs={n: (a.shape, a.dtype) for n, a in region.outputs.items()
-                               if n not in inouts},
-                      inouts=inouts, kwargs={"tiling": tiling}, name=name)
+    tiling = dataclasses.replace(k.tiling(cfg, region_shapes(region)), **tiling_changes)
+    return run_kernel_on(k, cfg, region, region.inputs, tiling, fn=kernel)
 
 
 def test_skipped_tail_is_a_coverage_fail(tiny):
