@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dsref.config import Config, variant_values, with_variants
+from dsref.config import Config, with_variants
 from dsref.model import get_model
 from dsref.run import run
 
@@ -73,8 +73,3 @@ def movement_table(rows: list[Movement]) -> str:
         lines.append(f"| {r.output} | {r.dtype} | {r.moved} | {r.elements} | {100 * r.fraction:.2f} "
                      f"| {r.max_ulp} | {hist} |")
     return "\n".join(lines)
-
-
-def describe(cfg: Config) -> dict[str, Any]:
-    """The config's variant settings (for notebook headers)."""
-    return {"config": cfg.name, **variant_values(cfg)}
