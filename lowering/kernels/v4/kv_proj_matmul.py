@@ -10,7 +10,7 @@ tiles of up to 128 rows, tail rows one at a time.
 
 from __future__ import annotations
 
-from lowering.kernels.blocks import cube_row_blocks
+from lowering.kernels.blocks import cube_row_blocks, project_block
 from lowering.kernels.v4._tiling import KV_CHUNK, ProjTiling, d_chunk, proj_tiling
 from lowering.tile import pl
 
@@ -25,13 +25,9 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 def kv_proj_matmul(tok, wkv, kv32, *, tiling: Tiling) -> None:
     t = tiling
-    tokens, kdim = tok.shape
+    tokens = tok.shape[0]
     for n0 in pl.parallel(0, kv32.shape[1], t.n_chunk):
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="kv_proj_matmul"):
             for r0, rows in cube_row_blocks(tokens, t.m):
-                acc = pl.matmul(tok[r0:r0 + rows, 0:t.k], wkv[0:t.k, n0:n0 + t.n_chunk],
-                                out_dtype=pl.FP32)
-                for k0 in pl.range(t.k, kdim, t.k):
-                    acc = pl.matmul_acc(acc, tok[r0:r0 + rows, k0:k0 + t.k],
-                                        wkv[k0:k0 + t.k, n0:n0 + t.n_chunk])
-                kv32[r0:r0 + rows, n0:n0 + t.n_chunk] = acc
+                project_block(tok, wkv, kv32, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k,
+                              mode=None)
