@@ -6,9 +6,13 @@ Prints a table and writes JSON (default ``benchmarks/results.json``):
 
 - ``reference``: per model at full dims (``v32`` B=16; ``v4-flash`` B=64 S=2), the jitted
   dsref reference after compilation (median of repeats) and one eager (``jit=False``) run of
-  the same reference; their ratio;
+  the same reference; their ratio. ``dsref.run`` is one self-contained call (validation off
+  here): it moves every weight and cache and widens the weights for the exact dot;
+- ``prepared``: one call of :func:`dsref.prepare`'s model (weights and caches resident, only
+  the activations move; outputs fetched to numpy), default semantics (``exact``) and the
+  ``accumulate=fp32`` variant, median of repeats, and the one-off prepare time;
 - ``bandwidth``: a large in-memory copy (``np.copyto`` of 512 MiB; bytes read + written per
-  second) and, per model, the floor = weight bytes ÷ that bandwidth, and reference ÷ floor;
+  second) and, per model, the floor = weight bytes ÷ that bandwidth, and each time ÷ floor;
 - ``emulator``: per region the seconds of its kernel on the tile emulator at the same dims
   (isolated mode), the total, and total ÷ reference;
 - ``lowering_diff``: ``lowering diff`` of both models at their tiny configs, end to end.
@@ -71,6 +75,21 @@ def bench_reference(model: str, cfg: Any, ins: dict, repeat: int, eager: bool = 
     return out
 
 
+def bench_prepared(model: str, cfg: Any, ins: dict, repeat: int) -> dict:
+    out = {}
+    for acc in ("exact", "fp32"):
+        c = dsref.with_variants(cfg, accumulate=acc)
+        t0 = time.perf_counter()
+        p = dsref.prepare(model, c, ins)
+        prep = time.perf_counter() - t0
+        acts = {k: ins[k] for k in p.model.step_inputs}
+        p(acts)  # compile
+        runs = _timed(lambda p=p, acts=acts: p(acts, check=False), 2 * repeat + 1)
+        out[acc] = {"call_s": statistics.median(runs), "call_runs_s": runs, "prepare_s": prep}
+        del p
+    return out
+
+
 def bench_emulator(model: str, cfg: Any, ins: dict, backend: Any) -> dict:
     t0 = time.perf_counter()
     rep = lowering.diff(model, cfg, ins, mode="isolated", backend=backend)
@@ -109,12 +128,15 @@ def run(quick: bool = False, backend: str = "numpy", device: str | None = None,
             wbytes = sum(a.nbytes for n, a in ins.items() if WEIGHT.search(n))
             step(f"{config} reference")
             ref = bench_reference(model, cfg, ins, repeat, eager)
+            prep = bench_prepared(model, cfg, ins, repeat)
             floor = wbytes / bw
             step(f"{config} emulator")
             emu = bench_emulator(model, cfg, ins, bk)
             res["models"][model] = {
                 "config": config, "batch": batch, "seq": seq, "weight_bytes": wbytes,
-                "reference": ref, "floor_s": floor, "reference_over_floor": ref["jit_s"] / floor,
+                "reference": ref, "prepared": prep, "floor_s": floor,
+                "reference_over_floor": ref["jit_s"] / floor,
+                "prepared_over_floor": {k: v["call_s"] / floor for k, v in prep.items()},
                 "emulator": emu, "emulator_over_reference": emu["kernels_s"] / ref["jit_s"],
             }
         step("lowering diff (tiny)")
@@ -135,6 +157,9 @@ def render(res: dict) -> str:
             + f"; weights "
             f"{m['weight_bytes'] / 1e6:.1f} MB, floor {m['floor_s'] * 1e3:.1f} ms, reference/floor "
             f"{m['reference_over_floor']:.1f}x")
+        for acc, pr in m["prepared"].items():
+            lines.append(f"  prepared ({acc}): {pr['call_s'] * 1e3:.1f} ms per call = "
+                         f"{m['prepared_over_floor'][acc]:.1f}x the floor (prepare {pr['prepare_s']:.2f} s)")
         e = m["emulator"]
         lines.append(f"  emulator {e['kernels_s']:.2f} s ({m['emulator_over_reference']:.0f}x the "
                      f"reference; diff incl. trace {e['diff_total_s']:.2f} s, {e['verdict']})")

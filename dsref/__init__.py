@@ -22,6 +22,7 @@ from dsref.config import (
 from dsref.inputs import make_inputs, rope_tables
 from dsref.io import load_golden, write_golden
 from dsref.model import MODELS, STAGES, get_model, model_names
+from dsref.prepared import Prepared, prepare
 from dsref.run import InputError, model_jaxpr, run, run_stage, validate
 from dsref.spec import spec, spec_names
 
@@ -30,6 +31,6 @@ __version__ = "0.1.0"
 __all__ = [
     "MODELS", "STAGES", "VARIANTS", "InputError", "V32Config", "V4Config", "config",
     "config_names", "get_model", "load_golden", "make_inputs", "model_jaxpr", "model_names",
-    "parse_variants", "rope_tables", "run", "run_stage", "spec", "spec_names", "validate",
-    "variant_values", "with_variants", "write_golden",
+    "Prepared", "parse_variants", "prepare", "rope_tables", "run", "run_stage", "spec",
+    "spec_names", "validate", "variant_values", "with_variants", "write_golden",
 ]

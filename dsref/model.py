@@ -48,6 +48,8 @@ class Model:
     output_specs: Callable  # (cfg, batch, seq) -> dict[str, TensorSpec]
     inouts: tuple[str, ...]  # inputs that are also outputs (caches)
     doc: str
+    step_inputs: tuple[str, ...] = ()  # the per-call activations; the rest is resident
+    matmul_weights: tuple[str, ...] = ()  # projection weights (dot / idot operands)
 
 
 STAGES: dict[str, Stage] = {}

@@ -7,11 +7,14 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from dsref.config import Config, V4Config
-from dsref.model import Model, get_model
+from dsref.model import Model, TensorSpec, get_model
 from dsref.numerics import x64
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 class InputError(ValueError):
@@ -38,13 +41,17 @@ def validate(model_name: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> 
             f"config: {model_name} expects a {model.config_type.__name__}, got {type(cfg).__name__}"
         )
     batch, seq = infer_batch_seq(model, inputs)
-    specs = model.input_specs(cfg, batch, seq)
+    check_tensors(model.input_specs(cfg, batch, seq), cfg, inputs)
+
+
+def check_tensors(specs: Mapping[str, TensorSpec], cfg: Config, inputs: Mapping[str, np.ndarray]) -> None:
+    """Check ``inputs`` against exactly the tensors of ``specs``; raise :class:`InputError`."""
     missing = [k for k in specs if k not in inputs]
     extra = [k for k in inputs if k not in specs]
     if missing:
         raise InputError(f"{missing[0]}: missing input (expected {sorted(specs)})")
     if extra:
-        raise InputError(f"{extra[0]}: unknown input for {model_name} (expected {sorted(specs)})")
+        raise InputError(f"{extra[0]}: unknown input (expected {sorted(specs)})")
     for name, spec in specs.items():
         a = inputs[name]
         if tuple(np.shape(a)) != spec.shape:
@@ -92,27 +99,46 @@ def _compiled(model_name: str, cfg: Config):
     return jax.jit(fn, donate_argnums=1)
 
 
+def device_inouts(model: Model, inputs: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Device copies of the in/out tensors, bf16 carried as raw ``uint16`` words
+    (:func:`dsref.cache.write_rows` updates those in place); never the caller's buffers."""
+    out = {}
+    for k in model.inouts:
+        a = np.asarray(inputs[k])
+        out[k] = jnp.array(a.view(np.uint16) if a.dtype == BF16 else a, copy=True)
+    return out
+
+
+def to_host(model: Model, outs: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+    """Device outputs → numpy; in/out tensors carried as words come back as bf16."""
+    host = {k: np.asarray(v) for k, v in outs.items()}
+    for k in model.inouts:
+        if k in host and host[k].dtype == np.uint16:
+            host[k] = host[k].view(BF16)
+    return host
+
+
 def run(model: str, cfg: Config, inputs: Mapping[str, np.ndarray], *, jit: bool = True,
         check: bool = True) -> dict[str, np.ndarray]:
     """Run ``model`` at ``cfg`` on ``inputs`` → dict of numpy outputs (bf16 as ml_dtypes).
 
     Inputs are validated first (:class:`InputError`). In/out tensors (the V3.2 caches) come
     back as new arrays; rows the run does not own are bit-identical to the input.
-    ``jit=False`` runs every op eagerly (the jit == eager tests).
+    ``jit=False`` runs every op eagerly (the jit == eager tests). For many calls with the
+    same weights, :func:`dsref.prepare` keeps them (and the caches) resident.
     """
     if check:
         validate(model, cfg, inputs)
     m = get_model(model)
     with x64():
         ins = {k: jax.device_put(v) for k, v in inputs.items() if k not in m.inouts}
-        # in/out tensors: our own copies, never the caller's buffers (the jit donates them)
-        inouts = {k: jnp.array(inputs[k], copy=True) for k in m.inouts}
+        inouts = device_inouts(m, inputs)
         if jit:
             outs = _compiled(model, cfg)(ins, inouts)
         else:
             with jax.disable_jit():
                 outs = m.fn({**ins, **inouts}, cfg=cfg)
-        return {k: np.asarray(v) for k, v in outs.items()}
+        return to_host(m, outs)
 
 
 def run_stage(stage: str, cfg: Config, *args: np.ndarray, jit: bool = True) -> tuple[np.ndarray, ...]:

@@ -149,4 +149,5 @@ register_model(Model(
             "kv_rmsnorm", "decode_cache_write"),
     config_type=V32Config, input_specs=input_specs, output_specs=output_specs,
     inouts=("kv_cache", "pe_cache"), doc=__doc__ or "",
+    step_inputs=("hidden_states", "seq_lens"), matmul_weights=("wq_a", "wq_b", "wkv_a"),
 ))

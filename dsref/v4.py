@@ -25,18 +25,25 @@ BF16 = jnp.bfloat16
 
 def _norm_rope(v, gamma, rope_cos, rope_sin, cfg: V4Config):
     """Per row of ``v [T, ..., HD]``: ``n = (v · inv_rms(v)) [· gamma]``; nope part → bf16;
-    rope part rotated (interleaved pairs) on fp32 ``n`` (``rope_preround``: on bf16(n)) → bf16."""
-    n = r32(v * inv_rms(v, eps=cfg.eps, variance=cfg.variance))
-    if gamma is not None:
-        n = r32(n * gamma)
-    nope, pe = n[..., : cfg.nope], n[..., cfg.nope:]
+    rope part rotated (interleaved pairs) on fp32 ``n`` (``rope_preround``: on bf16(n)) → bf16.
+
+    The two parts are computed and rounded to bf16 separately and joined as bf16: a joined
+    full-width float64 ``n`` is a buffer XLA CPU allocates (and page-faults) on every call."""
+    inv = inv_rms(v, eps=cfg.eps, variance=cfg.variance)
+
+    def normed(cols: slice):
+        n = r32(v[..., cols] * inv)
+        return n if gamma is None else r32(n * gamma[..., cols])
+
+    nope = rbf16(normed(slice(None, cfg.nope)), cfg.cast)
+    pe = normed(slice(cfg.nope, None))
     if cfg.rope_preround:
         pe = rbf16(pe, cfg.cast)
     extra = (1,) * (v.ndim - 2)
     c = widen(rope_cos).reshape(rope_cos.shape[:1] + extra + (-1,))
     s = widen(rope_sin).reshape(rope_sin.shape[:1] + extra + (-1,))
-    pe = rope_interleaved(pe, c, s, table=cfg.rope_table)
-    return rbf16(jnp.concatenate([nope, pe], axis=-1), cfg.cast).astype(BF16)
+    pe = rbf16(rope_interleaved(pe, c, s, table=cfg.rope_table), cfg.cast)
+    return jnp.concatenate([nope.astype(BF16), pe.astype(BF16)], axis=-1)
 
 
 @stage(MODEL, "tok")
@@ -145,5 +152,6 @@ register_model(Model(
     stages=("attn_norm", "qr_proj_matmul", "qr_rms", "qr_quant", "qproj_matmul",
             "q_head_rms_rope", "kv_proj_matmul", "kv_rms_rope"),
     config_type=V4Config, input_specs=input_specs, output_specs=output_specs, inouts=(),
-    doc=__doc__ or "",
+    doc=__doc__ or "", step_inputs=("x", "rope_cos", "rope_sin"),
+    matmul_weights=("wq_a", "wq_b", "wkv"),
 ))

@@ -21,4 +21,6 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
         assert {"reference", "floor_s", "reference_over_floor", "emulator",
                 "emulator_over_reference", "weight_bytes"} <= set(m)
         assert m["reference"]["jit_s"] > 0 and m["emulator"]["verdict"] == "PASS"
+        assert set(m["prepared"]) == set(m["prepared_over_floor"]) == {"exact", "fp32"}
+        assert all(p["call_s"] > 0 for p in m["prepared"].values())
     assert "reference/floor" in capsys.readouterr().out
