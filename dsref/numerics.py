@@ -111,6 +111,18 @@ def row_sum(v: jax.Array, axis: int = -1) -> jax.Array:
     return r32(jnp.sum(v, axis=axis, keepdims=True))
 
 
+def bf16_words(x: jax.Array) -> jax.Array:
+    """The raw ``uint16`` words of a bf16 array (bit-exact, no rounding)."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint16)
+
+
+def concat_bf16(parts: list[jax.Array], axis: int = -1) -> jax.Array:
+    """Concatenate bf16 arrays as raw words: XLA CPU upcasts a bf16 concatenate to an fp32
+    buffer and converts back (a full-size pass), a ``uint16`` one is a plain copy."""
+    words = jnp.concatenate([bf16_words(p.astype(jnp.bfloat16)) for p in parts], axis=axis)
+    return jax.lax.bitcast_convert_type(words, jnp.bfloat16)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ResidentWeight:
