@@ -106,9 +106,21 @@ def sqrt(v: jax.Array) -> jax.Array:
     return r32(jnp.sqrt(v))
 
 
-def row_sum(v: jax.Array, axis: int = -1) -> jax.Array:
-    """fp32 reduction: accumulated in float64, rounded once to fp32 (order-free reference)."""
-    return r32(jnp.sum(v, axis=axis, keepdims=True))
+def row_sum(v: jax.Array) -> jax.Array:
+    """fp32 reduction over the last axis: accumulated in float64, rounded once to fp32.
+
+    The float64 sum is pairwise (zero-padded to a power of two, then halved): XLA CPU fuses
+    the halving adds with the producer of ``v``, where ``jnp.sum`` hands a materialised
+    float64 copy of ``v`` to its reduction library (4x slower for the V4 q heads).
+    """
+    n = v.shape[-1]
+    width = 1 << max(n - 1, 0).bit_length()
+    if width != n:
+        v = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width - n)])
+    while v.shape[-1] > 1:
+        half = v.shape[-1] // 2
+        v = v[..., :half] + v[..., half:]
+    return r32(v)
 
 
 def bf16_words(x: jax.Array) -> jax.Array:
