@@ -21,6 +21,7 @@ import functools
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dsref.config import Config
@@ -46,9 +47,11 @@ class Prepared:
                            if k in m.step_inputs}
         resident = [k for k in inputs if k not in m.step_inputs and k not in m.inouts]
         with x64():
+            # own copies: XLA CPU may alias a 64-byte-aligned numpy array instead of copying it,
+            # and the caller may change its arrays after prepare()
             self._resident = {
                 k: (resident_weight(jax.device_put(inputs[k]), cfg.accumulate)
-                    if k in m.matmul_weights else jax.device_put(inputs[k]))
+                    if k in m.matmul_weights else jnp.array(inputs[k], copy=True))
                 for k in resident
             }
             self._state = device_inouts(m, inputs)

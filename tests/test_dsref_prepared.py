@@ -71,6 +71,29 @@ def test_fp32_accumulate_prepared_within_one_bf16_ulp_of_run():
                                    rtol=2**-7, atol=1e-6, err_msg=name)
 
 
+def _aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A copy of ``a`` starting on an ``align``-byte boundary (XLA CPU may alias such arrays)."""
+    buf = np.empty(a.nbytes + align, np.uint8)
+    off = (-buf.ctypes.data) % align
+    out = buf[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_caller_changing_its_arrays_after_prepare_changes_nothing():
+    cfg = dsref.config("v4-tiny")
+    ins = dsref.make_inputs(V4, cfg, batch=2, seq=2, seed=4)
+    ins = {k: _aligned_copy(v) for k, v in ins.items()}
+    p = dsref.prepare(V4, cfg, ins)
+    want = dsref.run(V4, cfg, ins)
+    for k, v in ins.items():
+        if k not in p.model.step_inputs:
+            v[...] = np.zeros((), v.dtype)
+    got = p(_step_inputs(V4, ins))
+    for name, g in got.items():
+        assert_bitwise(g, want[name], name)
+
+
 def test_state_is_a_copy():
     cfg = dsref.config("v32-tiny")
     ins = dsref.make_inputs(V32, cfg, batch=2, seed=1)
