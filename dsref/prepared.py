@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsref.config import Config
-from dsref.model import get_model
+from dsref.model import TensorSpec, get_model
 from dsref.numerics import resident_weight, x64
 from dsref.run import InputError, check_tensors, device_inouts, infer_batch_seq, to_host, validate
 
@@ -33,8 +33,9 @@ from dsref.run import InputError, check_tensors, device_inouts, infer_batch_seq,
 class Prepared:
     """``model`` at ``cfg`` with weights and caches resident; call it with the activations.
 
-    The batch (and V4's sequence length) is fixed by the inputs given to :func:`prepare`:
-    the caches are laid out per batch entry.
+    A model with caches (V3.2) keeps the batch of the inputs given to :func:`prepare`: the
+    caches are laid out per batch entry. A model without (V4) takes any batch and sequence
+    length per call (each new shape compiles once).
     """
 
     def __init__(self, model: str, cfg: Config, inputs: Mapping[str, np.ndarray], *, check: bool = True):
@@ -43,8 +44,6 @@ class Prepared:
         self.model, self.cfg = get_model(model), cfg
         m = self.model
         self.batch, self.seq = infer_batch_seq(m, inputs)
-        self.step_specs = {k: s for k, s in m.input_specs(cfg, self.batch, self.seq).items()
-                           if k in m.step_inputs}
         resident = [k for k in inputs if k not in m.step_inputs and k not in m.inouts]
         with x64():
             # own copies: XLA CPU may alias a 64-byte-aligned numpy array instead of copying it,
@@ -64,12 +63,24 @@ class Prepared:
         which are updated in place (:meth:`state`)."""
         acts = {**(activations or {}), **named}
         if check:
-            check_tensors(self.step_specs, self.cfg, acts)
+            check_tensors(self.step_specs(acts), self.cfg, acts)
         with x64():
             outs, self._state = self._step({k: jax.device_put(v) for k, v in acts.items()},
                                            self._resident, self._state)
             self.calls += 1
             return to_host(self.model, outs)
+
+    def step_specs(self, activations: Mapping[str, np.ndarray] | None = None) -> dict[str, TensorSpec]:
+        """The per-call tensors: at the prepared batch, or (no caches) at the batch and
+        sequence length of ``activations``."""
+        m = self.model
+        batch, seq = self.batch, self.seq
+        if not m.inouts and activations is not None:
+            try:
+                batch, seq = infer_batch_seq(m, activations)
+            except InputError:
+                pass  # check_tensors names the missing or malformed tensor
+        return {k: s for k, s in m.input_specs(self.cfg, batch, seq).items() if k in m.step_inputs}
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the resident in/out tensors (the V3.2 caches) as numpy arrays."""

@@ -94,6 +94,22 @@ def test_caller_changing_its_arrays_after_prepare_changes_nothing():
         assert_bitwise(g, want[name], name)
 
 
+def test_v4_takes_any_token_count_per_call():
+    """No caches, so batch and seq may change per call; each call equals the oracle."""
+    cfg = dsref.config("v4-tiny")
+    first = dsref.make_inputs(V4, cfg, batch=2, seq=2, seed=6)
+    p = dsref.prepare(V4, cfg, first)
+    for batch, seq in ((2, 2), (1, 5), (3, 1)):
+        ins = dsref.make_inputs(V4, cfg, batch=batch, seq=seq, seed=batch)
+        got = p(_step_inputs(V4, ins))
+        want = oracle.v4_stages(cfg, {**first, **_step_inputs(V4, ins)})
+        for name, g in got.items():
+            assert_bitwise(g, want[name], f"B={batch} S={seq} {name}")
+    bad = {**_step_inputs(V4, ins), "rope_cos": ins["rope_cos"][:2]}
+    with pytest.raises(dsref.InputError, match=r"rope_cos: expected shape \[3, 32\], got \[2, 32\]"):
+        p(bad)
+
+
 def test_state_is_a_copy():
     cfg = dsref.config("v32-tiny")
     ins = dsref.make_inputs(V32, cfg, batch=2, seed=1)
