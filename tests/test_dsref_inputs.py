@@ -65,7 +65,7 @@ def test_seq_lens_out_of_range(v32, bad):
 
 
 @pytest.mark.parametrize("name,value", [("hidden_states", np.nan), ("input_rms_weight", np.inf),
-                                        ("kv_cache", -np.inf)])
+                                        ("kv_cache", -np.inf), ("wq_b", -np.nan), ("pe_cache", np.inf)])
 def test_non_finite_inputs_rejected(v32, name, value):
     cfg, ins = v32
     a = ins[name].copy()
