@@ -63,7 +63,8 @@ class Prepared:
         which are updated in place (:meth:`state`)."""
         acts = {**(activations or {}), **named}
         if check:
-            check_tensors(self.step_specs(acts), self.cfg, acts)
+            check_tensors(self.step_specs(acts), self.cfg, acts,
+                          f"per-call input of {self.model.name} (weights and caches are resident)")
         with x64():
             outs, self._state = self._step({k: jax.device_put(v) for k, v in acts.items()},
                                            self._resident, self._state)

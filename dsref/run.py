@@ -41,17 +41,19 @@ def validate(model_name: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> 
             f"config: {model_name} expects a {model.config_type.__name__}, got {type(cfg).__name__}"
         )
     batch, seq = infer_batch_seq(model, inputs)
-    check_tensors(model.input_specs(cfg, batch, seq), cfg, inputs)
+    check_tensors(model.input_specs(cfg, batch, seq), cfg, inputs, f"input for {model_name}")
 
 
-def check_tensors(specs: Mapping[str, TensorSpec], cfg: Config, inputs: Mapping[str, np.ndarray]) -> None:
-    """Check ``inputs`` against exactly the tensors of ``specs``; raise :class:`InputError`."""
+def check_tensors(specs: Mapping[str, TensorSpec], cfg: Config, inputs: Mapping[str, np.ndarray],
+                  what: str = "input") -> None:
+    """Check ``inputs`` against exactly the tensors of ``specs``; raise :class:`InputError`
+    (``what`` names the kind of tensor in the unknown-name error)."""
     missing = [k for k in specs if k not in inputs]
     extra = [k for k in inputs if k not in specs]
     if missing:
         raise InputError(f"{missing[0]}: missing input (expected {sorted(specs)})")
     if extra:
-        raise InputError(f"{extra[0]}: unknown input (expected {sorted(specs)})")
+        raise InputError(f"{extra[0]}: unknown {what} (expected {sorted(specs)})")
     for name, spec in specs.items():
         a = inputs[name]
         if tuple(np.shape(a)) != spec.shape:
@@ -78,7 +80,7 @@ def check_tensors(specs: Mapping[str, TensorSpec], cfg: Config, inputs: Mapping[
 
 def _all_finite(a: np.ndarray) -> bool:
     """No inf or NaN in ``a``. bf16 by its magnitude bits (below the inf pattern 0x7F80):
-    3x faster than the float32 copy ``np.isfinite`` needs, 128 -> 45 ms for the V3.2 inputs."""
+    3x faster than the float32 copy ``np.isfinite`` needs (V3.2 full dims: 128 -> 51 ms)."""
     if a.dtype == BF16:
         return a.size == 0 or int(np.max(np.ascontiguousarray(a).view(np.uint16) & 0x7FFF)) < 0x7F80
     return bool(np.isfinite(a).all())

@@ -123,7 +123,8 @@ def test_state_is_a_copy():
     (dict(hidden_states=np.zeros((3, 1536), ml_dtypes.bfloat16)),
      r"hidden_states: expected shape \[2, 1536\]"),
     (dict(hidden_states=np.zeros((2, 1536), np.float32)), r"hidden_states: expected dtype bfloat16"),
-    (dict(wq_a=np.zeros((1536, 1024), ml_dtypes.bfloat16)), r"wq_a: unknown input"),
+    (dict(wq_a=np.zeros((1536, 1024), ml_dtypes.bfloat16)),
+     r"wq_a: unknown per-call input of v32.decode_front \(weights and caches are resident\)"),
     (dict(seq_lens=np.array([1, 65], np.int32)), r"seq_lens: expected 1 <= seq_lens\[b\] <= MAX_SEQ=64"),
 ])
 def test_bad_activations_get_one_line_errors_and_leave_the_caches(bad, match):
