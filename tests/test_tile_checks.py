@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+import pytest
 
 from lowering.tile import pl, run_kernel
 
@@ -69,9 +70,10 @@ def cache_write(new, cache, pos, *, stray: bool):  # noqa: ANN001, ANN201
                 cache[row + 1:row + 2, :] = new[b:b + 1, :]
 
 
-def test_coverage_stray_cache_row() -> None:
-    new = f32(2, 32).astype(BF16)
-    cache = np.full((16, 32), 7.0, dtype=BF16)
+@pytest.mark.parametrize("width", [32, 3])  # rows compared as 8-byte words | as bytes
+def test_coverage_stray_cache_row(width: int) -> None:
+    new = f32(2, width).astype(BF16)
+    cache = np.full((16, width), 7.0, dtype=BF16)
     pos = np.int32([3, 9])
     kw = {"inputs": {"new": new, "pos": pos}, "outputs": {},
           "inouts": {"cache": (cache, [3, 9])}}
