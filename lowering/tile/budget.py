@@ -41,9 +41,12 @@ entry.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 KIB = 1024
 PLATFORMS = ("a2a3", "a5")
@@ -60,6 +63,7 @@ def _up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+@functools.lru_cache(maxsize=4096)
 def tile_bytes(space: str, shape: tuple[int, ...], itemsize: int, is_int: bool,
                platform: str) -> int:
     """Bytes one tile of ``shape`` occupies in ``space`` (see module docstring)."""
@@ -100,6 +104,18 @@ def _describe(buf: Any, nbytes: int, count: int = 1) -> str:
     return f"{buf.dtype.name}[{shp}] {nbytes} B{mult}{pipe} from {site}"
 
 
+def _sweep(start: np.ndarray, last: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Events ``(start, +delta)`` and ``(last, −delta)`` in time order, starts before ends at
+    equal times (then by delta, then buffer): the running total after each event and the
+    event order."""
+    n = start.size
+    t = np.concatenate([start, last])
+    kind = np.repeat(np.array([0, 1]), n)
+    d = np.concatenate([delta, -delta])
+    order = np.lexsort((np.tile(np.arange(n), 2), d, kind, t))
+    return np.cumsum(d[order]), order
+
+
 def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[str], list[str]]]:
     """space -> (shape-model bytes, peak bytes, top shape-model keys, largest tiles at peak)."""
     per_space: dict[str, list] = {}
@@ -111,46 +127,34 @@ def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[st
             per_space.setdefault(sp, []).append((b, nb))
     out = {}
     for sp, items in per_space.items():
-        # peak: sweep starts (+) before ends (-) at equal times, ends at last + 0.5
-        events = []
-        for k, (b, nb) in enumerate(items):
-            events.append((b.start, 0, nb, k))
-            events.append((b.last, 1, -nb, k))
-        events.sort()
-        cur = peak = 0
-        live: set[int] = set()
-        peak_live: list[int] = []
-        for _, kind, delta, k in events:
-            cur += delta
-            if kind == 0:
-                live.add(k)
-                if cur > peak:
-                    peak = cur
-                    peak_live = list(live)
-            else:
-                live.discard(k)
-        # shape: per key, max overlap count
-        groups: dict[tuple, list] = {}
-        for b, nb in items:
-            groups.setdefault((b.shape, b.dtype, b.mult), []).append((b, nb))
+        n = len(items)
+        start = np.fromiter((b.start for b, _ in items), np.int64, n)
+        last = np.fromiter((b.last for b, _ in items), np.int64, n)
+        nbytes = np.fromiter((nb for _, nb in items), np.int64, n)
+        # peak: the first start event at which the live bytes are largest; live there = the
+        # buffers whose start event is at or before it and whose end event is after it
+        total, order = _sweep(start, last, nbytes)
+        at_start = np.where(order < n, total, -1)
+        p = int(np.argmax(at_start))
+        peak = int(at_start[p])
+        pos = np.empty(2 * n, np.int64)
+        pos[order] = np.arange(2 * n)
+        peak_live = np.nonzero((pos[:n] <= p) & (pos[n:] > p))[0]
+        # shape: per key, the most tiles live at once
+        groups: dict[tuple, list[int]] = {}
+        for k, (b, _) in enumerate(items):
+            groups.setdefault((b.shape, b.dtype, b.mult), []).append(k)
         shape_total = 0
         keys = []
         for members in groups.values():
-            ev = []
-            for b, _ in members:
-                ev.append((b.start, 0))
-                ev.append((b.last, 1))
-            ev.sort()
-            c = m = 0
-            for _, kind in ev:
-                c += 1 if kind == 0 else -1
-                m = max(m, c)
-            nb = members[0][1]
+            idx = np.asarray(members)
+            m = int(_sweep(start[idx], last[idx], np.ones(idx.size, np.int64))[0].max())
+            b, nb = items[members[0]]
             shape_total += m * nb
-            keys.append((m * nb, members[0][0], nb, m))
+            keys.append((m * nb, b, nb, m))
         keys.sort(key=lambda t: -t[0])
         top_keys = [_describe(b, nb, m) for _, b, nb, m in keys[:5]]
-        top_peak = sorted((items[k] for k in peak_live), key=lambda t: -t[1])[:5]
+        top_peak = sorted((items[k] for k in peak_live.tolist()), key=lambda t: -t[1])[:5]
         out[sp] = (shape_total, peak, top_keys, [_describe(b, nb) for b, nb in top_peak])
     return out
 
