@@ -17,7 +17,6 @@ same float64 sums, the same single rounding).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import jax
@@ -27,7 +26,15 @@ import numpy as np
 from dsref.config import Config
 from dsref.model import TensorSpec, get_model
 from dsref.numerics import resident_weight, x64
-from dsref.run import InputError, check_tensors, device_inouts, infer_batch_seq, to_host, validate
+from dsref.run import (
+    InputError,
+    check_tensors,
+    compiled_step,
+    device_inouts,
+    infer_batch_seq,
+    to_host,
+    validate,
+)
 
 
 class Prepared:
@@ -54,7 +61,7 @@ class Prepared:
                 for k in resident
             }
             self._state = device_inouts(m, inputs)
-        self._step = _compiled_step(m.fn, cfg, m.inouts)
+        self._step = compiled_step(m.name, cfg)
         self.calls = 0
 
     def __call__(self, activations: Mapping[str, np.ndarray] | None = None, *, check: bool = True,
@@ -92,20 +99,10 @@ class Prepared:
                 f"seq={self.seq}, calls={self.calls})")
 
 
-@functools.cache
-def _compiled_step(fn, cfg: Config, inouts: tuple[str, ...]):
-    def step(acts: dict, resident: dict, state: dict):
-        outs = fn({**acts, **resident, **state}, cfg=cfg)
-        return ({k: v for k, v in outs.items() if k not in inouts},
-                {k: outs[k] for k in inouts})
-
-    return jax.jit(step, donate_argnums=2)
-
-
 def prepare(model: str, cfg: Config, inputs: Mapping[str, np.ndarray], *, check: bool = True) -> Prepared:
     """Validate ``inputs`` (as :func:`dsref.run`) and keep ``model``'s weights and caches
     resident for repeated calls; see :class:`Prepared`."""
     return Prepared(model, cfg, inputs, check=check)
 
 
-__all__ = ["InputError", "Prepared", "prepare"]
+__all__ = ["Prepared", "prepare"]

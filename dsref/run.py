@@ -100,15 +100,19 @@ def _finite_regions(cfg: Config, inputs: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 @functools.cache
-def _compiled(model_name: str, cfg: Config):
-    """The jitted model as ``f(inputs, inouts)``; the in/out tensors (caches) are donated, so
-    the row writes update run()'s own device copies in place instead of copying the caches."""
+def compiled_step(model_name: str, cfg: Config):
+    """The jitted model as ``f(inputs, resident, inouts) -> (outputs, inouts)``: the in/out
+    tensors (caches) are donated, so the row writes update the caller's device copies in place
+    instead of copying the caches. ``run`` passes every input in ``inputs``; ``Prepared`` keeps
+    its weights in ``resident`` across calls."""
     model = get_model(model_name)
 
-    def fn(ins: dict, inouts: dict) -> dict:
-        return model.fn({**ins, **inouts}, cfg=cfg)
+    def step(ins: dict, resident: dict, inouts: dict):
+        outs = model.fn({**ins, **resident, **inouts}, cfg=cfg)
+        return ({k: v for k, v in outs.items() if k not in model.inouts},
+                {k: outs[k] for k in model.inouts})
 
-    return jax.jit(fn, donate_argnums=1)
+    return jax.jit(step, donate_argnums=2)
 
 
 def device_inouts(model: Model, inputs: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -146,7 +150,8 @@ def run(model: str, cfg: Config, inputs: Mapping[str, np.ndarray], *, jit: bool 
         ins = {k: jax.device_put(v) for k, v in inputs.items() if k not in m.inouts}
         inouts = device_inouts(m, inputs)
         if jit:
-            outs = _compiled(model, cfg)(ins, inouts)
+            outs, inouts = compiled_step(model, cfg)(ins, {}, inouts)
+            outs = {**outs, **inouts}
         else:
             with jax.disable_jit():
                 outs = m.fn({**ins, **inouts}, cfg=cfg)
