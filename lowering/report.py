@@ -8,12 +8,13 @@ from typing import Any
 
 from lowering.diff import OutputDiff
 from lowering.tile import Finding
+from lowering.tile.findings import HasFindings
 
 PASS, FAIL, REFERENCE = "PASS", "FAIL", "reference"
 
 
 @dataclass
-class RegionReport:
+class RegionReport(HasFindings):
     """One region: ``status`` PASS / FAIL, or ``reference`` when no kernel covers it."""
 
     name: str
@@ -27,14 +28,6 @@ class RegionReport:
     note: str = ""  # why a region with a kernel ran the reference instead
     # (kernel output, reference) per output, for plots; not serialised
     values: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False)
-
-    @property
-    def failures(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "fail"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,3 +27,17 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.severity.upper()} [{self.check}] {self.message}"
+
+
+class HasFindings:
+    """``failures`` / ``warnings`` views for a result holding ``findings: list[Finding]``."""
+
+    findings: list[Finding]
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "fail"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]

@@ -11,11 +11,11 @@ import numpy as np
 from lowering.tile import core
 from lowering.tile.budget import LIMITS, BudgetReport
 from lowering.tile.dtypes import DType, as_dtype
-from lowering.tile.findings import Finding
+from lowering.tile.findings import Finding, HasFindings
 
 
 @dataclass
-class KernelRun:
+class KernelRun(HasFindings):
     """Result of ``run_kernel``.
 
     outputs: every output and in/out tensor by name, as numpy arrays (bf16 as
@@ -32,14 +32,6 @@ class KernelRun:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-    @property
-    def failures(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "fail"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
 
     def by_check(self, check: str) -> list[Finding]:
         return [f for f in self.findings if f.check == check]
