@@ -98,9 +98,9 @@ def run_kernel(
             base.owned = _owned_mask(a.shape[0], owned)
             tensors[n] = rt.add_base(base)
         kernel_fn(**tensors, **(kwargs or {}))
-        _final_checks(rt, tensors)
         outs = {n: rt.bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
+        _final_checks(rt, tensors, outs)
     finally:
         core.activate(prev)
     return KernelRun(kname, platform, outs, rt.findings, rt.budget)
@@ -117,7 +117,8 @@ def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a != b).any(axis=1)
 
 
-def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor]) -> None:
+def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor], outs: dict[str, np.ndarray]) -> None:
+    """Coverage of outputs and in/outs (``outs``: their final values), dead writes, budgets."""
     for n, t in tensors.items():
         base = t.base
         if base.kind == "output":
@@ -133,8 +134,7 @@ def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor]) -> None:
                 rt.report("coverage", "fail",
                           f"in/out {n!r}: rows outside the owned rows were written: rows "
                           f"{core.ranges(np.nonzero(stray)[0])}", tensor=n, indices=(), scope=None)
-            now = rt.bk.to_numpy(base.data)
-            changed = ~owned & _rows_differ(now, base.orig)
+            changed = ~owned & _rows_differ(outs[n], base.orig)
             if changed.any():
                 rt.report("coverage", "fail",
                           f"in/out {n!r}: rows outside the owned rows changed: rows "
