@@ -142,10 +142,10 @@ def _write_pypto_lib(out: Path, groups: dict, inouts: tuple[str, ...], step: Cal
         step(f"writing {sub}/*.pt")
         (out / sub).mkdir(exist_ok=True)
         for name, a in groups[group].items():
-            torch.save(_to_torch(torch, a), out / sub / f"{name}.pt")
+            torch.save(to_torch(torch, a), out / sub / f"{name}.pt")
 
 
-def _to_torch(torch: Any, a: np.ndarray) -> Any:
+def to_torch(torch: Any, a: np.ndarray) -> Any:
     """A torch tensor with ``a``'s bits; bf16 → torch.bfloat16 through an int16 view."""
     a = np.ascontiguousarray(a)
     if a.dtype == BF16:
@@ -217,11 +217,13 @@ def _read_pypto_lib(d: Path, meta: dict) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for g, sub in zip(GROUPS, ("in", "out"), strict=True):
         files = sorted((d / sub).glob("*.pt"))
-        out[g] = {f.stem: _from_torch(torch, torch.load(f, weights_only=True)) for f in files}
+        out[g] = {f.stem: from_torch(torch, torch.load(f, weights_only=True)) for f in files}
     return out
 
 
-def _from_torch(torch: Any, t: Any) -> np.ndarray:
+def from_torch(torch: Any, t: Any) -> np.ndarray:
+    """A numpy array with ``t``'s bits (bf16 as ml_dtypes.bfloat16); ``t`` may be on a device."""
+    t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         return t.contiguous().view(torch.int16).numpy().view(BF16)
     return t.numpy()

@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lowering import run_kernel
 
     run_kernel.add_subparser(sub)
+    from lowering import sweep
+
+    sweep.add_subparser(sub)
     return p
 
 

@@ -532,9 +532,19 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _dsref_flags(args: argparse.Namespace) -> list[str]:
+    return [f for f, v in (("--entry", args.entry), ("--model", args.model),
+                           ("--config", args.config), ("--data", args.data), ("--map", args.map),
+                           ("--scalar", args.scalar), ("--variant", args.variant)) if v]
+
+
 def cmd_run_kernel(args: argparse.Namespace) -> int:
+    # no --reference: dsref when a dsref-only flag says so, else the file's own golden
+    if (args.reference or ("dsref" if _dsref_flags(args) else "golden")) == "golden":
+        return _cmd_golden(args)
     try:
-        res = run_file(args.file, args.entry, model=args.model, config=args.config,
+        res = run_file(args.file, args.entry or _default_entry(args.file, args.emulate),
+                       model=args.model, config=args.config,
                        batch=args.batch, seq=args.seq, seed=args.seed, data=args.data,
                        maps=_pairs(args.map, "--map"), scalars=_pairs(args.scalar, "--scalar"),
                        variants=dsref.parse_variants(args.variant), platform=args.platform,
@@ -551,14 +561,62 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
     return 0 if res.report.verdict == PASS else 1
 
 
+def _cmd_golden(args: argparse.Namespace) -> int:
+    """``run-kernel FILE``: the file's own __main__, specs, golden and comparators."""
+    from lowering import harness
+
+    dsref_only = _dsref_flags(args)
+    if dsref_only:
+        print(f"lowering: error: {', '.join(dsref_only)} belong to --reference dsref",
+              file=sys.stderr)
+        return 2
+    try:
+        env = _pairs(args.env, "--env")
+    except KernelFileError as e:
+        print(f"lowering: error: {e}", file=sys.stderr)
+        return 2
+    res = harness.run_file(args.file, mode=args.mode, seed=args.seed, platform=args.platform,
+                           env=env, permute_parallel=args.permute_parallel)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res.to_dict(), f, indent=2, default=str)
+    if res.verdict == harness.CANNOT_RUN:
+        print(f"lowering: cannot run {args.file}: {res.reason}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        render([res.to_report()])
+    return res.exit
+
+
+def _default_entry(path: str, emulate: bool) -> str:
+    """The kernel of a file run against dsref without --entry: its single ``build_*`` factory,
+    ``@pl.program`` class or ``@pl.jit`` kernel."""
+    with loaded_module(path, emulate=emulate) as module:
+        found = sorted(n for n, v in vars(module).items() if not n.startswith("_") and (
+            (isinstance(v, type) and getattr(v, "__pl_program__", False))
+            or (isinstance(v, JITFunction) and v.kind == "jit")
+            or (callable(v) and n.startswith("build_") and n.endswith("_program"))))
+    if len(found) != 1:
+        raise KernelFileError(f"{path}: {len(found)} candidate kernels "
+                              f"({', '.join(found) or 'none'}); pick one with --entry")
+    return found[0]
+
+
 def add_subparser(sub: Any) -> None:
     """Register ``run-kernel`` on the ``lowering`` command line."""
     r = sub.add_parser("run-kernel", help="run a pypto-lib pl kernel file on the emulator "
-                                          "and diff it against dsref")
+                                          "against its own golden (or dsref)")
     r.add_argument("file", help="the kernel file (import pypto.language as pl)")
-    r.add_argument("--entry", required=True,
-                   help="build_* factory, @pl.program class (optionally .METHOD) or @pl.jit "
-                        "function")
+    r.add_argument("--reference", choices=("golden", "dsref"),
+                   help="golden (default unless a dsref flag is given): run the file's __main__ with its specs, golden "
+                        "function and comparators; dsref: bind the kernel to a dsref model")
+    r.add_argument("--mode", help="the file's --mode (default: what its __main__ runs, "
+                                  "usually every mode in turn)")
+    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the file (e.g. DEEPSEEK_V4_VARIANT=pro)")
+    r.add_argument("--entry",
+                   help="(dsref) build_* factory, @pl.program class (optionally .METHOD) or "
+                        "@pl.jit function; default: the file's single kernel")
     r.add_argument("--model", choices=dsref.model_names(),
                    help="dsref model (default: inferred from the parameter names)")
     r.add_argument("--config", help="dsref config (default: the model's tiny preset)")

@@ -50,7 +50,7 @@ def _rewrite_output(d, fmt, name, arr):
         np.savez(d / "outputs.npz", **outs)
     else:
         torch = dio.import_torch()
-        torch.save(dio._to_torch(torch, arr), d / "out" / f"{name}.pt")
+        torch.save(dio.to_torch(torch, arr), d / "out" / f"{name}.pt")
 
 
 @pytest.mark.parametrize("fmt", _fmts())

@@ -276,4 +276,7 @@ def static_assert(condition: Any, msg: str = "") -> None:
 def __getattr__(name: str) -> Any:
     if name.startswith("__"):
         raise AttributeError(name)
-    raise _unsupported(name)
+    try:  # names the op-group modules export (lowering.tile.surface)
+        return getattr(_tpl, name)
+    except AttributeError:
+        raise _unsupported(name) from None

@@ -30,7 +30,7 @@ import numpy as np
 from lowering.backends import get_backend
 from lowering.tile import budget as _budget
 from lowering.tile.dtypes import DType
-from lowering.tile.findings import Finding
+from lowering.tile.findings import Finding, OutOfBounds
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -328,14 +328,14 @@ def parse_key(shape: tuple[int, ...], key: Any, what: str) -> tuple[tuple, tuple
             a = 0 if k.start is None else operator.index(k.start)
             b = n if k.stop is None else operator.index(k.stop)
             if not 0 <= a < b <= n:
-                raise IndexError(f"{what}: slice {a}:{b} out of bounds for a dimension of {n}")
+                raise OutOfBounds(f"{what}: slice {a}:{b} out of bounds for a dimension of {n}")
             lo.append(a)
             hi.append(b)
             out.append(b - a)
         else:
             i = operator.index(k)
             if not 0 <= i < n:
-                raise IndexError(f"{what}: index {i} out of bounds for a dimension of {n}")
+                raise OutOfBounds(f"{what}: index {i} out of bounds for a dimension of {n}")
             lo.append(i)
             hi.append(i + 1)
     return tuple(lo), tuple(hi), tuple(out)

@@ -41,3 +41,12 @@ class HasFindings:
     @property
     def warnings(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "warning"]
+
+
+class KernelDefect(Exception):
+    """Raised by the emulator for something the kernel itself gets wrong (an access out of a
+    tensor's bounds, ...): a FAIL of the kernel, never an emulator gap."""
+
+
+class OutOfBounds(KernelDefect, IndexError):
+    """A load, store or read outside a tensor's or tile's bounds."""

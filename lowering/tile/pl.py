@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lowering.tile import core as _core
+from lowering.tile import surface as _surface
 from lowering.tile.core import Tensor as _Tensor
 from lowering.tile.core import Tile as _Tile
 from lowering.tile.dtypes import (  # noqa: F401  (re-exported pl names)
@@ -273,6 +274,8 @@ class _Namespace:
         self.__dict__.update(extra)
 
     def __getattr__(self, item: str) -> Any:
+        if item in _surface.EXTRA[self._name]:
+            return _surface.EXTRA[self._name][item]
         g = globals()
         if item.startswith("_") or item not in g or not callable(g[item]):
             raise AttributeError(f"pl.{self._name}.{item} is not implemented by the tile "
@@ -286,5 +289,11 @@ tile = _Namespace("tile", MaskPattern=MaskPattern, create_tile=create_tensor,
 
 
 def __getattr__(name: str) -> Any:
+    if name in _surface.EXTRA["pl"]:
+        return _surface.EXTRA["pl"][name]
     raise AttributeError(f"pl.{name} is not implemented by the tile emulator "
                          "(lowering/tile/ops.py lists the emulated ops)")
+
+
+# op-group modules register their names in lowering.tile.surface on import
+from lowering.tile import ops_data, ops_index  # noqa: E402,F401

@@ -1,0 +1,556 @@
+"""Run a pypto-lib kernel file the way ``python FILE -p a2a3sim`` would, on the tile emulator.
+
+A pypto-lib kernel file ends in a ``__main__`` that builds tensor specs, names a golden
+function and tolerances, and calls ``golden.run_jit(fn=..., specs=..., golden_fn=...,
+rtol=..., atol=..., compare_fn=...)`` (or ``golden.run(program, ...)`` for ``@pl.program``
+files), once per mode. This module runs that ``__main__`` unchanged with only the device
+runner replaced: every ``run_jit`` / ``run`` call becomes a *case* that
+
+1. makes the inputs from the specs exactly as the harness does (``TensorSpec.create_tensor``),
+   with torch, numpy and ``random`` seeded from ``seed``;
+2. runs the kernel on the tile emulator with every check (budget, race, coverage, dead write,
+   layout); outputs start as zeros, as the harness allocates them;
+3. runs the file's golden function with torch on the CPU, and
+4. compares with the file's own ``validate_golden`` / ``compare_fn`` comparators.
+
+Inside a pypto-lib checkout (a parent directory holding ``golden/__init__.py``) the checkout's
+own ``golden`` package is used and only its runner is replaced; outside one, the compatible
+:mod:`lowering.pypto_compat.golden`. A file without a ``__main__`` is run from its single
+kernel, ``build_tensor_specs()`` and ``golden_*`` function.
+
+Verdicts: PASS, FAIL (a comparator or a check failed, or kernel code raised: file:line
+named), CANNOT RUN (an emulator gap or an unusable file: the construct and file:line named).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import io
+import os
+import random
+import runpy
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from lowering import pypto_compat
+from lowering.diff import OutputDiff, compare
+from lowering.report import FAIL, PASS, RegionReport, Report
+from lowering.tile import run_kernel as _run_tile_kernel
+from lowering.tile.findings import Finding, KernelDefect
+from lowering.tolerances import PRESETS
+
+CANNOT_RUN = "CANNOT RUN"
+VERDICT_EXIT = {PASS: 0, FAIL: 1, CANNOT_RUN: 2}
+#: simulator platforms of pypto-lib map onto the hardware whose budgets they model
+PLATFORM_OF = {"a2a3": "a2a3", "a2a3sim": "a2a3", "a5": "a5", "a5sim": "a5"}
+
+
+class CannotRun(Exception):
+    """The file cannot be judged: an emulator gap or an unusable file (exit 2). The message
+    is one line naming the construct and where."""
+
+
+@dataclass
+class OutputCheck:
+    """One output of a case: the file's comparator verdict plus our metrics."""
+
+    name: str
+    ok: bool
+    comparator: str
+    detail: str
+    diff: OutputDiff | None
+
+
+@dataclass
+class Case:
+    """One ``run_jit`` / ``run`` call of the file."""
+
+    label: str
+    status: str = PASS
+    outputs: list[OutputCheck] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    budget: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    emulator_s: float = 0.0
+    golden_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "status": self.status, "error": self.error,
+            "emulator_s": round(self.emulator_s, 4), "golden_s": round(self.golden_s, 4),
+            "outputs": [{"name": o.name, "ok": o.ok, "comparator": o.comparator,
+                         "detail": o.detail, "metrics": o.diff.to_dict() if o.diff else None}
+                        for o in self.outputs],
+            "findings": [{"check": f.check, "severity": f.severity, "message": f.message}
+                         for f in self.findings],
+        }
+
+
+@dataclass
+class FileResult:
+    """The verdict on one kernel file: ``verdict`` PASS / FAIL / CANNOT RUN, ``reason`` its
+    first cause in one line."""
+
+    path: str
+    verdict: str
+    reason: str = ""
+    cases: list[Case] = field(default_factory=list)
+    seconds: float = 0.0
+    exit_code: int | None = None  # what the file's __main__ exited with (SystemExit)
+    platform: str = "a2a3"
+    seed: int = 0
+
+    @property
+    def exit(self) -> int:
+        return VERDICT_EXIT[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "verdict": self.verdict, "reason": self.reason,
+                "seconds": round(self.seconds, 3), "platform": self.platform,
+                "seed": self.seed, "cases": [c.to_dict() for c in self.cases]}
+
+    def to_report(self) -> Report:
+        """The cases as a :class:`Report` (one region per case) for the usual table."""
+        regions = []
+        for c in self.cases:
+            regions.append(RegionReport(
+                name=c.label, status=PASS if c.status == PASS else FAIL, kernel=self.path,
+                outputs=[o.diff for o in c.outputs if o.diff is not None],
+                findings=list(c.findings), budget=c.budget, seconds=c.emulator_s))
+        notes = [f"{c.label}: {c.error}" for c in self.cases if c.error]
+        if self.verdict != PASS and self.reason and not notes:
+            notes.append(self.reason)
+        return Report(model=os.path.basename(self.path), config="its own golden",
+                      mode="run-kernel", backend="numpy", platform=self.platform, batch=0,
+                      seq=0, seed=self.seed, regions=regions, notes=notes)
+
+
+# -- locating the file's world -------------------------------------------------------------------
+
+
+def find_checkout(path: Path) -> Path | None:
+    """The pypto-lib checkout holding ``path``: the nearest parent with ``golden/__init__.py``."""
+    for d in path.resolve().parents:
+        if (d / "golden" / "__init__.py").is_file():
+            return d
+    return None
+
+
+def has_main(source: str) -> bool:
+    """Whether the module has an ``if __name__ == "__main__":`` block."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = {getattr(n, "id", None) for n in ast.walk(node.test)}
+            consts = {getattr(n, "value", None) for n in ast.walk(node.test)}
+            if "__name__" in names and "__main__" in consts:
+                return True
+    return False
+
+
+def _site_in(e: BaseException, roots: tuple[str, ...]) -> str:
+    """file:line of the innermost traceback frame inside ``roots`` (the kernel's checkout)."""
+    for fs in reversed(traceback.extract_tb(e.__traceback__)):
+        if fs.filename.startswith(roots):
+            return f"{fs.filename}:{fs.lineno}"
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{e.filename}:{e.lineno}"
+    return "?"
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
+
+
+#: exceptions that say the emulator (or its surroundings) lacks something, wherever raised
+_GAPS = (pypto_compat.UnsupportedAPI, NotImplementedError, CannotRun, AttributeError, TypeError,
+         NameError, ImportError, KeyError)
+
+
+def _is_gap(e: BaseException, roots: tuple[str, ...] = ()) -> bool:
+    """An emulator gap (CANNOT RUN) rather than a defect of the kernel (FAIL). A defect is
+    what the emulator reports as one (:class:`KernelDefect`: an access out of bounds) or an
+    exception the file's own code raises on purpose (ValueError, AssertionError, ...), not
+    one that says a name or a form is missing."""
+    if isinstance(e, KernelDefect):
+        return False
+    if isinstance(e, _GAPS):
+        return True
+    tb = traceback.extract_tb(e.__traceback__)
+    return not (tb and roots and tb[-1].filename.startswith(roots))
+
+
+# -- torch ⇄ numpy -------------------------------------------------------------------------------
+
+
+def _torch() -> Any:
+    from dsref.io import import_torch
+
+    try:
+        return import_torch()
+    except Exception as e:  # noqa: BLE001 - ExtraMissing or a broken torch: one line either way
+        raise CannotRun(f"pypto-lib files need torch for their specs and goldens: {e}") from None
+
+
+# -- the replaced runner ---------------------------------------------------------------------------
+
+
+class Harness:
+    """Stands in for ``golden.run_jit`` / ``golden.run``: each call is one :class:`Case`."""
+
+    def __init__(self, golden: ModuleType, *, path: Path, roots: tuple[str, ...], seed: int,
+                 platform: str, permute_parallel: bool = False) -> None:
+        self.golden = golden
+        self.path = path
+        self.roots = roots
+        self.seed = seed
+        self.platform = platform
+        self.permute_parallel = permute_parallel
+        self.cases: list[Case] = []
+
+    # the two entry points the files call -----------------------------------------------------
+    def run_jit(self, fn: Any, specs: list, golden_fn: Callable | None = None,
+                golden_data: str | None = None, compile_cfg: Any = None,
+                runtime_cfg: Mapping[str, Any] | None = None, rtol: float = 1e-5,
+                atol: float = 1e-5, compare_fn: Mapping[str, Callable] | None = None,
+                compile_only: bool = False, runtime_dir: str | None = None,
+                save_data: bool = False, **unknown: Any) -> Any:
+        return self._call(fn, "run_jit", specs, golden_fn, golden_data, rtol, atol,
+                          compare_fn, compile_only, unknown)
+
+    def run(self, program: Any, specs: list, golden_fn: Callable | None = None,
+            golden_data: str | None = None, compile_cfg: Any = None,
+            runtime_cfg: Mapping[str, Any] | None = None, rtol: float = 1e-5,
+            atol: float = 1e-5, compare_fn: Mapping[str, Callable] | None = None,
+            compile_only: bool = False, runtime_dir: str | None = None,
+            save_data: bool = False, **unknown: Any) -> Any:
+        return self._call(program, "run", specs, golden_fn, golden_data, rtol, atol,
+                          compare_fn, compile_only, unknown)
+
+    # ------------------------------------------------------------------------------------------
+    def _call(self, fn: Any, how: str, specs: list, golden_fn: Callable | None,
+              golden_data: str | None, rtol: float, atol: float,
+              compare_fn: Mapping[str, Callable] | None, compile_only: bool,
+              unknown: Mapping[str, Any]) -> Any:
+        label = f"{getattr(fn, '__name__', type(fn).__name__)} #{len(self.cases) + 1}"
+        case = Case(label)
+        self.cases.append(case)
+        try:
+            if unknown:
+                raise CannotRun(f"golden.{how}() keyword(s) {sorted(unknown)} are not modelled")
+            if compile_only:
+                raise CannotRun(f"golden.{how}(compile_only=True): the file only compiles")
+            self._judge(case, fn, specs, golden_fn, golden_data, rtol, atol, dict(compare_fn or {}))
+        except Exception as e:  # noqa: BLE001 - every failure becomes this case's verdict
+            where = e.args[0] if isinstance(e, CannotRun) else \
+                f"{_one_line(e)} (at {_site_in(e, self.roots)})"
+            case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
+            case.error = where if isinstance(e, CannotRun) else \
+                ("kernel defect: " if case.status == FAIL else "emulator cannot run this: ") + where
+        passed = case.status == PASS
+        return self.golden.RunResult(passed=passed, error=None if passed else case.error or
+                                     "emulator verdict FAIL")
+
+    def _judge(self, case: Case, fn: Any, specs: list, golden_fn: Callable | None,
+               golden_data: str | None, rtol: float, atol: float,
+               compare_fn: dict[str, Callable]) -> None:
+        torch = _torch()
+        from dsref.io import from_torch, to_torch
+
+        tspecs = [s for s in specs if isinstance(s, self.golden.TensorSpec)]
+        if golden_data is not None:
+            raise CannotRun("golden_data= replay is not modelled; run without --golden-data")
+        with _seeded(torch, self.seed):
+            tensors = {s.name: s.create_tensor() for s in tspecs}
+        scalars = {s.name: s.to_python() for s in specs
+                   if not isinstance(s, self.golden.TensorSpec)}
+        snapshot = {s.name: tensors[s.name].clone() for s in tspecs
+                    if not s.is_output or s.init_value is not None}
+
+        entry, params = _entry(fn)
+        names = [s.name for s in specs]
+        if len(params) != len(names):
+            raise CannotRun(f"{case.label}: the kernel takes {len(params)} parameters "
+                            f"({', '.join(params)}) but the file passes {len(names)} specs")
+        inputs, outputs, inouts = {}, {}, {}
+        for s in tspecs:
+            a = from_torch(torch, tensors[s.name])
+            if not s.is_output:
+                inputs[s.name] = a
+            elif s.init_value is None:
+                outputs[s.name] = (a.shape, a.dtype)
+            else:
+                inouts[s.name] = (a, None)
+        by_param = dict(zip(params, names, strict=True))
+
+        def kernel(**tens: Any) -> None:
+            entry(*[tens[n] if n in tens else scalars[n] for n in by_param.values()])
+
+        kernel.__name__ = case.label
+        t0 = time.perf_counter()
+        run = _run_tile_kernel(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
+                               platform=self.platform, name=case.label, seed=self.seed,
+                               permute_parallel=self.permute_parallel, zero_outputs=True)
+        case.emulator_s = time.perf_counter() - t0
+        case.findings = list(run.findings)
+        case.budget = run.budget.as_dicts()
+
+        device = {s.name: to_torch(torch, run.outputs[s.name]) for s in tspecs if s.is_output}
+        expected = None
+        if golden_fn is not None:
+            scratch: dict[str, Any] = dict(scalars)
+            for s in tspecs:
+                scratch[s.name] = (torch.zeros(s.shape, dtype=s.dtype)
+                                   if s.is_output and s.init_value is None
+                                   else snapshot[s.name].clone())
+            t0 = time.perf_counter()
+            with _seeded(torch, self.seed):
+                try:
+                    golden_fn(scratch)
+                except Exception as e:
+                    raise CannotRun(f"the file's golden {getattr(golden_fn, '__name__', '?')} "
+                                    f"raised {_one_line(e)} (at {_site_in(e, self.roots)})"
+                                    ) from e
+            case.golden_s = time.perf_counter() - t0
+            expected = {n: scratch[n] for n in device}
+        if expected is not None:
+            case.outputs = self._validate(device, expected, snapshot, scalars, rtol, atol,
+                                          compare_fn)
+        if run.failures or any(not o.ok for o in case.outputs):
+            case.status = FAIL
+
+    def _validate(self, device: dict, expected: dict, inputs: dict, scalars: dict, rtol: float,
+                  atol: float, compare_fn: dict[str, Callable]) -> list[OutputCheck]:
+        """The file's own verdict per output (its ``validate_golden`` with its comparators),
+        with our metrics beside it."""
+        torch = _torch()
+        from dsref.io import from_torch
+
+        val_inputs = {**inputs, **{k: torch.tensor(v) for k, v in scalars.items()}}
+        log = io.StringIO()
+        failed: dict[str, str] = {}
+        try:
+            with contextlib.redirect_stdout(log):
+                self.golden.validate_golden(device, expected, rtol=rtol, atol=atol,
+                                            compare_fn=compare_fn, inputs=val_inputs)
+        except AssertionError as e:
+            failed = _split_failures(str(e), list(device))
+        checks = []
+        for name in device:
+            fn = compare_fn.get(name)
+            label = (getattr(fn, "__name__", "custom") if fn is not None
+                     else f"allclose(rtol={rtol:g}, atol={atol:g})")
+            got, want = from_torch(torch, device[name]), from_torch(torch, expected[name])
+            diff = compare(name, got, want, PRESETS["exact"])
+            diff.preset = label
+            diff.ok = name not in failed
+            diff.message = failed.get(name, "")
+            checks.append(OutputCheck(name, name not in failed, label, failed.get(name, ""), diff))
+        return checks
+
+
+def _split_failures(message: str, names: list[str]) -> dict[str, str]:
+    """validate_golden's AssertionError text, per output name: ``  'NAME' FAIL ...`` blocks."""
+    out: dict[str, str] = {}
+    current = None
+    for line in message.splitlines()[1:]:
+        head = line.strip()
+        for n in names:
+            if head.startswith(f"'{n}' FAIL"):
+                current = n
+                out[n] = ""
+                break
+        else:
+            if current is not None and head and len(out[current]) < 400:
+                out[current] = (out[current] + "; " + head).strip("; ")
+    if not out:  # an unexpected format: blame every output, keep the text
+        out = {n: message.splitlines()[0] for n in names}
+    return out
+
+
+def _entry(fn: Any) -> tuple[Callable[..., Any], list[str]]:
+    """The callable and its parameter names: a ``@pl.jit`` function, or a ``@pl.program``
+    class (its orchestration function)."""
+    from lowering.run_kernel import _pick_method, params_of
+
+    if isinstance(fn, type):
+        if not getattr(fn, "__pl_program__", False):
+            raise CannotRun(f"{fn.__name__} is not a @pl.program class")
+        name, _ = _pick_method(fn, None, fn.__name__)
+        bound = getattr(fn(), name)
+        return bound, [p.name for p in params_of(bound)]
+    if not callable(fn):
+        raise CannotRun(f"golden.run_jit(fn={fn!r}): not a kernel function")
+    return fn, [p.name for p in params_of(fn)]
+
+
+@contextlib.contextmanager
+def _seeded(torch: Any, seed: int) -> Iterator[None]:
+    """torch, numpy and random seeded to ``seed``; their previous states restored after."""
+    states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+# -- running a file --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _file_world(path: Path, checkout: Path | None, argv: list[str],
+                env: Mapping[str, str]) -> Iterator[ModuleType]:
+    """sys.argv, sys.path, os.environ and sys.modules as the file's own run would see them;
+    all restored afterwards. Yields the ``golden`` module the file will import."""
+    dirs = [str(path.parent)] + ([str(checkout)] if checkout else [])
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    saved_env = {k: os.environ.get(k) for k in env}
+    before = set(sys.modules)
+    stashed = {n: sys.modules.pop(n) for n in list(sys.modules)
+               if n.split(".")[0] == "golden"}
+    sys.argv = [str(path), *argv]
+    sys.path[:0] = dirs
+    os.environ.update(env)
+    os.environ.setdefault("PYPTO_GOLDEN_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)))))
+    try:
+        with pypto_compat.installed(force=True):
+            if checkout is not None:
+                golden = importlib.import_module("golden")
+            else:
+                from lowering.pypto_compat import golden as ours
+
+                golden = ours
+                sys.modules["golden"] = ours
+            yield golden
+    finally:
+        sys.argv[:] = saved_argv
+        sys.path[:] = saved_path
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for n in set(sys.modules) - before:
+            f = getattr(sys.modules.get(n), "__file__", None) or ""
+            if n.split(".")[0] == "golden" or any(f.startswith(d) for d in dirs):
+                sys.modules.pop(n, None)
+        sys.modules.update(stashed)
+
+
+@contextlib.contextmanager
+def _patched(golden: ModuleType, harness: Harness) -> Iterator[None]:
+    targets = [golden, getattr(golden, "runner", None)]
+    saved = [(m, n, getattr(m, n)) for m in targets if m is not None
+             for n in ("run_jit", "run") if hasattr(m, n)]
+    for m, n, _ in saved:
+        setattr(m, n, getattr(harness, n))
+    if not saved:
+        golden.run_jit, golden.run = harness.run_jit, harness.run
+    try:
+        yield
+    finally:
+        for m, n, v in saved:
+            setattr(m, n, v)
+
+
+def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
+             platform: str = "a2a3", env: Mapping[str, str] | None = None,
+             permute_parallel: bool = False) -> FileResult:
+    """Run the kernel file ``path`` as ``python FILE [--mode MODE]`` would, with the device
+    runner replaced by the emulator (see the module docstring)."""
+    p = Path(path).resolve()
+    t0 = time.perf_counter()
+    res = FileResult(str(path), PASS, platform=platform, seed=seed)
+    try:
+        source = p.read_text()
+    except OSError as e:
+        return _cannot(res, f"{path}: {e.strerror or e}", t0)
+    checkout = find_checkout(p)
+    roots = (str(checkout or p.parent),)
+    argv = ["--mode", mode] if mode else []
+    try:
+        with _file_world(p, checkout, argv, dict(env or {})) as golden:
+            h = Harness(golden, path=p, roots=roots, seed=seed,
+                        platform=PLATFORM_OF.get(platform, platform),
+                        permute_parallel=permute_parallel)
+            with _patched(golden, h):
+                if has_main(source):
+                    res.exit_code = _run_main(p, roots)
+                else:
+                    _run_without_main(p, h)
+    except CannotRun as e:
+        return _cannot(res, str(e), t0)
+    except Exception as e:  # noqa: BLE001 - importing or running the file failed
+        res.cases = locals().get("h").cases if "h" in locals() else []
+        verdict = CANNOT_RUN if _is_gap(e, roots) else FAIL
+        where = _site_in(e, roots)
+        res.verdict, res.reason = verdict, f"{_one_line(e)} (at {where})"
+        res.seconds = time.perf_counter() - t0
+        return res
+    res.cases = h.cases
+    res.seconds = time.perf_counter() - t0
+    if not h.cases:
+        return _cannot(res, "its __main__ never called golden.run_jit / golden.run"
+                       + (f" (it exited with {res.exit_code})" if res.exit_code else ""), t0)
+    statuses = [c.status for c in h.cases]
+    first = next((c for c in h.cases if c.status != PASS), None)
+    res.verdict = FAIL if FAIL in statuses else CANNOT_RUN if CANNOT_RUN in statuses else PASS
+    if first is not None:
+        res.reason = f"{first.label}: {first.error or _first_cause(first)}"
+    return res
+
+
+def _cannot(res: FileResult, why: str, t0: float) -> FileResult:
+    res.verdict, res.reason = CANNOT_RUN, why
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _first_cause(c: Case) -> str:
+    if c.findings and any(f.severity == "fail" for f in c.findings):
+        f = next(f for f in c.findings if f.severity == "fail")
+        return f"[{f.check}] {f.message}"
+    bad = next((o for o in c.outputs if not o.ok), None)
+    return f"output {bad.name!r} fails {bad.comparator}: {bad.detail}" if bad else "FAIL"
+
+
+def _run_main(p: Path, roots: tuple[str, ...]) -> int | None:
+    """Execute the file as ``__main__``; its SystemExit code (None when it returned)."""
+    try:
+        runpy.run_path(str(p), run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+        if isinstance(code, str):
+            raise CannotRun(f"the file exited: {code}") from None
+        return code
+    return None
+
+
+def _run_without_main(p: Path, h: Harness) -> None:
+    """A file with no ``__main__``: its single kernel, ``build_tensor_specs()`` and golden."""
+    ns = runpy.run_path(str(p), run_name=f"_pl_kernel_{p.stem}")
+    kernels = [v for k, v in ns.items() if isinstance(v, pypto_compat.JITFunction)
+               and v.kind == "jit" and getattr(v.fn, "__module__", None) == ns.get("__name__")]
+    specs_fn = ns.get("build_tensor_specs")
+    goldens = [v for k, v in ns.items() if k.startswith("golden_") and callable(v)
+               and getattr(v, "__module__", None) == ns.get("__name__")]
+    if len(kernels) != 1 or specs_fn is None or len(goldens) != 1:
+        raise CannotRun(f"{p.name} has no __main__, and not one @pl.jit kernel "
+                        f"({len(kernels)}), build_tensor_specs ({'yes' if specs_fn else 'no'}) "
+                        f"and one golden_* function ({len(goldens)}) to run instead")
+    h.run_jit(fn=kernels[0], specs=specs_fn(), golden_fn=goldens[0])

@@ -1,0 +1,195 @@
+"""``lowering sweep DIR``: ``run-kernel`` on every kernel file of a pypto-lib checkout.
+
+Each file runs in its own process (``python -m lowering run-kernel FILE``, its own golden),
+``--jobs`` at a time, each with a time limit. The table has one row per file (verdict PASS /
+FAIL / CANNOT RUN / TIMEOUT, seconds, first reason) and a summary of counts per directory;
+``--json FILE`` keeps every file's full result. Exit 0 when every file passes, 1 otherwise,
+2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowering.harness import CANNOT_RUN
+from lowering.report import FAIL, PASS, make_console
+
+TIMEOUT = "TIMEOUT"
+VERDICTS = (PASS, FAIL, CANNOT_RUN, TIMEOUT)
+_KERNEL = re.compile(r"^\s*@pl\.(jit|program)\b", re.M)
+_SKIP_DIRS = {"golden", "tests", "docs", "build", "build_output", "__pycache__"}
+
+
+def kernel_files(root: Path) -> list[Path]:
+    """Every ``.py`` file under ``root`` defining a ``@pl.jit`` or ``@pl.program`` kernel,
+    outside hidden, test, docs and ``golden/`` folders."""
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") or part in _SKIP_DIRS for part in rel[:-1]):
+            continue
+        try:
+            if _KERNEL.search(p.read_text(errors="replace")):
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+@dataclass
+class SweepRow:
+    file: str
+    verdict: str
+    seconds: float
+    reason: str = ""
+    emulator_s: float = 0.0
+    golden_s: float = 0.0
+    result: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "verdict": self.verdict, "seconds": round(self.seconds, 2),
+                "reason": self.reason, "emulator_s": round(self.emulator_s, 3),
+                "golden_s": round(self.golden_s, 3), "result": self.result}
+
+
+def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) -> SweepRow:
+    """One file in a child process, judged from its ``--json`` result."""
+    rel = str(path.relative_to(root))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "lowering", "run-kernel", str(path), "--quiet",
+               "--json", str(out), "--seed", str(seed), "--platform", platform]
+        env = {**os.environ, "PYPTO_GOLDEN_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "PYTHONHASHSEED": "0"}
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  env=env, cwd=str(path.parent))
+        except subprocess.TimeoutExpired:
+            return SweepRow(rel, TIMEOUT, time.perf_counter() - t0,
+                            f"no verdict within {timeout:g} s")
+        secs = time.perf_counter() - t0
+        if not out.is_file():
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return SweepRow(rel, CANNOT_RUN, secs,
+                            f"run-kernel exited {proc.returncode} without a result: {tail}")
+        res = json.loads(out.read_text())
+    cases = res.get("cases", [])
+    return SweepRow(rel, res["verdict"], secs, res.get("reason", ""),
+                    sum(c.get("emulator_s", 0.0) for c in cases),
+                    sum(c.get("golden_s", 0.0) for c in cases), res)
+
+
+def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str = "a2a3",
+          progress: Any = None) -> list[SweepRow]:
+    root = root.resolve()
+    files = kernel_files(root)
+    rows: list[SweepRow] = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futs = {pool.submit(run_one, f, root, timeout, seed, platform): f for f in files}
+        for fut in as_completed(futs):
+            row = fut.result()
+            rows.append(row)
+            if progress is not None:
+                progress(row, len(rows), len(files))
+    rows.sort(key=lambda r: r.file)
+    return rows
+
+
+def summary(rows: list[SweepRow]) -> dict[str, Counter]:
+    """Verdict counts per directory (relative to the swept root), plus 'total'."""
+    per: dict[str, Counter] = {}
+    for r in rows:
+        d = str(Path(r.file).parent)
+        per.setdefault(d, Counter())[r.verdict] += 1
+    per["total"] = sum(per.values(), Counter())
+    return per
+
+
+def render(rows: list[SweepRow], console: Any = None) -> None:
+    from rich.table import Table
+
+    console = console or make_console()
+    t = Table(title="sweep", title_justify="left", expand=False)
+    t.add_column("file", overflow="fold", max_width=44)
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("s", justify="right", no_wrap=True)
+    t.add_column("first reason", overflow="ellipsis", no_wrap=True, max_width=40)
+    style = {PASS: "green", FAIL: "bold red", CANNOT_RUN: "yellow", TIMEOUT: "magenta"}
+    for r in rows:
+        t.add_row(r.file, f"[{style[r.verdict]}]{r.verdict}[/]", f"{r.seconds:.1f}", r.reason)
+    console.print(t)
+    s = Table(title="per directory", title_justify="left")
+    s.add_column("directory", overflow="fold")
+    for v in VERDICTS:
+        s.add_column(v, justify="right")
+    s.add_column("verdict %", justify="right")
+    for d, c in sorted(summary(rows).items(), key=lambda kv: (kv[0] == "total", kv[0])):
+        n = sum(c.values())
+        s.add_row(d, *(str(c.get(v, 0)) for v in VERDICTS),
+                  f"{100 * (c.get(PASS, 0) + c.get(FAIL, 0)) / max(n, 1):.0f}")
+    console.print(s)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.is_dir():
+        print(f"lowering: error: sweep {args.dir}: not a directory", file=sys.stderr)
+        return 2
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        print(f"lowering: error: --json {args.json}: its directory does not exist",
+              file=sys.stderr)
+        return 2
+    console = make_console()
+    t0 = time.perf_counter()
+
+    def progress(row: SweepRow, done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"[{done}/{total}] {row.verdict:<10} {row.seconds:6.1f}s  {row.file}",
+                  file=sys.stderr, flush=True)
+
+    rows = sweep(root, jobs=args.jobs or len(os.sched_getaffinity(0)), timeout=args.timeout,
+                 seed=args.seed, platform=args.platform, progress=progress)
+    wall = time.perf_counter() - t0
+    if not rows:
+        print(f"lowering: error: sweep {args.dir}: no kernel files (@pl.jit / @pl.program)",
+              file=sys.stderr)
+        return 2
+    if not args.quiet:
+        render(rows, console)
+    counts = summary(rows)["total"]
+    line = (f"{len(rows)} files in {wall:.0f} s: "
+            + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS))
+    console.print(line, markup=False, highlight=False)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"root": str(root.resolve()), "seconds": round(wall, 1), "seed": args.seed,
+             "platform": args.platform, "summary": {d: dict(c) for d, c in summary(rows).items()},
+             "files": [r.to_dict() for r in rows]}, indent=1, default=str))
+    return 0 if counts.get(PASS, 0) == len(rows) else 1
+
+
+def add_subparser(sub: Any) -> None:
+    s = sub.add_parser("sweep", help="run-kernel on every kernel file under DIR (a pypto-lib "
+                                     "checkout): a table of verdicts")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds per file (default 300)")
+    s.add_argument("--jobs", type=int, default=0, help="files at a time (default: one per core)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
+    s.add_argument("--json", metavar="FILE")
+    s.add_argument("--quiet", action="store_true", help="no progress lines and no table")
+    s.set_defaults(fn=cmd_sweep)

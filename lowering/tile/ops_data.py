@@ -1,0 +1,3 @@
+"""Op rules and pl names of the 'data' group (see lowering.tile.surface)."""
+
+from __future__ import annotations
