@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib
+import inspect
 import io
 import os
 import random
@@ -83,6 +84,8 @@ class Case:
     error: str = ""
     emulator_s: float = 0.0
     golden_s: float = 0.0
+    #: (kernel output, golden output) per output name, numpy; not serialised
+    values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,7 +131,7 @@ class FileResult:
                 outputs=[o.diff for o in c.outputs if o.diff is not None],
                 findings=list(c.findings), budget=c.budget, seconds=c.emulator_s))
         notes = [f"{c.label}: {c.error}" for c in self.cases if c.error]
-        if self.verdict != PASS and self.reason and not notes:
+        if self.verdict != PASS and not self.cases:
             notes.append(self.reason)
         return Report(model=os.path.basename(self.path), config="its own golden",
                       mode="run-kernel", backend="numpy", platform=self.platform, batch=0,
@@ -172,9 +175,22 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
 
 
+def _describe(e: BaseException, roots: tuple[str, ...]) -> str:
+    """One line: the exception and, unless its message already says where, file:line."""
+    line = _one_line(e)
+    return line if "(used at " in line else f"{line} (at {_site_in(e, roots)})"
+
+
 #: exceptions that say the emulator (or its surroundings) lacks something, wherever raised
 _GAPS = (pypto_compat.UnsupportedAPI, NotImplementedError, CannotRun, AttributeError, TypeError,
          NameError, ImportError, KeyError)
+
+
+def _defined_in(cls: type, roots: tuple[str, ...]) -> bool:
+    try:
+        return bool(roots) and inspect.getfile(cls).startswith(roots)
+    except (TypeError, OSError):
+        return False
 
 
 def _is_gap(e: BaseException, roots: tuple[str, ...] = ()) -> bool:
@@ -184,6 +200,8 @@ def _is_gap(e: BaseException, roots: tuple[str, ...] = ()) -> bool:
     one that says a name or a form is missing."""
     if isinstance(e, KernelDefect):
         return False
+    if isinstance(e, AttributeError) and _defined_in(type(getattr(e, "obj", None)), roots):
+        return False  # the file's own object lacks the attribute: its own code is broken
     if isinstance(e, _GAPS):
         return True
     tb = traceback.extract_tb(e.__traceback__)
@@ -252,8 +270,7 @@ class Harness:
                 raise CannotRun(f"golden.{how}(compile_only=True): the file only compiles")
             self._judge(case, fn, specs, golden_fn, golden_data, rtol, atol, dict(compare_fn or {}))
         except Exception as e:  # noqa: BLE001 - every failure becomes this case's verdict
-            where = e.args[0] if isinstance(e, CannotRun) else \
-                f"{_one_line(e)} (at {_site_in(e, self.roots)})"
+            where = e.args[0] if isinstance(e, CannotRun) else _describe(e, self.roots)
             case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
             case.error = where if isinstance(e, CannotRun) else \
                 ("kernel defect: " if case.status == FAIL else "emulator cannot run this: ") + where
@@ -319,8 +336,7 @@ class Harness:
                     golden_fn(scratch)
                 except Exception as e:
                     raise CannotRun(f"the file's golden {getattr(golden_fn, '__name__', '?')} "
-                                    f"raised {_one_line(e)} (at {_site_in(e, self.roots)})"
-                                    ) from e
+                                    f"raised {_describe(e, self.roots)}") from e
             case.golden_s = time.perf_counter() - t0
             expected = {n: scratch[n] for n in device}
         if expected is not None:
@@ -349,8 +365,9 @@ class Harness:
         for name in device:
             fn = compare_fn.get(name)
             label = (getattr(fn, "__name__", "custom") if fn is not None
-                     else f"allclose(rtol={rtol:g}, atol={atol:g})")
+                     else f"allclose r={rtol:g} a={atol:g}")
             got, want = from_torch(torch, device[name]), from_torch(torch, expected[name])
+            self.cases[-1].values[name] = (got, want)
             diff = compare(name, got, want, PRESETS["exact"])
             diff.preset = label
             diff.ok = name not in failed
@@ -483,23 +500,29 @@ def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
     checkout = find_checkout(p)
     roots = (str(checkout or p.parent),)
     argv = ["--mode", mode] if mode else []
+    h: Harness | None = None
+    failure: tuple[str, str] | None = None
     try:
         with _file_world(p, checkout, argv, dict(env or {})) as golden:
             h = Harness(golden, path=p, roots=roots, seed=seed,
                         platform=PLATFORM_OF.get(platform, platform),
                         permute_parallel=permute_parallel)
-            with _patched(golden, h):
-                if has_main(source):
-                    res.exit_code = _run_main(p, roots)
-                else:
-                    _run_without_main(p, h)
+            try:
+                with _patched(golden, h):
+                    if has_main(source):
+                        res.exit_code = _run_main(p, roots)
+                    else:
+                        _run_without_main(p, h)
+            except CannotRun:
+                raise
+            except Exception as e:  # noqa: BLE001 - importing or running the file failed;
+                # judged here, while the file's modules are still importable
+                failure = (CANNOT_RUN if _is_gap(e, roots) else FAIL, _describe(e, roots))
     except CannotRun as e:
         return _cannot(res, str(e), t0)
-    except Exception as e:  # noqa: BLE001 - importing or running the file failed
-        res.cases = locals().get("h").cases if "h" in locals() else []
-        verdict = CANNOT_RUN if _is_gap(e, roots) else FAIL
-        where = _site_in(e, roots)
-        res.verdict, res.reason = verdict, f"{_one_line(e)} (at {where})"
+    if failure is not None:
+        res.cases = h.cases if h is not None else []
+        res.verdict, res.reason = failure
         res.seconds = time.perf_counter() - t0
         return res
     res.cases = h.cases
@@ -554,3 +577,47 @@ def _run_without_main(p: Path, h: Harness) -> None:
                         f"({len(kernels)}), build_tensor_specs ({'yes' if specs_fn else 'no'}) "
                         f"and one golden_* function ({len(goldens)}) to run instead")
     h.run_jit(fn=kernels[0], specs=specs_fn(), golden_fn=goldens[0])
+
+
+def render(res: FileResult, console: Any = None) -> None:
+    """The verdict on one file as a table that fits 100 columns: a row per case and output,
+    then each failing output's detail, each finding, and the verdict line."""
+    from rich.table import Table
+
+    from lowering.report import make_console
+
+    console = console or make_console()
+    t = Table(title=f"{res.path}  (its own golden, platform {res.platform}, seed {res.seed})",
+              title_justify="left", box=None, pad_edge=False)
+    for col, just in (("case", "left"), ("status", "left"), ("output", "left"),
+                      ("comparator", "left"), ("max abs", "right"), ("max ulp", "right"),
+                      ("differ %", "right"), ("s emu/gold", "right")):
+        t.add_column(col, justify=just, overflow="fold", max_width=28)
+    style = {PASS: "green", FAIL: "bold red", CANNOT_RUN: "yellow"}
+    for c in res.cases:
+        rows = c.outputs or [None]
+        for i, o in enumerate(rows):
+            head = [c.label, f"[{style[c.status]}]{c.status}[/]"] if i == 0 else ["", ""]
+            if o is None or o.diff is None:
+                cells = [o.name if o else "—", o.comparator if o else "", "", "", ""]
+            else:
+                d = o.diff
+                cells = [o.name + ("" if o.ok else " [red]✗[/]"), o.comparator,
+                         f"{d.max_abs:.3g}", str(d.max_ulp), f"{100 * d.differ_ratio:.2f}"]
+            secs = f"{c.emulator_s:.2f}/{c.golden_s:.2f}" if i == 0 else ""
+            t.add_row(*head, *cells, secs)
+    console.print(t)
+    for c in res.cases:
+        for o in c.outputs:
+            if not o.ok:
+                console.print(f"  [red]{c.label} {o.name}[/]: {o.detail}", highlight=False)
+        for f in c.findings:
+            color = "red" if f.severity == "fail" else "yellow"
+            console.print(f"  [{color}]{f.severity.upper()} [{f.check}][/] {f.message}",
+                          highlight=False)
+        if c.error:
+            console.print(f"  [red]{c.label}[/]: {c.error}", highlight=False, markup=False)
+    if not res.cases and res.reason:
+        console.print(f"  {res.reason}", highlight=False, markup=False)
+    color = {PASS: "green", FAIL: "red", CANNOT_RUN: "yellow"}[res.verdict]
+    console.print(f"[{color}]{res.verdict}[/] {res.path}")

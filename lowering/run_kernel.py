@@ -584,7 +584,7 @@ def _cmd_golden(args: argparse.Namespace) -> int:
         print(f"lowering: cannot run {args.file}: {res.reason}", file=sys.stderr)
         return 2
     if not args.quiet:
-        render([res.to_report()])
+        harness.render(res)
     return res.exit
 
 

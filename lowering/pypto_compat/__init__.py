@@ -1,7 +1,9 @@
 """A ``pypto.language`` compatibility layer over the tile language, installed only for a run.
 
 ``with installed():`` puts :mod:`lowering.pypto_compat.language` into ``sys.modules`` as
-``pypto.language`` (and a bare ``pypto`` package around it) and restores ``sys.modules``
+``pypto.language`` (and a bare ``pypto`` package around it, with the import-only stubs of
+:mod:`lowering.pypto_compat.stubs` for ``pypto.ir`` / ``runtime`` / ``backend`` /
+``language.distributed``) and restores ``sys.modules``
 exactly on exit, so the emulated module never outlives the run and never shadows a real
 PyPTO install (``force=True``, the ``--emulate`` flag, installs it even then).
 """
@@ -15,7 +17,7 @@ import sys
 import types
 from collections.abc import Iterator
 
-from lowering.pypto_compat import language
+from lowering.pypto_compat import language, stubs
 from lowering.pypto_compat.language import (
     Direction,
     DynVar,
@@ -25,7 +27,9 @@ from lowering.pypto_compat.language import (
     UnsupportedAPI,
 )
 
-_NAMES = ("pypto", "pypto.language")
+_NAMES = ("pypto", "pypto.language", "pypto.ir", "pypto.ir.distributed_compiled_program",
+          "pypto.ir.compiled_program", "pypto.ir.printer", "pypto.ir.pass_manager",
+          "pypto.runtime", "pypto.backend", "pypto.language.distributed")
 _MISSING = object()
 
 
@@ -65,9 +69,17 @@ def installed(force: bool = False) -> Iterator[types.ModuleType]:
     pkg.language = language
     sys.modules["pypto"] = pkg
     sys.modules["pypto.language"] = language
+    for name, mod in stubs.modules().items():  # the rest of pypto, enough to import
+        sys.modules[name] = mod
+        parent, _, leaf = name.rpartition(".")
+        if parent == "pypto":
+            setattr(pkg, leaf, mod)
+    language.distributed = sys.modules["pypto.language.distributed"]
     try:
         yield language
     finally:
+        with contextlib.suppress(AttributeError):
+            del language.distributed
         for n, m in saved.items():
             if m is _MISSING:
                 sys.modules.pop(n, None)

@@ -1,0 +1,118 @@
+"""The rest of the ``pypto`` package as pypto-lib files import it, for an emulated run.
+
+pypto-lib kernel files import more than ``pypto.language``: ``pypto.ir``'s
+``DistributedConfig`` (into ``compile_cfg``), ``pypto.runtime``'s ``RunConfig``,
+``pypto.backend``'s ``BackendType`` / ``set_backend_type``, and
+``pypto.language.distributed`` (``pld``: multi-device windows, notify/wait, remote stores).
+These modules let such a file *import*; what they stand for is not emulated, so:
+
+- configuration records (``DistributedConfig``, ``RunConfig``) keep their keyword arguments
+  (the harness refuses a run whose ``compile_cfg`` asks for a distributed program);
+- ``set_backend_type`` is accepted: it picks the compiler's target, which the emulator does
+  not have;
+- every other name raises :class:`~lowering.pypto_compat.language.UnsupportedAPI` when it is
+  *used* (called, subscripted, or read as an attribute of ``pld``), naming it and the file's
+  line: a multi-device kernel is a CANNOT RUN with its construct named, never a silent run.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+from typing import Any
+
+from lowering.pypto_compat.language import UnsupportedAPI, _site
+
+
+class Record:
+    """A configuration object: its keyword arguments, kept as attributes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.__dict__.update(kwargs)
+
+    def __repr__(self) -> str:
+        kv = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{type(self).__name__}({kv})"
+
+
+class DistributedConfig(Record):
+    """``pypto.ir.distributed_compiled_program.DistributedConfig``: a multi-device program."""
+
+
+class RunConfig(Record):
+    """``pypto.runtime.RunConfig``: compile and run settings."""
+
+
+class BackendType(enum.Enum):
+    Ascend910B = "Ascend910B"
+    Ascend950 = "Ascend950"
+    SuperscalarNPU = "SuperscalarNPU"
+    DEFAULT = "DEFAULT"
+
+
+def set_backend_type(_backend: Any) -> None:
+    """The compiler's target: nothing to do on the emulator."""
+
+
+class _Unsupported:
+    """A name whose use is not emulated: calling, subscripting or reading it raises."""
+
+    def __init__(self, qualname: str) -> None:
+        self._qualname = qualname
+
+    def _raise(self) -> None:
+        what = " (pypto.language.distributed: multi-device)" if self._qualname.startswith("pld") \
+            else ""
+        raise UnsupportedAPI(f"{self._qualname}{what} is not emulated (used at {_site(3)})")
+
+    def __call__(self, *_a: Any, **_k: Any) -> Any:
+        self._raise()
+
+    def __getitem__(self, _item: Any) -> Any:
+        self._raise()
+
+    def __getattr__(self, item: str) -> Any:
+        if item.startswith("__"):
+            raise AttributeError(item)
+        return _Unsupported(f"{self._qualname}.{item}")
+
+
+def _module(name: str, doc: str, known: dict[str, Any], what: str) -> types.ModuleType:
+    m = types.ModuleType(name, doc)
+    m.__dict__.update(known)
+
+    def getattr_(item: str) -> Any:
+        if item.startswith("__"):
+            raise AttributeError(item)
+        return _Unsupported(f"{what}.{item}")
+
+    m.__getattr__ = getattr_  # type: ignore[attr-defined]
+    return m
+
+
+def modules() -> dict[str, types.ModuleType]:
+    """The stub modules by their import name (``pypto.language`` itself is not among them)."""
+    ir = _module("pypto.ir", "Stub of pypto.ir.", {}, "pypto.ir")
+    dcp = _module("pypto.ir.distributed_compiled_program", "Stub.",
+                  {"DistributedConfig": DistributedConfig},
+                  "pypto.ir.distributed_compiled_program")
+    ir.distributed_compiled_program = dcp
+    out = {
+        "pypto.ir": ir,
+        "pypto.ir.distributed_compiled_program": dcp,
+        "pypto.runtime": _module("pypto.runtime", "Stub.", {"RunConfig": RunConfig},
+                                 "pypto.runtime"),
+        "pypto.backend": _module("pypto.backend", "Stub.",
+                                 {"BackendType": BackendType,
+                                  "set_backend_type": set_backend_type}, "pypto.backend"),
+        "pypto.language.distributed": _module(
+            "pypto.language.distributed", "Multi-device pypto (not emulated).", {},
+            "pld"),
+    }
+    for sub in ("compiled_program", "printer", "pass_manager"):
+        m = _module(f"pypto.ir.{sub}", "Stub.", {}, f"pypto.ir.{sub}")
+        setattr(ir, sub, m)
+        out[f"pypto.ir.{sub}"] = m
+    return out

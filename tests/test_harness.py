@@ -1,0 +1,168 @@
+"""`lowering run-kernel FILE` (a pypto-lib file's own __main__, specs, golden and comparators on
+the emulator) and `lowering sweep DIR`, on the miniature checkout tests/pypto_lib_mini."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="pypto-lib files build their specs and goldens with torch")
+
+from lowering import harness  # noqa: E402
+from lowering.cli import main  # noqa: E402
+from lowering.harness import CANNOT_RUN, FAIL, PASS, run_file  # noqa: E402
+
+MINI = Path(__file__).parent / "pypto_lib_mini"
+TOY = MINI / "models" / "toy"
+
+
+def _fails(res: harness.FileResult, check: str) -> list[str]:
+    return [f.message for c in res.cases for f in c.findings
+            if f.check == check and f.severity == "fail"]
+
+
+def test_pass_uses_the_checkouts_own_golden_package(tmp_path):
+    log = tmp_path / "golden.log"
+    res = run_file(MINI / "examples" / "scale.py", env={"MINI_GOLDEN_LOG": str(log)})
+    assert res.verdict == PASS, res.reason
+    assert [c.status for c in res.cases] == [PASS]
+    y = res.cases[0].outputs[0]
+    assert (y.name, y.ok, y.comparator) == ("y", True, "allclose r=0 a=0")
+    assert y.diff.differ_ratio == 0.0  # y = 2x + b: exact in fp32, bitwise equal to torch
+    assert log.read_text() == "y\n"  # the checkout's validate_golden judged it, once
+
+
+def test_each_run_jit_call_is_a_case_and_mode_is_the_files_flag():
+    res = run_file(MINI / "examples" / "modes.py")
+    assert res.verdict == PASS, res.reason
+    assert [c.outputs[0].diff.shape for c in res.cases] == [(16, 1), (48, 1)]
+    assert [c.outputs[0].comparator for c in res.cases] == ["ratio_allclose"] * 2
+    one = run_file(MINI / "examples" / "modes.py", mode="large")
+    assert [c.outputs[0].diff.shape for c in one.cases] == [(48, 1)]
+
+
+def test_the_file_sees_only_its_own_argv_and_env(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest", "--variant", "big", "-q"])
+    small = run_file(TOY / "argv_config.py")
+    assert small.verdict == PASS, small.reason
+    assert small.cases[0].outputs[0].diff.shape == (16, 32)
+    big = run_file(TOY / "argv_config.py", env={"TOY_VARIANT": "big"})
+    assert big.cases[0].outputs[0].diff.shape == (64, 32)
+    assert sys.argv == ["pytest", "--variant", "big", "-q"]
+    assert "config" not in sys.modules and "golden" not in sys.modules
+    assert "pypto.language" not in sys.modules
+    assert str(TOY) not in sys.path
+
+
+def test_race_is_a_fail_naming_tensor_loop_and_iterations():
+    res = run_file(TOY / "race.py")
+    assert res.verdict == FAIL
+    (msg,) = _fails(res, "race")
+    assert "race on tensor 'scratch'" in msg and "loop 'h'" in msg
+    assert "h=0 writes scratch[0, 0:32]" in msg and "h=1 writes" in msg
+    assert res.cases[0].outputs[0].ok  # sequential emulation hides it from the golden
+
+
+def test_tail_never_written_fails_the_golden_and_says_why():
+    res = run_file(TOY / "tail.py")
+    assert res.verdict == FAIL
+    y = res.cases[0].outputs[0]
+    assert not y.ok and "Mismatched elements: 16/144" in y.detail
+    assert y.diff.first_mismatches[0] == (8, 0)
+    cov = [f for f in res.cases[0].findings if f.check == "coverage"]
+    assert cov and cov[0].severity == "warning" and "rows 8..8" in cov[0].message
+
+
+def test_budget_overflow_fails():
+    res = run_file(TOY / "budget.py")
+    assert res.verdict == FAIL
+    (msg,) = _fails(res, "budget")
+    assert "scope 'whole_tile'" in msg and "Vec needs" in msg and "a2a3" in msg
+    assert res.cases[0].outputs[0].ok
+    assert run_file(TOY / "budget.py", platform="a5").verdict == FAIL  # 512 KiB > 240 too
+
+
+def test_default_cast_mode_on_ties_fails_against_a_round_to_even_golden():
+    res = run_file(TOY / "ties.py")
+    assert res.verdict == FAIL
+    y = res.cases[0].outputs[0]
+    assert not y.ok and y.diff.max_ulp == 1 and y.diff.differ_ratio == pytest.approx(0.5)
+
+
+def test_unsupported_construct_cannot_run_naming_it_and_the_line():
+    res = run_file(TOY / "unsupported.py")
+    assert res.verdict == CANNOT_RUN and res.exit == 2
+    assert "pl.not_an_op" in res.reason and "unsupported.py:8" in res.reason
+
+
+def test_an_exception_of_the_kernels_own_code_is_a_fail_with_file_line():
+    res = run_file(TOY / "kernel_raises.py")
+    assert res.verdict == FAIL and res.exit == 1
+    assert "rows must be a multiple of 32" in res.reason and "kernel_raises.py:8" in res.reason
+
+
+def test_file_without_main_runs_its_kernel_specs_and_golden():
+    assert run_file(TOY / "nomain.py").verdict == PASS
+    res = run_file(TOY / "config.py")
+    assert res.verdict == CANNOT_RUN and "no __main__" in res.reason
+
+
+def test_program_class_with_a_scalar_runs_through_golden_run():
+    res = run_file(TOY / "program.py")
+    assert res.verdict == PASS, res.reason
+    assert res.cases[0].outputs[0].diff.differ_ratio == 0.0
+
+
+def test_same_seed_same_bits_other_seed_other_inputs():
+    a, b = (run_file(MINI / "examples" / "modes.py", seed=s, mode="small") for s in (3, 3))
+    c = run_file(MINI / "examples" / "modes.py", seed=4, mode="small")
+    (ga, wa), (gb, wb), (gc, _) = (r.cases[0].values["s"] for r in (a, b, c))
+    assert ga.tobytes() == gb.tobytes() and wa.tobytes() == wb.tobytes()
+    assert ga.tobytes() != gc.tobytes()
+
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["run-kernel", str(MINI / "examples" / "scale.py"), "--json", str(out)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert rep["verdict"] == PASS and rep["cases"][0]["outputs"][0]["name"] == "y"
+    assert main(["run-kernel", str(TOY / "race.py"), "--quiet"]) == 1
+    assert main(["run-kernel", str(TOY / "unsupported.py")]) == 2
+    assert "pl.not_an_op" in capsys.readouterr().err
+    assert main(["run-kernel", str(TOY / "race.py"), "--reference", "golden",
+                 "--config", "v32-tiny"]) == 2
+    assert "belong to --reference dsref" in capsys.readouterr().err
+
+
+def test_sweep_end_to_end_on_a_miniature_checkout(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    rc = main(["sweep", str(MINI), "--timeout", "120", "--json", str(out), "--jobs", "2"])
+    assert rc == 1
+    rep = json.loads(out.read_text())
+    got = {Path(f["file"]).stem: f["verdict"] for f in rep["files"]}
+    assert got == {"scale": PASS, "modes": PASS, "argv_config": PASS, "nomain": PASS,
+                   "program": PASS, "race": FAIL, "tail": FAIL, "budget": FAIL, "ties": FAIL,
+                   "kernel_raises": FAIL, "unsupported": CANNOT_RUN}
+    assert rep["summary"]["examples"] == {PASS: 2}
+    assert rep["summary"]["total"] == {PASS: 5, FAIL: 5, CANNOT_RUN: 1}
+    text = capsys.readouterr().out
+    assert "11 files" in text and "5 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_sweep_timeout_is_a_verdict(tmp_path):
+    from lowering.sweep import run_one
+
+    row = run_one(MINI / "examples" / "modes.py", MINI, timeout=0.05, seed=0, platform="a2a3")
+    assert row.verdict == "TIMEOUT" and "0.05" in row.reason
+
+
+def test_outputs_start_as_zeros_like_the_harness():
+    res = run_file(TOY / "tail.py")
+    got = res.cases[0].outputs[0].diff
+    assert np.isfinite(got.max_abs)  # the unwritten row is 0, not a NaN sentinel
