@@ -244,7 +244,7 @@ class Harness:
                 compile_only: bool = False, runtime_dir: str | None = None,
                 save_data: bool = False, **unknown: Any) -> Any:
         return self._call(fn, "run_jit", specs, golden_fn, golden_data, rtol, atol,
-                          compare_fn, compile_only, unknown)
+                          compare_fn, compile_only, {**unknown, **_distributed(compile_cfg)})
 
     def run(self, program: Any, specs: list, golden_fn: Callable | None = None,
             golden_data: str | None = None, compile_cfg: Any = None,
@@ -253,7 +253,7 @@ class Harness:
             compile_only: bool = False, runtime_dir: str | None = None,
             save_data: bool = False, **unknown: Any) -> Any:
         return self._call(program, "run", specs, golden_fn, golden_data, rtol, atol,
-                          compare_fn, compile_only, unknown)
+                          compare_fn, compile_only, {**unknown, **_distributed(compile_cfg)})
 
     # ------------------------------------------------------------------------------------------
     def _call(self, fn: Any, how: str, specs: list, golden_fn: Callable | None,
@@ -264,6 +264,9 @@ class Harness:
         case = Case(label)
         self.cases.append(case)
         try:
+            if "distributed_config" in unknown:
+                raise CannotRun(f"golden.{how}(compile_cfg=dict(distributed_config=...)): a "
+                                "multi-device program is not emulated")
             if unknown:
                 raise CannotRun(f"golden.{how}() keyword(s) {sorted(unknown)} are not modelled")
             if compile_only:
@@ -374,6 +377,13 @@ class Harness:
             diff.message = failed.get(name, "")
             checks.append(OutputCheck(name, name not in failed, label, failed.get(name, ""), diff))
         return checks
+
+
+def _distributed(compile_cfg: Any) -> dict[str, Any]:
+    """The one compile setting that changes what runs: a multi-device program."""
+    cfg = compile_cfg if isinstance(compile_cfg, Mapping) else {}
+    d = cfg.get("distributed_config")
+    return {} if d is None else {"distributed_config": d}
 
 
 def _split_failures(message: str, names: list[str]) -> dict[str, str]:

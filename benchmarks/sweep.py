@@ -1,0 +1,96 @@
+"""How fast ``lowering sweep`` judges a pypto-lib checkout, measured in one run.
+
+    python benchmarks/sweep.py PYPTO_LIB_DIR [--commit SHA] [--jobs N] [--timeout S]
+                               [--out benchmarks/sweep_results.json]
+
+Writes JSON and prints a summary: the machine (CPU model, cores), the checkout's commit (from
+``git rev-parse`` when DIR is a git checkout, else ``--commit``), the wall time of the whole
+sweep, files per minute, verdict counts per directory, and per file the emulator seconds, the
+golden (torch) seconds and their ratio — where the emulator is the bottleneck. A measurement,
+not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lowering.sweep import VERDICTS, summary, sweep  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def checkout_commit(root: Path, given: str | None) -> str:
+    if given:
+        return given
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dir", help="a pypto-lib checkout")
+    p.add_argument("--commit", help="the checkout's commit, when DIR is not a git checkout")
+    p.add_argument("--jobs", type=int, default=0, help="files at a time (default: cores)")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--out", default=str(Path(__file__).with_name("sweep_results.json")))
+    args = p.parse_args(argv)
+    root = Path(args.dir).resolve()
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    rows = sweep(root, jobs=jobs, timeout=args.timeout)
+    wall = time.perf_counter() - t0
+    per_file = []
+    for r in rows:
+        ratio = r.emulator_s / r.golden_s if r.golden_s > 0 else None
+        per_file.append({"file": r.file, "verdict": r.verdict, "seconds": round(r.seconds, 2),
+                         "emulator_s": round(r.emulator_s, 3), "golden_s": round(r.golden_s, 3),
+                         "emulator_over_golden": None if ratio is None else round(ratio, 1),
+                         "reason": r.reason})
+    ratios = [f["emulator_over_golden"] for f in per_file if f["emulator_over_golden"]]
+    res = {
+        "date": datetime.date.today().isoformat(), "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)), "jobs": jobs, "timeout_s": args.timeout,
+        "checkout": str(root), "commit": checkout_commit(root, args.commit),
+        "files": len(rows), "wall_s": round(wall, 1),
+        "files_per_minute": round(60 * len(rows) / wall, 1),
+        "emulator_over_golden_median": round(statistics.median(ratios), 1) if ratios else None,
+        "summary": {d: {v: c.get(v, 0) for v in VERDICTS} for d, c in summary(rows).items()},
+        "per_file": per_file,
+    }
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"{res['files']} files in {res['wall_s']} s on {res['cpu']} ({jobs} jobs): "
+          f"{res['files_per_minute']} files/min; emulator ÷ golden median "
+          f"{res['emulator_over_golden_median']}")
+    for d, c in res["summary"].items():
+        print(f"  {d:<36} " + "  ".join(f"{v} {c[v]}" for v in VERDICTS))
+    slow = sorted((f for f in per_file if f["emulator_over_golden"]),
+                  key=lambda f: -f["emulator_over_golden"])[:5]
+    for f in slow:
+        print(f"  slowest vs golden: {f['file']} {f['emulator_s']:.1f}s / {f['golden_s']:.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
