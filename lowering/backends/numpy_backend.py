@@ -33,6 +33,15 @@ _NATIVE = {
     "BOOL": np.dtype(np.bool_),
 }
 
+_COMPARE = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+}
+
 _BINARY = {
     "add": np.add,
     "sub": np.subtract,
@@ -112,13 +121,15 @@ class NumpyBackend:
         return np.asarray(r).astype(nat, copy=False)
 
     def unary(self, op: str, x: np.ndarray) -> np.ndarray:
-        """Elementwise unary op. neg/abs exact; sqrt/recip correctly rounded in the dtype;
+        """Elementwise unary op. neg/abs/trunc exact; sqrt/recip correctly rounded in the dtype;
         exp/rsqrt/log computed in float64 and rounded once (faithful, not hardware)."""
         nat = x.dtype
         if op == "neg":
             return np.negative(x)
         if op == "abs":
             return np.abs(x)
+        if op == "trunc":  # toward zero, exact
+            return np.trunc(x)
         wide = x.astype(np.float32) if nat.itemsize < 4 else x
         if op == "sqrt":
             r = np.sqrt(wide)
@@ -189,3 +200,130 @@ class NumpyBackend:
 
     def transpose(self, x: np.ndarray, axis1: int, axis2: int) -> np.ndarray:
         return np.ascontiguousarray(np.swapaxes(x, axis1, axis2))
+
+    # -- index, sort and compare ops (lowering.tile.ops_index) ----------------------------
+    def arange(self, start: int, step: int, n: int, dtype: str) -> np.ndarray:
+        """``start + step·k`` for k < n, computed in int64 and wrapped to the integer ``dtype``
+        (two's complement, as the hardware's integer adds)."""
+        return (start + step * np.arange(n, dtype=np.int64)).astype(_NATIVE[dtype])
+
+    def bitcast(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        """The same bits read as ``dtype`` (same item size)."""
+        return np.array(np.ascontiguousarray(x).view(_NATIVE[dtype]), copy=True)
+
+    def take(self, x: np.ndarray, index: np.ndarray, axis: int | None) -> np.ndarray:
+        """``axis=None``: ``x.flat[index]``; else ``out[..., k, ...] = x[..., index[..., k,
+        ...], ...]`` along ``axis`` (``x`` first cut to ``index``'s extent on the other axes).
+        Indices must be in range (the caller checks)."""
+        idx = np.asarray(index).astype(np.int64)
+        if axis is None:
+            return np.ascontiguousarray(np.take(x.reshape(-1), idx))
+        cut = tuple(slice(None) if d == axis % x.ndim else slice(0, n)
+                    for d, n in enumerate(idx.shape))
+        return np.ascontiguousarray(np.take_along_axis(x[cut], idx, axis=axis))
+
+    def compare(self, op: str, a: Any, b: Any) -> np.ndarray:
+        """Elementwise comparison ``a op b`` (op in eq ne lt le gt ge) as a bool array."""
+        return np.asarray(_COMPARE[op](a, b))
+
+    def select(self, mask: np.ndarray, a: Any, b: Any, dtype: str) -> np.ndarray:
+        """``a`` where ``mask`` else ``b``, in ``dtype`` (broadcasting)."""
+        return np.where(mask, a, b).astype(_NATIVE[dtype])
+
+    def pack_bits(self, mask: np.ndarray, width: int) -> np.ndarray:
+        """Bool ``[..., C]`` -> uint8 ``[..., width]``: bit ``c % 8`` (LSB first) of byte
+        ``c // 8``; bytes past ``ceil(C / 8)`` are zero."""
+        packed = np.packbits(mask, axis=-1, bitorder="little")
+        out = np.zeros(mask.shape[:-1] + (width,), np.uint8)
+        out[..., :packed.shape[-1]] = packed
+        return out
+
+    def unpack_bits(self, packed: np.ndarray, n: int) -> np.ndarray:
+        """The inverse of ``pack_bits``: the first ``n`` bits of each row as bools."""
+        return np.unpackbits(packed, axis=-1, count=n, bitorder="little").astype(bool)
+
+    def arg_reduce(self, op: str, x: np.ndarray, axis: int) -> np.ndarray:
+        """Index (int32, axis kept as size 1) of the first maximum ('max') / minimum ('min')
+        along ``axis``, scanning as ``best = x[0]; if x[k] > best: best, i = x[k], k``: a NaN
+        never replaces the best, a NaN first element stays the answer (index 0)."""
+        w = x.astype(np.float64) if _rounding.is_float_dtype(x.dtype) else x.astype(np.int64)
+        first = np.take(w, [0], axis=axis)
+        if w.dtype == np.float64:
+            w = np.where(np.isnan(w), -np.inf if op == "max" else np.inf, w)
+        i = (np.argmax if op == "max" else np.argmin)(w, axis=axis, keepdims=True)
+        if w.dtype == np.float64:
+            i = np.where(np.isnan(first), 0, i)
+        return i.astype(np.int32)
+
+    def sort32(self, src: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Each 32-element block of each row of ``src`` (FP32 / FP16) sorted with its uint32
+        payload ``idx`` (broadcast over rows): value descending, equal values by smaller
+        payload first, NaN ordered as -inf. Output: the pairs in ``src``'s dtype, FP32
+        ``[value, index bits]`` (last dim ×2), FP16 ``[value, 0, index lo, index hi]`` (×4)."""
+        lead, c = src.shape[:-1], src.shape[-1]
+        v = src.reshape(-1, c // 32, 32)
+        i = np.broadcast_to(np.ascontiguousarray(idx).view(np.uint32).reshape(-1, c),
+                            (v.shape[0], c)).reshape(v.shape)
+        key = _sort_key(v)
+        order = np.lexsort((i, -key), axis=-1)
+        v, i = np.take_along_axis(v, order, -1), np.take_along_axis(i, order, -1)
+        return _pairs(v, i).reshape(lead + (-1,))
+
+    def mrgsort_blocks(self, x: np.ndarray, block_len: int) -> np.ndarray:
+        """Format-1 merge: every 4 consecutive runs of ``block_len`` elements (value-index
+        structs of 8 bytes) of each row merged into one descending run (see ``_merge``)."""
+        k = 8 // x.dtype.itemsize
+        s = x.reshape(-1, x.shape[-1] // (4 * block_len), 4, block_len // k, k)
+        return _merge(s).reshape(x.shape)
+
+    def mrgsort_lists(self, lists: list[np.ndarray], out_structs: int,
+                      exhausted: bool) -> tuple[np.ndarray, int]:
+        """Format-2 merge of 1-row struct lists into ``out_structs`` structs (see ``_merge``);
+        ``exhausted``: stop after the first list runs out. Returns (structs as a flat row,
+        number written)."""
+        k = 8 // lists[0].dtype.itemsize
+        parts = [a.reshape(-1, k) for a in lists]
+        whole = np.concatenate(parts)
+        key = np.concatenate([np.minimum.accumulate(_sort_key(p[:, 0])) if len(p) else
+                              np.zeros(0) for p in parts])
+        order = np.argsort(-key, kind="stable")
+        count = min(out_structs, len(order))
+        if exhausted and count:
+            ends = np.cumsum([len(p) for p in parts]) - 1
+            pos = np.empty(len(order), np.int64)
+            pos[order] = np.arange(len(order))
+            done = [pos[e] + 1 if len(p) else 1 for e, p in zip(ends, parts, strict=True)]
+            count = min(count, *done)
+        return np.ascontiguousarray(whole[order[:count]]).reshape(-1), count
+
+
+def _sort_key(v: np.ndarray) -> np.ndarray:
+    """Float64 sort key of sort values: NaN as -inf (the hardware's NaN order is
+    unspecified); +0 and -0 equal (the hardware compares values, not bits)."""
+    k = v.astype(np.float64)
+    return np.where(np.isnan(k), -np.inf, k)
+
+
+def _pairs(v: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """Value-index structs of 8 bytes: FP32 ``[value, index]``, FP16 ``[value, 0, index lo,
+    index hi]`` (little-endian), in the values' dtype."""
+    if v.dtype.itemsize == 4:
+        out = np.stack([v.view(np.uint32), i.astype(np.uint32)], axis=-1)
+        return out.view(v.dtype)
+    i = i.astype(np.uint32)
+    out = np.stack([v.view(np.uint16), np.zeros_like(v, np.uint16),
+                    (i & 0xFFFF).astype(np.uint16), (i >> 16).astype(np.uint16)], axis=-1)
+    return out.view(v.dtype)
+
+
+def _merge(s: np.ndarray) -> np.ndarray:
+    """Greedy 4-way merge along axis -3 of runs ``s[..., run, struct, slot]`` (value in slot
+    0): repeatedly take the run whose head value is largest, the lowest run on ties (pto-isa
+    TMRGSORT). Done without a loop: that merge emits each run in order and equals a stable
+    descending sort of all structs, runs concatenated in order, keyed by each run's running
+    minimum (equal to the values when the runs are sorted; exact also for unsorted runs)."""
+    key = np.minimum.accumulate(_sort_key(s[..., 0]), axis=-1)
+    g = s.shape[:-3]
+    flat = s.reshape(g + (-1, s.shape[-1]))
+    order = np.argsort(-key.reshape(g + (-1,)), axis=-1, kind="stable")
+    return np.take_along_axis(flat, order[..., None], axis=-2)

@@ -126,6 +126,8 @@ class TorchBackend:
             return t.neg(x)
         if op == "abs":
             return t.abs(x)
+        if op == "trunc":
+            return t.trunc(x)
         if op in ("exp", "rsqrt", "log"):
             name = self._name(x)
             return self.from_numpy(self._np.unary(op, self.to_numpy(x)), name)
@@ -254,3 +256,54 @@ class TorchBackend:
 
     def transpose(self, x: Any, axis1: int, axis2: int) -> Any:
         return x.transpose(axis1, axis2).contiguous()
+
+    # -- index, sort and compare ops (lowering.tile.ops_index) ----------------------------
+    # Pure data movement and comparisons: the torch kernels are exact; the sorts, the merges,
+    # the arg-reductions (NaN rules) and the bit views go through the numpy backend so the
+    # two backends cannot differ.
+    def arange(self, start: int, step: int, n: int, dtype: str) -> Any:
+        return self.from_numpy(self._np.arange(start, step, n, dtype), dtype)
+
+    def bitcast(self, x: Any, dtype: str) -> Any:
+        return self.from_numpy(self._np.bitcast(self.to_numpy(x), dtype), dtype)
+
+    def take(self, x: Any, index: Any, axis: int | None) -> Any:
+        idx = index.to(self.torch.int64)
+        if axis is None:
+            return self.torch.take(x.contiguous(), idx).contiguous()
+        cut = tuple(slice(None) if d == axis % x.dim() else slice(0, n)
+                    for d, n in enumerate(idx.shape))
+        return self.torch.gather(x[cut], axis, idx).contiguous()
+
+    def compare(self, op: str, a: Any, b: Any) -> Any:
+        t = self.torch
+        fn = {"eq": t.eq, "ne": t.ne, "lt": t.lt, "le": t.le, "gt": t.gt, "ge": t.ge}[op]
+        return fn(a, b)
+
+    def select(self, mask: Any, a: Any, b: Any, dtype: str) -> Any:
+        nat = self._tdt[dtype]
+        a = a if isinstance(a, self.torch.Tensor) else self.scalar(a, dtype)
+        b = b if isinstance(b, self.torch.Tensor) else self.scalar(b, dtype)
+        return self.torch.where(mask, a.to(nat), b.to(nat)).to(nat)
+
+    def pack_bits(self, mask: Any, width: int) -> Any:
+        return self.from_numpy(self._np.pack_bits(self.to_numpy(mask), width), "UINT8")
+
+    def unpack_bits(self, packed: Any, n: int) -> Any:
+        return self.from_numpy(self._np.unpack_bits(self.to_numpy(packed), n), "BOOL")
+
+    def arg_reduce(self, op: str, x: Any, axis: int) -> Any:
+        return self.from_numpy(self._np.arg_reduce(op, self.to_numpy(x), axis), "INT32")
+
+    def sort32(self, src: Any, idx: Any) -> Any:
+        out = self._np.sort32(self.to_numpy(src), self.to_numpy(idx))
+        return self.from_numpy(out, self._name(src))
+
+    def mrgsort_blocks(self, x: Any, block_len: int) -> Any:
+        return self.from_numpy(self._np.mrgsort_blocks(self.to_numpy(x), block_len),
+                               self._name(x))
+
+    def mrgsort_lists(self, lists: list, out_structs: int, exhausted: bool) -> tuple[Any, int]:
+        out, n = self._np.mrgsort_lists([self.to_numpy(a) for a in lists], out_structs,
+                                        exhausted)
+        return self.from_numpy(out, self._name(lists[0])), n

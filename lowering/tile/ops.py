@@ -8,7 +8,11 @@ summation order noted below):
 - elementwise fp32 ops: one correctly rounded IEEE fp32 operation per element (numpy float32
   ufuncs, no FMA contraction); a Python number operand is an fp32 scalar (RNE of the double);
   ``div``, ``recip`` (= 1/x), ``sqrt``: correctly rounded; ``exp``/``log``/``rsqrt``: float64
-  then rounded once (hardware approximations differ);
+  then rounded once (hardware approximations differ); ``rsqrt(high_precision=True)`` (or
+  ``pl.tile.rsqrt(x, tmp)``): ``1 / sqrt(x)`` as two correctly rounded operations, the
+  high-precision TRSQRT of A2/A3 (vsqrt, vdiv) and A5 (IEEE sqrt, IEEE div);
+  ``high_precision`` of ``log`` / ``recip`` / ``div`` changes nothing here (already correctly
+  rounded);
 - ``row_sum``/``col_sum``: widened to float64, summed by the backend (numpy: pairwise order),
   rounded once to the input dtype — equal to the exactly rounded sum except in near-tie cases
   (relative error of the float64 sum ≤ C·2⁻⁵³); max/min exact;
@@ -29,7 +33,7 @@ from typing import Any
 
 from lowering.tile import core
 from lowering.tile.core import Run, Tensor, Tile, fmt_site
-from lowering.tile.dtypes import BF16, FP16, FP32, INT8, INT32, MASK_SELECT, DType, as_dtype
+from lowering.tile.dtypes import BF16, FP16, FP32, INT8, INT32, DType, as_dtype
 
 RULES: dict[str, Callable[..., Any]] = {}
 
@@ -288,7 +292,9 @@ def _dim(rt: Run, t: Tensor | Tile, axis: int) -> int:
 
 
 def _binary_rule(name: str) -> None:
-    def fn(rt: Run, lhs: Any, rhs: Any) -> Tile:
+    def fn(rt: Run, lhs: Any, rhs: Any, high_precision: bool = False) -> Tile:
+        if high_precision and name != "div":  # div: correctly rounded either way
+            raise TypeError(f"pl.{name} takes no high_precision")
         a = _tile(rt, lhs, op=name)
         if isinstance(rhs, numbers.Number):
             sdt = "FP32" if a.dtype.is_float else a.dtype.name
@@ -307,10 +313,21 @@ for _n in ("add", "sub", "mul", "div", "maximum", "minimum"):
 
 
 def _unary_rule(name: str) -> None:
-    def fn(rt: Run, x: Any, **_ignored: Any) -> Tile:
+    def fn(rt: Run, x: Any, high_precision: bool = False, *, tmp: Any = None) -> Tile:
+        if (high_precision and name not in ("log", "recip", "rsqrt")) or (
+                tmp is not None and name != "rsqrt"):
+            raise TypeError(f"pl.{name} takes no high_precision / tmp")
         a = _tile(rt, x, op=name)
         if name not in ("neg", "abs") and not a.dtype.is_float:
             raise TypeError(f"pl.{name} needs a float tile, got {a!r}")
+        if tmp is not None:  # pl.tile.rsqrt(x, tmp): the scratch selects high precision
+            _tile(rt, tmp, op=name)
+        if name == "rsqrt" and (high_precision or tmp is not None):
+            # the high-precision TRSQRT: IEEE sqrt, then IEEE 1/s (two roundings)
+            s = rt.bk.unary("sqrt", a.data)
+            one = rt.bk.full(a.shape, a.dtype.name, 1)
+            return rt.new_tile(rt.bk.binary("div", one, s, a.dtype.name), a.dtype)
+        # log / recip high_precision: the model below is already correctly rounded
         return rt.new_tile(rt.bk.unary(name, a.data), a.dtype)
 
     RULES[name] = fn
@@ -360,6 +377,8 @@ def _reduce_rule(name: str, op: str, axis: str) -> None:
             return rt.new_tile(rt.bk.row_reduce(op, a.data), a.dtype)
         if a.ndim != 2:
             raise ValueError(f"pl.{name} needs a 2-D tile, got {a!r}")
+        if tmp_tile is not None:  # col_sum's tree-reduction scratch (the sum is float64 anyway)
+            rt.use(tmp_tile)
         return rt.new_tile(rt.bk.col_reduce(op, a.data), a.dtype)
 
     RULES[name] = fn
@@ -374,28 +393,14 @@ for _axis in ("row", "col"):
 def _cast(rt: Run, x: Any, target_type: DType, mode: str | int = "round") -> Tile:
     from lowering.backends._rounding import normalize_mode
 
+    if isinstance(x, numbers.Number):  # a scalar: ops_index.cast_scalar (MLIR arith casts)
+        from lowering.tile.ops_index import cast_scalar
+
+        return cast_scalar(rt, x, target_type, mode)
     a = _tile(rt, x, op="cast")
     dt = as_dtype(target_type)
     data = rt.bk.cast(a.data, dt.name, normalize_mode(mode))
     return rt.new_tile(data, dt)
-
-
-@rule("gather")
-def _gather(rt: Run, x: Any, dim: Any = None, index: Any = None, *, mask_pattern: Any = None,
-            output_dtype: Any = None, **kw: Any) -> Tile:
-    if mask_pattern is None or dim is not None or index is not None or kw:
-        raise NotImplementedError("pl.gather: only the mask form (mask_pattern=...) is emulated")
-    a = _tile(rt, x, op="gather")
-    if int(mask_pattern) not in MASK_SELECT:
-        raise ValueError(f"pl.gather: unknown mask_pattern {mask_pattern!r}")
-    start, step = MASK_SELECT[int(mask_pattern)]
-    if a.shape[-1] % step:
-        raise ValueError(f"pl.gather: last dim {a.shape[-1]} of {a!r} not divisible by {step}")
-    data = rt.bk.gather_last(a.data, start, step)
-    out = rt.new_tile(data, a.dtype)
-    if output_dtype is not None and as_dtype(output_dtype) != a.dtype:
-        raise NotImplementedError("pl.gather: output_dtype conversion is not emulated")
-    return out
 
 
 @rule("concat")

@@ -238,8 +238,10 @@ abs = _op("abs", "Elementwise |x|.")  # noqa: A001
 sqrt = _op("sqrt", "Correctly rounded square root.")
 recip = _op("recip", "Correctly rounded 1/x.")
 exp = _op("exp", "exp(x): float64 exp rounded once.")
-log = _op("log", "log(x): float64 log rounded once.")
-rsqrt = _op("rsqrt", "1/sqrt(x): float64 then rounded once (a single rounding).")
+log = _op("log", "log(x): float64 log rounded once (high_precision= accepted: the same).")
+rsqrt = _op("rsqrt", "1/sqrt(x): float64 then rounded once (a single rounding; the "
+                     "hardware's vrsqrt approximation differs). high_precision=True: the "
+                     "high-precision TRSQRT, IEEE sqrt then IEEE 1/s (two roundings).")
 row_sum = _op("row_sum", "[R,C] -> [R,1] sum (float64 accumulation, one rounding).")
 row_max = _op("row_max", "[R,C] -> [R,1] max.")
 row_min = _op("row_min", "[R,C] -> [R,1] min.")
@@ -260,8 +262,10 @@ col_expand_add = _op("col_expand_add", "x[i,j] + c[j].")
 col_expand_div = _op("col_expand_div", "x[i,j] / c[j].")
 col_expand_max = _op("col_expand_max", "max(x[i,j], c[j]).")
 col_expand_min = _op("col_expand_min", "min(x[i,j], c[j]).")
-gather = _op("gather", "Mask form: gather(x, mask_pattern=pl.tile.MaskPattern.P0101) keeps "
-                       "columns 0,2,4,...; P1010 keeps 1,3,5,... (last dim halves).")
+gather = _op("gather", "Index form gather(x, dim=-1, index=i): out[b, k] = x[b, i[b, k]] "
+                       "(torch.gather); mask form gather(x, mask_pattern=P0101) keeps columns "
+                       "0,2,4,..., P1010 keeps 1,3,5,...; output_dtype= re-reads the bits. "
+                       "See lowering.tile.ops_index.")
 concat = _op("concat", "Concatenate two tiles along the last axis.")
 transpose = _op("transpose", "Swap two axes of a tile.")
 
