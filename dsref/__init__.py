@@ -10,13 +10,17 @@ Pure functional JAX references with every rounding point pinned (SEMANTICS.md)::
 
 from dsref import v4, v32  # noqa: F401  (registers the models and their stages)
 from dsref.config import (
+    SEMANTICS,
     VARIANTS,
     V4Config,
     V32Config,
     config,
     config_names,
     parse_variants,
+    semantics_names,
+    semantics_of,
     variant_values,
+    with_semantics,
     with_variants,
 )
 from dsref.inputs import make_inputs, rope_tables
@@ -29,8 +33,9 @@ from dsref.spec import spec, spec_names
 __version__ = "0.1.0"
 
 __all__ = [
-    "MODELS", "STAGES", "VARIANTS", "InputError", "V32Config", "V4Config", "config",
+    "MODELS", "SEMANTICS", "STAGES", "VARIANTS", "InputError", "V32Config", "V4Config", "config",
     "config_names", "get_model", "load_golden", "make_inputs", "model_jaxpr", "model_names",
-    "Prepared", "parse_variants", "prepare", "rope_tables", "run", "run_stage", "spec",
-    "spec_names", "validate", "variant_values", "with_variants", "write_golden",
+    "Prepared", "parse_variants", "prepare", "rope_tables", "run", "run_stage", "semantics_names",
+    "semantics_of", "spec", "spec_names", "validate", "variant_values", "with_semantics",
+    "with_variants", "write_golden",
 ]

@@ -10,15 +10,22 @@ from pathlib import Path
 import numpy as np
 
 import dsref
-from dsref.config import MODEL_VARIANTS, VARIANTS
+from dsref.config import MODEL_VARIANTS, SEMANTICS, VARIANTS, semantics_names
 from dsref.io import FORMATS, PROGRESS_BYTES, ExtraMissing, golden_bytes
 
 
+def _configure(args: argparse.Namespace):
+    """``--config`` under ``--semantics`` with ``--variant``s on top."""
+    return dsref.config(args.config, semantics=args.semantics, **dsref.parse_variants(args.variant))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    cfg = dsref.config(args.config, **dsref.parse_variants(args.variant))
+    cfg = _configure(args)
     ins = dsref.make_inputs(args.model, cfg, batch=args.batch, seq=args.seq, seed=args.seed)
     outs = dsref.run(args.model, cfg, ins)
-    print(f"{args.model}  config={cfg.name}  batch={args.batch}  seq={args.seq}  seed={args.seed}")
+    sem = dsref.semantics_of(cfg) or "custom"
+    print(f"{args.model}  config={cfg.name}  semantics={sem}  batch={args.batch}  seq={args.seq}  "
+          f"seed={args.seed}")
     for name, a in outs.items():
         v = np.asarray(a, dtype=np.float64)
         print(f"  {name:<12} {a.dtype.name:<9} {str(list(a.shape)):<16} "
@@ -34,9 +41,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name}  (configs: {', '.join(configs)})")
         print(f"    stages: {' → '.join(m.stages)}")
         print(f"    variants: {', '.join(MODEL_VARIANTS[name])}")
+        print(f"    semantics: {', '.join(semantics_names(name))}")
     print("variants (first value is the default):")
     for key, values in VARIANTS.items():
         print(f"  {key:<18} {' | '.join(str(v) for v in values)}")
+    print("named semantics (--semantics NAME; the other variants at their defaults):")
+    from dsref.spec import semantics_line
+
+    for sem in SEMANTICS.values():
+        print(f"  {semantics_line(sem)}")
     print(f"helper ops (dsref spec NAME): {', '.join(dsref.spec_names('op'))}")
     return 0
 
@@ -53,7 +66,7 @@ def _cmd_spec(args: argparse.Namespace) -> int:
 
 
 def _cmd_golden(args: argparse.Namespace) -> int:
-    cfg = dsref.config(args.config, **dsref.parse_variants(args.variant))
+    cfg = _configure(args)
     big = golden_bytes(args.model, cfg, args.batch, args.seq) > PROGRESS_BYTES
     show = big and not args.quiet and sys.stderr.isatty()
     t0 = time.perf_counter()
@@ -66,6 +79,13 @@ def _cmd_golden(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semantics_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--semantics", choices=list(SEMANTICS), default=None,
+                   help="a named semantics (preset of variants; default ds32)")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                   help="one variant, on top of --semantics")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsref", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=int, default=4)
     r.add_argument("--seq", type=int, default=1)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+    _semantics_flags(r)
     r.set_defaults(fn=_cmd_run)
 
     sub.add_parser("list", help="models, their stages, configs and variants").set_defaults(fn=_cmd_list)
@@ -95,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, required=True)
     g.add_argument("--out", required=True, metavar="DIR")
     g.add_argument("--format", choices=FORMATS, default="safetensors")
-    g.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+    _semantics_flags(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=_cmd_golden)
     return p

@@ -1,9 +1,10 @@
 """Model configurations: frozen, keyword-only dataclasses, presets by name, variants as fields.
 
 Dimensions follow the pypto-lib configs (DeepSeek V3.2 decode front PR #134; DeepSeek V4
-FLASH / PRO of ``models/deepseek_v4_*/config.py``). Semantic variants (SEMANTICS.md,
-"Variants") are ordinary fields; switch them with :func:`with_variants` or
-``dataclasses.replace``. Tiny presets keep every structural feature: several heads, a nope/rope
+FLASH / PRO of ``models/deepseek_v4_*/config.py``). Semantic variants are ordinary fields;
+switch one with :func:`with_variants` or ``dataclasses.replace``, or a whole named semantics
+(a preset bundling variants: ``ds32``, ``pypto-lib-pr134``, ``deepseek-v4-official``, ...)
+with :func:`with_semantics`. Tiny presets keep every structural feature: several heads, a nope/rope
 split, at least two 512-wide K chunks per projection, and dims small enough for a test to run a
 whole model in well under a second.
 """
@@ -26,15 +27,42 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "qr_prequant_round": (True, False),  # V4 only
     "rope_preround": (False, True),  # V4 only
     "rope_table": ("pair", "element"),  # V4 only
+    "q_norm_input": ("bf16", "fp32"),  # V3.2 only: q_norm's variance from bf16(qr) | fp32 qr
+    "proj_out": ("fp32", "bf16"),  # V4 only: wq_a / wkv outputs rounded to bf16
+    "q_head_norm": ("fp32", "bf16"),  # V4 only: per-head q RMSNorm in bf16 tensor arithmetic
+    "kv_nope_fp8": (False, True),  # V4 only: FP8 e4m3 quantise-dequantise of kv's nope dims
+    "rope_table_dtype": ("bf16", "fp32"),  # V4 only: dtype of the rope_cos / rope_sin inputs
 }
 
 
 MODEL_VARIANTS = {
-    "v32.decode_front": ("rmsnorm", "variance", "cast", "accumulate", "rope_layout"),
+    "v32.decode_front": ("rmsnorm", "variance", "cast", "accumulate", "rope_layout", "q_norm_input"),
     "v4.qkv_proj_rope": (
         "rmsnorm", "variance", "cast", "accumulate", "qr_prequant_round", "rope_preround",
-        "rope_table",
+        "rope_table", "proj_out", "q_head_norm", "kv_nope_fp8", "rope_table_dtype",
     ),
+}
+
+# The variants that can change each stage's outputs for given inputs (a variant absent here
+# leaves the stage bit-identical: tests/test_dsref_variants.py checks every pair).
+# ``rope_table_dtype`` changes no stage: it is the dtype of two model inputs.
+STAGE_VARIANTS: dict[str, tuple[str, ...]] = {
+    "input_rmsnorm": ("rmsnorm", "variance", "cast"),
+    "q_lora_proj": ("accumulate", "cast", "q_norm_input"),
+    "q_lora_rmsnorm": ("rmsnorm", "variance", "cast", "q_norm_input"),
+    "q_head_proj": ("accumulate", "cast"),
+    "kv_a_proj": ("accumulate", "cast"),
+    "q_rope": ("cast", "rope_layout"),
+    "kv_rmsnorm": ("rmsnorm", "variance", "cast"),
+    "decode_cache_write": ("cast", "rope_layout"),
+    "attn_norm": ("rmsnorm", "variance", "cast"),
+    "qr_proj_matmul": ("accumulate", "cast", "proj_out"),
+    "qr_rms": ("variance", "cast", "qr_prequant_round"),
+    "qr_quant": (),
+    "qproj_matmul": (),
+    "q_head_rms_rope": ("variance", "cast", "rope_preround", "rope_table", "q_head_norm"),
+    "kv_proj_matmul": ("accumulate", "cast", "proj_out"),
+    "kv_rms_rope": ("variance", "cast", "rope_preround", "rope_table", "kv_nope_fp8"),
 }
 
 
@@ -91,6 +119,7 @@ class V32Config:
     cast: str = "rne"
     accumulate: str = "exact"
     rope_layout: str = "half"
+    q_norm_input: str = "bf16"  # "fp32": variance of the fp32 qr, normalising bf16(qr) (PR #134)
 
     model = "v32.decode_front"
 
@@ -130,6 +159,10 @@ class V4Config:
     qr_prequant_round: bool = True
     rope_preround: bool = False
     rope_table: str = "pair"
+    proj_out: str = "fp32"  # "bf16": qr32 / kv32 rounded to bf16 (official V4 Linear outputs)
+    q_head_norm: str = "fp32"  # "bf16": bf16(qf), per-head RMSNorm in bf16 tensor arithmetic
+    kv_nope_fp8: bool = False  # True: kv[:, :NOPE] through FP8 e4m3, 64-blocks, ue8m0 scales
+    rope_table_dtype: str = "bf16"  # "fp32": rope_cos / rope_sin inputs in fp32 (freqs_cis)
 
     model = "v4.qkv_proj_rope"
 
@@ -140,7 +173,12 @@ class V4Config:
     def __post_init__(self) -> None:
         _check_variants(self)
         _check_even("rope", self.rope)
+        if self.kv_nope_fp8 and self.nope % FP8_BLOCK:
+            raise ValueError(f"{self.name}: kv_nope_fp8 quantises blocks of {FP8_BLOCK}; "
+                             f"nope dim {self.nope} is not a multiple")
 
+
+FP8_BLOCK = 64  # kv_nope_fp8: columns per ue8m0 scale (official act_quant(kv[..., :-rd], 64))
 
 Config = V32Config | V4Config
 
@@ -165,12 +203,15 @@ def config_names() -> list[str]:
     return list(_PRESETS)
 
 
-def config(name: str, **variants: Any) -> Config:
-    """The preset ``name``, with variant fields overridden by keyword."""
+def config(name: str, *, semantics: str | None = None, **variants: Any) -> Config:
+    """The preset ``name`` under the named ``semantics`` (default: the config's own variants,
+    i.e. ``ds32``), with variant fields overridden by keyword on top."""
     try:
         cfg = _PRESETS[name]
     except KeyError:
         raise ValueError(f"config: expected one of {config_names()}, got {name!r}") from None
+    if semantics is not None:
+        cfg = with_semantics(cfg, semantics)
     return with_variants(cfg, **variants) if variants else cfg
 
 
@@ -203,3 +244,118 @@ def parse_variants(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def variant_values(cfg: Config) -> dict[str, Any]:
     """The variant fields of ``cfg`` and their values."""
     return {k: getattr(cfg, k) for k in MODEL_VARIANTS[cfg.model]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Named semantics: presets bundling variants, each with the public code it follows
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """A named semantics: the variant values it sets per model (every other variant takes its
+    default) and the public sources those values were read from."""
+
+    name: str
+    summary: str
+    variants: dict[str, dict[str, Any]]  # model -> {variant: value}; the models it applies to
+    sources: tuple[str, ...]
+    unmodelled: str = ""  # what the implementation does that no variant expresses
+
+    def applies_to(self, model: str) -> bool:
+        return model in self.variants
+
+
+_V32, _V4 = "v32.decode_front", "v4.qkv_proj_rope"
+_PR134_FILE = "hw-native-sys/pypto-lib PR #134 · models/deepseek/v3_2/deepseek_v3_2_decode_front.py"
+_HEAD_V32 = "hw-native-sys/pypto-lib (HEAD) · models/deepseek_v3_2/decode_front.py"
+_HEAD_V4 = "hw-native-sys/pypto-lib (HEAD) · models/deepseek_v4_pro/qkv_proj_rope.py"
+_PR134_V32 = {"variance": "mul_inv", "cast": "rhaz", "q_norm_input": "fp32"}
+
+SEMANTICS: dict[str, Semantics] = {s.name: s for s in (
+    Semantics(
+        "ds32", "DeepSeek's official V3.2 code: every variant at its default (the dsref default)",
+        {_V32: {}, _V4: {}},
+        ("deepseek-ai/DeepSeek-V3.2-Exp · inference/model.py · RMSNorm.forward, MLA.forward, "
+         "apply_rotary_emb, precompute_freqs_cis",)),
+    Semantics(
+        "hf", "HF transformers' two-rounding RMSNorm bf16(bf16(w) · bf16(x · inv_rms))",
+        {_V32: {"rmsnorm": "hf"}, _V4: {"rmsnorm": "hf"}},
+        ("huggingface/transformers · src/transformers/models/deepseek_v3/modeling_deepseek_v3.py"
+         " · DeepseekV3RMSNorm",),
+        "HF's bf16 RoPE tables and rotation arithmetic, and its de-interleaved output"),
+    Semantics(
+        "pypto-lib-pr134",
+        "pypto-lib PR #134 decode front: variance sum·f32(1/N), pl.cast's default ties-away "
+        "rounding, q_norm's variance taken from the fp32 qr while normalising bf16(qr)",
+        {_V32: dict(_PR134_V32)},
+        (f"{_PR134_FILE} · Stage 1.1-1.3 (input_rmsnorm, qr_fp32, q_lora_rmsnorm), "
+         "pl.cast without mode",)),
+    Semantics(
+        "pypto-lib-pr332",
+        "pypto-lib PR #332 V4 qkv_proj_rope: variance Σx²·f32(1/N), casts rint, qr "
+        "quantised from bf16(qrn)",
+        {_V4: {"variance": "mul_inv"}},
+        ("hw-native-sys/pypto-lib PR #332 · models/deepseek/v4-flash/qkv_proj_rope.py · "
+         "qkv_proj_rope (and its torch golden)",)),
+    Semantics(
+        "pypto-lib-head",
+        "pypto-lib kernels as at HEAD: V3.2 as PR #134; V4 as PR #332 with qr quantised from "
+        "the fp32 qrn (after PR #556)",
+        {_V32: dict(_PR134_V32), _V4: {"variance": "mul_inv", "qr_prequant_round": False}},
+        (f"{_HEAD_V32} · Stage 1.3 q_norm (q_variance from qr_fp32; qr_chunk_bf16 normalised)",
+         f"{_HEAD_V4} · qr_rms_quant (qr_q_normed quantised from fp32), "
+         "qproj_dequant_rms_nope_rope, kv_rms_rope",
+         "hw-native-sys/pypto-lib PR #556 · qr quantised from fp32"),
+        "V4 at HEAD: rsqrt(high_precision=True) instead of recip(sqrt); the q head rotation "
+        "applied to qf before inv_rms (inv_rms folded in afterwards); the qr amax taken as "
+        "inv_rms · max|qr · gamma|"),
+    Semantics(
+        "cann", "CANN mla_prolog: bf16 before RoPE, element-indexed rope tables, qr quantised "
+        "from fp32",
+        {_V4: {"qr_prequant_round": False, "rope_preround": True, "rope_table": "element"}},
+        ("hicann/cann-recipes-infer · mla_prolog reference",)),
+    Semantics(
+        "deepseek-v4-official",
+        "DeepSeek-V4-Flash inference/model.py Attention.forward: bf16 Linear outputs, per-head q "
+        "RMSNorm in bf16 arithmetic, RoPE on bf16 values with fp32 freqs_cis, FP8 e4m3 (ue8m0, "
+        "64-blocks) quantise-dequantise of kv's nope dims",
+        {_V4: {"proj_out": "bf16", "q_head_norm": "bf16", "rope_preround": True,
+               "kv_nope_fp8": True, "rope_table_dtype": "fp32"}},
+        ("deepseek-ai/DeepSeek-V4-Flash · inference/model.py · Attention.forward (qr = q = "
+         "q_norm(wq_a(x)); q = wq_b(q); q *= rsqrt(q.square().mean(-1) + eps); "
+         "apply_rotary_emb(q[..., -rd:]); kv = kv_norm(wkv(x)); apply_rotary_emb(kv[..., -rd:]);"
+         " act_quant(kv[..., :-rd], 64, ue8m0, inplace=True)), RMSNorm, apply_rotary_emb",
+         "deepseek-ai/DeepSeek-V4-Flash · inference/kernel.py · act_quant_kernel (inplace, "
+         "round_scale), fast_round_scale",
+         "deepseek-ai/DeepSeek-V3.2-Exp · inference/kernel.py · act_quant_kernel, "
+         "fast_round_scale (amax floor 1e-4, scale 2^ceil(log2(amax · f32(1/448))))"),
+        "the FP8 projections of the shipped checkpoint (config dtype fp8: wq_a, wq_b, wkv are "
+        "block-quantised FP8 GEMMs, a different scheme from the W8A8 int8 qr / wq_b path dsref "
+        "models); qr is still quantised to int8 here"),
+)}
+
+
+def semantics_names(model: str | None = None) -> list[str]:
+    """Names of the named semantics (those applying to ``model`` when given)."""
+    return [n for n, s in SEMANTICS.items() if model is None or s.applies_to(model)]
+
+
+def with_semantics(cfg: Config, name: str) -> Config:
+    """``cfg`` under the named semantics: every variant of its model at the preset's value,
+    or its default where the preset sets none (as :func:`with_variants` does for one)."""
+    sem = SEMANTICS.get(name)
+    if sem is None:
+        raise ValueError(f"semantics: expected one of {semantics_names()}, got {name!r}")
+    if not sem.applies_to(cfg.model):
+        raise ValueError(f"semantics {name!r} does not apply to {cfg.model}: expected one of "
+                         f"{semantics_names(cfg.model)}")
+    values = {k: VARIANTS[k][0] for k in MODEL_VARIANTS[cfg.model]}
+    return dataclasses.replace(cfg, **{**values, **sem.variants[cfg.model]})
+
+
+def semantics_of(cfg: Config) -> str | None:
+    """The named semantics ``cfg``'s variants are exactly, or None (the first of equal ones)."""
+    mine = variant_values(cfg)
+    return next((n for n in semantics_names(cfg.model)
+                 if variant_values(with_semantics(cfg, n)) == mine), None)

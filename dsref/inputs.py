@@ -171,7 +171,10 @@ def _v4_inputs(cfg: V4Config, rng, batch: int, seq: int, tables: str, ties: bool
     elif tables == "adversarial":
         cos[:, r // 2:] = np.nan
         sin[:, r // 2:] = np.nan
-    ins["rope_cos"], ins["rope_sin"] = _bf16(cos), _bf16(sin)
+    if cfg.rope_table_dtype == "fp32":  # the official code's fp32 freqs_cis
+        ins["rope_cos"], ins["rope_sin"] = cos.astype(np.float32), sin.astype(np.float32)
+    else:
+        ins["rope_cos"], ins["rope_sin"] = _bf16(cos), _bf16(sin)
     ins["gamma_cq"] = _bf16(1 + _normal(rng, (ql,), 0.1))
     ins["gamma_ckv"] = _bf16(1 + _normal(rng, (hd,), 0.1))
     if ties:

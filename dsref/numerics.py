@@ -85,6 +85,25 @@ def rf16(v: jax.Array) -> jax.Array:
     return _grid(v, 5, 10, 2.0**-14, 2.0**-24)
 
 
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def rf8e4m3(v: jax.Array) -> jax.Array:
+    """Round to float8_e4m3fn, ties to even, for ``|v| <= 448`` (callers clamp first: e4m3fn
+    has no infinity). Normals (``|v| >= 2**-6``) keep 4 significant bits; subnormals are
+    multiples of ``2**-9``. Exact: 3 mantissa bits under fp32's exponent range, which equals
+    e4m3fn's grid on ``[2**-6, 448]`` (no value there rounds past 448)."""
+    return _grid(v, 8, 3, 2.0**-6, 2.0**-9)
+
+
+def pow2_ceil(v: jax.Array) -> jax.Array:
+    """``2**ceil(log2(v))`` of positive normal carried values: ``v`` itself when it is a
+    power of two (the official kernels' ``fast_round_scale`` on the fp32 bits: the exponent,
+    plus one when any mantissa bit is set)."""
+    m, e = jnp.frexp(v)  # v = m · 2**e, m in [0.5, 1)
+    return jnp.ldexp(jnp.ones_like(v), jnp.where(m == 0.5, e - 1, e))
+
+
 def widen(x: jax.Array) -> jax.Array:
     """Widen a stored array (bf16, fp32, int8, int32) to a carried float64 value (exact)."""
     return jnp.asarray(x).astype(jnp.float64)

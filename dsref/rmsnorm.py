@@ -1,4 +1,5 @@
-"""RMSNorm: the ds32 form (one rounding) and HF's two-rounding variant.
+"""RMSNorm: the ds32 form (one rounding), HF's two-rounding variant, and the official V4
+per-head q norm in bf16 tensor arithmetic.
 
 All values are carried fp32 (float64 arrays on the fp32 grid, see :mod:`dsref.numerics`).
 """
@@ -30,16 +31,40 @@ def inv_rms(v: jax.Array, *, eps: float, variance: str = "mean") -> jax.Array:
 
 def rms_norm(
     x: jax.Array, w: jax.Array, *, eps: float, variance: str = "mean", kind: str = "ds32",
-    cast: str = "rne",
+    cast: str = "rne", stats: jax.Array | None = None,
 ) -> jax.Array:
     """RMSNorm of carried ``x`` with fp32 weight ``w``, returned on the bf16 grid.
 
     ``kind="ds32"``: ``bf16(w · (x · inv_rms(x)))``, weight applied in fp32, one rounding.
     ``kind="hf"``: ``bf16(bf16(w) · bf16(x · inv_rms(x)))`` (HF DeepseekV3RMSNorm).
+    ``stats``: take ``inv_rms`` of this array instead of ``x`` (PR #134's q_norm: the variance
+    of the fp32 qr, normalising the bf16-rounded qr).
     """
-    normed = r32(x * inv_rms(x, eps=eps, variance=variance))
+    normed = r32(x * inv_rms(x if stats is None else stats, eps=eps, variance=variance))
     if kind == "ds32":
         return rbf16(r32(w * normed), cast)
     if kind == "hf":
         return rbf16(r32(rbf16(w) * rbf16(normed, cast)), cast)
     raise ValueError(f"rmsnorm: expected 'ds32' or 'hf', got {kind!r}")
+
+
+def head_norm_bf16(q: jax.Array, *, eps: float, variance: str = "mean", cast: str = "rne"
+                   ) -> jax.Array:
+    """The official V4 per-head q norm ``q *= rsqrt(q.square().mean(-1) + eps)`` on a bf16
+    tensor, every tensor op rounded to bf16 (its fp32 interior rounded once to fp32 first):
+
+        bf16(q · bf16(1 / sqrt(bf16(bf16(mean(bf16(q²))) + eps))))
+
+    ``q`` carried on the bf16 grid; ``mean`` = the exact sum of the bf16 squares rounded once to
+    fp32, then a true fp32 division by N (``variance="mul_inv"``: ``· f32(1/N)``, torch's CUDA
+    mean; equal for N = 512), then bf16; ``+ eps`` in fp32 then bf16; the rsqrt as
+    fp32 ``1 / sqrt`` (each one rounding), then bf16. Products of two bf16 values are exact in
+    fp32, so ``q²`` and ``q · r`` are single roundings to bf16.
+    """
+    sq = rbf16(r32(q * q), cast)
+    s, n = row_sum(sq), q.shape[-1]
+    mean = rbf16(div(s, float(n)) if variance == "mean" else r32(s * float(np.float32(1.0 / n))),
+                 cast)
+    ve = rbf16(r32(mean + float(np.float32(eps))), cast)
+    r = rbf16(div(1.0, sqrt(ve)), cast)
+    return rbf16(r32(q * r), cast)

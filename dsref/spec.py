@@ -24,7 +24,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from dsref.config import MODEL_VARIANTS, VARIANTS, Config, config, config_names
+from dsref.config import (
+    MODEL_VARIANTS,
+    SEMANTICS,
+    VARIANTS,
+    Config,
+    Semantics,
+    config,
+    config_names,
+    semantics_names,
+)
 from dsref.model import MODELS, STAGES
 from dsref.numerics import x64
 
@@ -85,8 +94,15 @@ DS32_RMSNORM = Source(_DS32_REPO, _DS32_FILE, "RMSNorm", "ds32: weight applied i
 DS32_ROPE = Source(_DS32_REPO, _DS32_FILE, "apply_rotary_emb", "ds32: interleaved pairs")
 DS32_FREQS = Source(_DS32_REPO, _DS32_FILE, "precompute_freqs_cis", "RoPE tables, YaRN")
 DS32_MLA = Source(_DS32_REPO, _DS32_FILE, "MLA.forward", "ds32: Linear outputs are bf16")
-V4_OFFICIAL = Source("DeepSeek-V4 (official release)", "inference/model.py", "Attention.forward",
-                     "the model the V4 kernels implement")
+V4_OFFICIAL = Source("deepseek-ai/DeepSeek-V4-Flash", "inference/model.py",
+                     "Attention.forward, RMSNorm, apply_rotary_emb",
+                     "the model the V4 kernels implement (preset deepseek-v4-official)")
+V4_OFFICIAL_QUANT = Source("deepseek-ai/DeepSeek-V4-Flash", "inference/kernel.py",
+                           "act_quant_kernel (inplace, round_scale), fast_round_scale",
+                           "FP8 e4m3 quantise-dequantise, ue8m0 scale 2^ceil(log2(amax·f32(1/448)))")
+PR134_HEAD = Source("hw-native-sys/pypto-lib", "models/deepseek_v3_2/decode_front.py",
+                    "Stage 1.3 q_norm", "HEAD: variance of qr_fp32, normalises bf16(qr) "
+                    "(variant q_norm_input=fp32)")
 PR134 = Source("hw-native-sys/pypto-lib", "models/deepseek/v3_2/deepseek_v3_2_decode_front.py",
                "decode front, scope 1",
                "PR #134 kernel and its torch golden (seeds/000): layout, tensor names, half RoPE")
@@ -103,8 +119,8 @@ PINNING = Source("dsref", "SEMANTICS.md", "Pinning the rounding points",
                  "values carried in float64, reduce_precision after every fp32 op")
 
 DIV_PR134_QNORM = Divergence(
-    "pypto-lib PR #134 kernel", "q_norm variance taken from the fp32 qr while normalising bf16(qr)",
-    "~0.9% of qr_out")
+    "pypto-lib PR #134 kernel", "q_norm variance taken from the fp32 qr while normalising bf16(qr) "
+    "(variant q_norm_input=fp32)", "~0.9% of qr_out")
 DIV_PR134_CAST = Divergence(
     "pypto-lib PR #134 kernel", "default pl.cast mode ties away from zero everywhere (variant cast=rhaz)",
     "exact bf16 ties only")
@@ -130,8 +146,14 @@ DIV_PR332_ZERO = Divergence(
     "negative zeros of the rope part (equal under −0.0 == +0.0)")
 DIV_V4_OFFICIAL = Divergence(
     "official DeepSeek-V4 inference/model.py",
-    "FP8 e4m3 block-quantised projections, per-head RMSNorm in bf16 arithmetic, bf16 rounding "
-    "before RoPE, fp32 cos/sin", "not quantified: a different computation from the pypto-lib / CANN kernels")
+    "bf16 wq_a / wkv outputs (variant proj_out=bf16), per-head q RMSNorm in bf16 arithmetic "
+    "(q_head_norm=bf16), bf16 rounding before RoPE (rope_preround), FP8 e4m3 quantise-dequantise "
+    "of kv's nope dims (kv_nope_fp8), fp32 cos/sin (rope_table_dtype=fp32): preset "
+    "deepseek-v4-official", "see each variant")
+DIV_V4_FP8_PROJ = Divergence(
+    "official DeepSeek-V4 checkpoint (config dtype fp8)",
+    "FP8 block-quantised projections (wq_a, wq_b, wkv as FP8 GEMMs): a different scheme from "
+    "the W8A8 int8 qr / wq_b path; documented, not emulated", "not quantified")
 DIV_HF_NORM = Divergence(
     "HF transformers DeepseekV3", "two-rounding RMSNorm bf16(w_bf16 · bf16(x·r)) (variant rmsnorm=hf)",
     "~24% of elements, by 1 bf16 ulp")
@@ -162,8 +184,30 @@ V_PREROUND = Variant("rope_preround", "CANN mla_prolog",
                      "True: round the normalised value to bf16 before RoPE")
 V_ROPE_TABLE = Variant("rope_table", "CANN mla_prolog",
                        "element: element j uses column j (valid tables repeat-interleaved [c0,c0,c1,c1,…])")
+V_Q_NORM_INPUT = Variant(
+    "q_norm_input", "pypto-lib PR #134 (and HEAD) decode_front.py, Stage 1.3 q_norm",
+    "fp32: q_lora_proj leaves qr in fp32; q_lora_rmsnorm takes the variance of the fp32 qr and "
+    "normalises bf16(qr) (~0.9% of qr_out move)")
+V_PROJ_OUT = Variant(
+    "proj_out", "DeepSeek-V4-Flash inference/model.py Attention.forward (Linear outputs bf16)",
+    "bf16: qr32 and kv32 rounded to bf16 before q_norm / kv_norm (still stored as fp32)")
+V_Q_HEAD_NORM = Variant(
+    "q_head_norm", "DeepSeek-V4-Flash inference/model.py: q *= rsqrt(q.square().mean(-1) + eps)",
+    "bf16: n = bf16(q·bf16(1/sqrt(bf16(bf16(mean(bf16(q²))) + eps)))) on q = bf16(qf), every "
+    "tensor op rounded to bf16; the rope part rotates that bf16 n")
+V_KV_NOPE_FP8 = Variant(
+    "kv_nope_fp8", "DeepSeek-V4-Flash inference/model.py act_quant(kv[..., :-rd], 64, ue8m0, "
+    "inplace=True); inference/kernel.py act_quant_kernel, fast_round_scale",
+    "True: kv's bf16 nope dims through FP8 e4m3 per 64-column block, scale "
+    "2^ceil(log2(max(amax, 1e-4)·f32(1/448))), y = bf16(e4m3(clamp(x/s, ±448))·s)")
+V_ROPE_TABLE_DTYPE = Variant(
+    "rope_table_dtype", "DeepSeek-V4-Flash inference/model.py freqs_cis (complex64)",
+    "fp32: rope_cos / rope_sin inputs in fp32 instead of bf16 (inputs only: no stage's math "
+    "changes for given tables)")
 _VARIANTS_BY_NAME = {v.name: v for v in (V_RMSNORM, V_VARIANCE, V_CAST, V_ACCUMULATE, V_ROPE_LAYOUT,
-                                          V_PREQUANT, V_PREROUND, V_ROPE_TABLE)}
+                                          V_PREQUANT, V_PREROUND, V_ROPE_TABLE, V_Q_NORM_INPUT,
+                                          V_PROJ_OUT, V_Q_HEAD_NORM, V_KV_NOPE_FP8,
+                                          V_ROPE_TABLE_DTYPE)}
 
 # ---------------------------------------------------------------------------------------------
 # Shared formula and dtype-flow fragments
@@ -319,6 +363,17 @@ class Spec:
         with x64():
             return str(jax.make_jaxpr(fn)(*structs))
 
+    def semantics(self) -> list[Semantics]:
+        """The named semantics that bear on this spec: for a model, every preset applying to
+        it; for a stage, those setting one of its variants off the default; ops: none."""
+        if self.kind == "model":
+            return [SEMANTICS[n] for n in semantics_names(self.model)]
+        if self.kind == "op":
+            return []
+        mine = {v.name for v in self.variants}
+        return [SEMANTICS[n] for n in semantics_names(self.model)
+                if mine & set(SEMANTICS[n].variants[self.model])]
+
     def to_dict(self, cfg: Config | str | None = None) -> dict[str, Any]:
         """A stable, JSON-ready dict; ``shapes`` is included when ``cfg`` is given."""
         d: dict[str, Any] = {
@@ -333,6 +388,7 @@ class Spec:
                             for v in self.divergences],
             "variants": [{"name": v.name, "values": list(v.values), "default": v.default,
                           "source": v.source, "effect": v.effect} for v in self.variants],
+            "semantics": [_semantics_dict(x, self.model) for x in self.semantics()],
         }
         if cfg is not None:
             d["config"] = self.config(cfg).name
@@ -445,7 +501,28 @@ def _render(spec: Spec, cfg: Config | str | None, st: _Style) -> str:
         parts.append(st.heading("Variants"))
         parts += [st.item(f"{v.name} ∈ {list(v.values)} (default {v.default!r}) — {v.effect}; "
                           f"source: {v.source}") for v in spec.variants]
+    if spec.semantics():
+        parts.append(st.heading("Named semantics (--semantics NAME)"))
+        parts += [st.item(semantics_line(x, spec.model)) for x in spec.semantics()]
     return "\n".join(parts) + "\n"
+
+
+def semantics_line(sem: Semantics, model: str | None = None) -> str:
+    """One line: name, its variants (for ``model``, or per model), summary, sources."""
+    models = [model] if model else list(sem.variants)
+    sets = "; ".join(f"{m}: {_variant_text(sem.variants[m])}" for m in models if m in sem.variants)
+    line = f"{sem.name} [{sets}] — {sem.summary}; sources: {' | '.join(sem.sources)}"
+    return line + (f"; not modelled: {sem.unmodelled}" if sem.unmodelled else "")
+
+
+def _variant_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "all defaults"
+
+
+def _semantics_dict(sem: Semantics, model: str | None) -> dict[str, Any]:
+    return {"name": sem.name, "summary": sem.summary, "sources": list(sem.sources),
+            "variants": sem.variants.get(model, {}) if model else sem.variants,
+            "unmodelled": sem.unmodelled}
 
 
 def _shape_table(spec: Spec, cfg: Config | str, st: _Style) -> str:
@@ -497,6 +574,19 @@ def _trace_quant_int8(cfg: Config):
     from dsref.numerics import widen
     from dsref.quant import quant_int8
     return (lambda v: quant_int8(widen(v))), {"v": _s((2, 16), _BF16)}
+
+
+def _trace_fp8_qdq(cfg: Config):
+    from dsref.numerics import widen
+    from dsref.quant import fp8_qdq_blocks
+    return (lambda v: fp8_qdq_blocks(widen(v), cfg.cast)), {"v": _s((2, 128), _BF16)}
+
+
+def _trace_head_norm_bf16(cfg: Config):
+    from dsref.numerics import widen
+    from dsref.rmsnorm import head_norm_bf16
+    return (lambda q: head_norm_bf16(widen(q), eps=cfg.eps, variance=cfg.variance, cast=cfg.cast)), {
+        "q": _s((2, 3, 16), _BF16)}
 
 
 def _trace_proj_bf16(cfg: Config):
@@ -558,13 +648,18 @@ def _v32_stages() -> list[Spec]:
                _rms_steps("hidden_states", "bf16", "input_rms_weight", "fp32", "D", "normed [B,D]"),
                (DS32_RMSNORM, DS32_MLA, PR134), (*_V32_NORM_DIVS, DIV_DS32_RESIDUAL), norm_vars),
         _stage("q_lora_proj", "Query down-projection; the ds32 Linear output is bf16.",
-               "qr_raw = bf16(normed @ wq_a)   [B,D] @ [D,QL] -> [B,QL]",
-               _proj_steps("normed", "wq_a", "qr_raw [B,QL]", True), (DS32_MLA, PR134), (), proj_vars),
+               "qr_raw = bf16(normed @ wq_a)   [B,D] @ [D,QL] -> [B,QL]\n"
+               "(q_norm_input=fp32: qr_raw = normed @ wq_a, left in fp32 — PR #134's qr_fp32)",
+               _proj_steps("normed", "wq_a", "qr_raw [B,QL]", True), (DS32_MLA, PR134, PR134_HEAD), (),
+               (*proj_vars, V_Q_NORM_INPUT)),
         _stage("q_lora_rmsnorm", "RMSNorm of the bf16-rounded qr over QL.",
                f"qr_out = bf16(w · (x · inv_rms(x)))   x = f32(qr_raw) [B,QL] (the bf16-rounded qr),\n"
-               f"  w = q_norm_weight\n{INV_RMS}, N = QL",
+               f"  w = q_norm_weight\n{INV_RMS}, N = QL\n"
+               "q_norm_input=fp32 (PR #134): qr_out = bf16(w · (bf16(qr) · inv_rms(qr))), qr = the fp32 "
+               "qr_raw",
                _rms_steps("qr_raw", "bf16", "q_norm_weight", "fp32", "QL", "qr_out [B,QL]"),
-               (DS32_RMSNORM, DS32_MLA, PR134), (DIV_PR134_QNORM, *_V32_NORM_DIVS), norm_vars),
+               (DS32_RMSNORM, DS32_MLA, PR134, PR134_HEAD), (DIV_PR134_QNORM, *_V32_NORM_DIVS),
+               (*norm_vars, V_Q_NORM_INPUT)),
         _stage("q_head_proj", "Query up-projection to all heads, head-major.",
                "q = bf16(qr_out @ wq_b)   [B,QL] @ [QL,H·(NOPE+ROPE)] -> [B,H·(NOPE+ROPE)],\n"
                "  viewed [B,H,NOPE+ROPE]",
@@ -608,9 +703,10 @@ def _v4_stages() -> list[Spec]:
                _rms_steps("x", "bf16", "norm_w", "fp32", "D", "tok [T,D]"),
                (PR332, DS32_RMSNORM), (DIV_HF_NORM, DIV_V4_OFFICIAL), (V_RMSNORM, V_VARIANCE, V_CAST)),
         _stage("qr_proj_matmul", "Query down-projection, left in fp32 (no bf16 rounding).",
-               "qr32 = tok @ wq_a   [T,D] @ [D,QL] -> [T,QL] fp32",
-               _proj_steps("tok", "wq_a", "qr32 [T,QL]", False), (PR332,), (DIV_V4_OFFICIAL,),
-               (V_ACCUMULATE,)),
+               "qr32 = tok @ wq_a   [T,D] @ [D,QL] -> [T,QL] fp32\n"
+               "(proj_out=bf16: qr32 = f32(bf16(tok @ wq_a)), the official bf16 Linear output)",
+               _proj_steps("tok", "wq_a", "qr32 [T,QL]", False), (PR332, V4_OFFICIAL),
+               (DIV_V4_OFFICIAL, DIV_V4_FP8_PROJ), (V_ACCUMULATE, V_PROJ_OUT, V_CAST)),
         _stage("qr_rms", "RMSNorm of qr32 with gamma_cq; PR #332 rounds the result to bf16 before "
                "quantisation.",
                f"qrn = (qr32 · inv_rms(qr32)) · f32(gamma_cq)   over QL\n{INV_RMS}, N = QL\n"
@@ -646,19 +742,29 @@ def _v4_stages() -> list[Spec]:
                "rotated in interleaved pairs on the fp32 normalised value.",
                f"per token t and head h: v = qf[t].reshape(H, HD)[h]\n"
                f"n = v · inv_rms(v)   over HD, no gamma\n"
-               f"{INV_RMS}, N = HD\nq[t, h, :NOPE] = bf16(n[:NOPE])\n{V4_ROPE}",
+               f"{INV_RMS}, N = HD\nq[t, h, :NOPE] = bf16(n[:NOPE])\n{V4_ROPE}\n"
+               "q_head_norm=bf16 (official V4): v = bf16(qf_h); n = bf16(v · bf16(1 / sqrt(\n"
+               "  bf16(bf16(mean(bf16(v²))) + eps)))), every op's fp32 result rounded to bf16;\n"
+               "  q[t, h, :NOPE] = n[:NOPE], the rope part rotates the bf16 n",
                _v4_norm_rope_steps("qf", None, "q [T,H,HD]"),
-               (PR332, CANN), (*_V4_ROPE_DIVS,), rope_vars),
+               (PR332, CANN, V4_OFFICIAL), (*_V4_ROPE_DIVS,),
+               (*rope_vars, V_Q_HEAD_NORM, V_ROPE_TABLE_DTYPE)),
         _stage("kv_proj_matmul", "KV projection, left in fp32.",
-               "kv32 = tok @ wkv   [T,D] @ [D,HD] -> [T,HD] fp32",
-               _proj_steps("tok", "wkv", "kv32 [T,HD]", False), (PR332,), (DIV_V4_OFFICIAL,),
-               (V_ACCUMULATE,)),
+               "kv32 = tok @ wkv   [T,D] @ [D,HD] -> [T,HD] fp32\n"
+               "(proj_out=bf16: kv32 = f32(bf16(tok @ wkv)))",
+               _proj_steps("tok", "wkv", "kv32 [T,HD]", False), (PR332, V4_OFFICIAL),
+               (DIV_V4_OFFICIAL, DIV_V4_FP8_PROJ), (V_ACCUMULATE, V_PROJ_OUT, V_CAST)),
         _stage("kv_rms_rope", "RMSNorm of kv32 with gamma_ckv (applied before the rotation), nope "
                "part to bf16, rope part rotated in interleaved pairs.",
                f"n = (kv32 · inv_rms(kv32)) · f32(gamma_ckv)   over HD\n{INV_RMS}, N = HD\n"
-               f"kv[t, :NOPE] = bf16(n[:NOPE])\n{V4_ROPE}",
+               f"kv[t, :NOPE] = bf16(n[:NOPE])\n{V4_ROPE}\n"
+               "kv_nope_fp8 (official V4): per row and 64-column block b of kv[t, :NOPE]:\n"
+               "  amax = max(max|b|, 1e-4);  s = 2^ceil(log2(f32(amax · f32(1/448))))  (ue8m0)\n"
+               "  b = bf16(f32(e4m3(clamp(b / s, −448, 448))) · s)   (e4m3 RNE; / s, · s exact)",
                _v4_norm_rope_steps("kv32", "gamma_ckv", "kv [T,HD]"),
-               (PR332, CANN), (DIV_PR332_ZERO, DIV_PR332_TTILE, DIV_V4_OFFICIAL, DIV_HF_ROPE), rope_vars),
+               (PR332, CANN, V4_OFFICIAL, V4_OFFICIAL_QUANT),
+               (DIV_PR332_ZERO, DIV_PR332_TTILE, DIV_V4_OFFICIAL, DIV_HF_ROPE),
+               (*rope_vars, V_KV_NOPE_FP8, V_ROPE_TABLE_DTYPE)),
     ]
 
 
@@ -698,6 +804,27 @@ def _ops() -> list[Spec]:
              Step("v · sq", "fp32", "RNE"), Step("int32_rne", "int32", "ties to even"),
              Step("fp16", "fp16", "RNE"), Step("codes", "int8 out", "truncate, saturate")),
             (PR332, PR556, CANN), (DIV_PR332_GOLDEN,), (), _trace_quant_int8),
+        _op("fp8_qdq", "Official V4 FP8 e4m3 block quantise–dequantise of bf16 values "
+            "(dsref.quant.fp8_qdq_blocks; variant kv_nope_fp8).",
+            "per row and 64-column block b:  amax = max(max|b|, 1e-4)\n"
+            "s = 2^ceil(log2(f32(amax · f32(1/448))))   (ue8m0: the fp32 exponent, +1 if any "
+            "mantissa bit)\ny = bf16(f32(e4m3(clamp(b / s, −448, 448))) · s)",
+            (Step("b", "bf16 in", "widened (exact)"), Step("amax · f32(1/448)", "fp32", "RNE"),
+             Step("s", "fp32 (power of two)", "rounded up to a power of two"),
+             Step("b / s", "fp32", "exact (power-of-two scale)"),
+             Step("e4m3(·)", "float8_e4m3fn", "RNE after the clamp to ±448"),
+             Step("y = e4m3 · s", "bf16 out", "exact")),
+            (V4_OFFICIAL, V4_OFFICIAL_QUANT), (), (V_KV_NOPE_FP8,), _trace_fp8_qdq),
+        _op("head_norm_bf16", "Official V4 per-head q RMSNorm in bf16 tensor arithmetic "
+            "(dsref.rmsnorm.head_norm_bf16; variant q_head_norm=bf16).",
+            "n = bf16(q · bf16(1 / sqrt(bf16(bf16(mean(bf16(q²))) + eps))))   over the last axis\n"
+            "mean = sum / N (variance=mul_inv: sum · f32(1/N)); every op in fp32, then bf16",
+            (Step("q", "bf16 in", "widened (exact)"), Step("q²", "bf16", "one rounding (exact in fp32)"),
+             Step("mean", "bf16", "exact sum rounded to fp32, / N in fp32, then bf16"),
+             Step("+ eps", "bf16", "fp32 add, then bf16"),
+             Step("1 / sqrt", "bf16", "fp32 sqrt and division, then bf16"),
+             Step("n = q · r", "bf16 out", "one rounding (exact in fp32)")),
+            (V4_OFFICIAL,), (), (V_Q_HEAD_NORM, V_VARIANCE, V_CAST), _trace_head_norm_bf16),
         _op("proj_bf16", "ds32 Linear: bf16 x @ bf16 W rounded to bf16 (dsref.proj.proj_bf16).",
             "y = bf16(x @ w)   (products exact, summed exactly, rounded once to fp32, then to bf16)",
             _proj_steps("x", "w", "y", True), (DS32_MLA, PR134), (), (V_ACCUMULATE, V_CAST),
@@ -753,7 +880,7 @@ def _models() -> list[Spec]:
                          Step("seq_lens", "int32 in", "—"),
                          Step("inside every stage", "fp32", "RNE after every op; sums exact, rounded once"),
                          Step("every stage output", "bf16 out", _CAST)),
-             sources=(DS32_MLA, DS32_RMSNORM, DS32_ROPE, DS32_FREQS, PR134, HF_V3),
+             sources=(DS32_MLA, DS32_RMSNORM, DS32_ROPE, DS32_FREQS, PR134, PR134_HEAD, HF_V3),
              divergences=(DIV_PR134_QNORM, DIV_PR134_CAST, DIV_PR134_VAR, DIV_PR134_DEAD, DIV_HF_NORM,
                           DIV_HF_ROPE, DIV_DS32_RESIDUAL),
              variants=v32_vars),
@@ -769,9 +896,9 @@ def _models() -> list[Spec]:
                          Step("qr / qr_scale", "int8 / fp32 out",
                               "int32 RNE → fp16 → int8 trunc; true divisions"),
                          Step("q, kv", "bf16 out", _CAST)),
-             sources=(PR332, PR556, CANN, V4_OFFICIAL, DS32_RMSNORM),
+             sources=(PR332, PR556, CANN, V4_OFFICIAL, V4_OFFICIAL_QUANT, DS32_RMSNORM),
              divergences=(DIV_PR332_GOLDEN, DIV_PR332_RACE, DIV_PR332_TTILE, DIV_PR332_ZERO,
-                          DIV_V4_OFFICIAL, DIV_HF_NORM, DIV_HF_ROPE),
+                          DIV_V4_OFFICIAL, DIV_V4_FP8_PROJ, DIV_HF_NORM, DIV_HF_ROPE),
              variants=v4_vars),
     ]
 

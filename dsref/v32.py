@@ -15,7 +15,7 @@ from dsref.cache import decode_rows, write_rows
 from dsref.config import V32Config
 from dsref.model import Model, TensorSpec, register_model, stage
 from dsref.numerics import rbf16, widen
-from dsref.proj import proj_bf16
+from dsref.proj import proj_bf16, proj_f32
 from dsref.rmsnorm import rms_norm
 from dsref.rope import rope
 
@@ -23,9 +23,10 @@ MODEL = "v32.decode_front"
 BF16 = jnp.bfloat16
 
 
-def _rms_norm(x, w, cfg: V32Config):
+def _rms_norm(x, w, cfg: V32Config, stats=None):
     return rms_norm(
-        widen(x), widen(w), eps=cfg.eps, variance=cfg.variance, kind=cfg.rmsnorm, cast=cfg.cast
+        widen(x), widen(w), eps=cfg.eps, variance=cfg.variance, kind=cfg.rmsnorm, cast=cfg.cast,
+        stats=stats,
     ).astype(BF16)
 
 
@@ -46,13 +47,21 @@ def input_rmsnorm(hidden_states, input_rms_weight, *, cfg: V32Config):
 
 @stage(MODEL, "qr_raw")
 def q_lora_proj(normed, wq_a, *, cfg: V32Config):
-    """``qr_raw = bf16(normed @ wq_a)`` (ds32 Linear output is bf16)."""
+    """``qr_raw = bf16(normed @ wq_a)`` (ds32 Linear output is bf16);
+    ``q_norm_input="fp32"``: ``qr_raw = normed @ wq_a`` left in fp32 (PR #134's qr_fp32)."""
+    if cfg.q_norm_input == "fp32":
+        return proj_f32(normed, wq_a, accumulate=cfg.accumulate).astype(jnp.float32)
     return proj_bf16(normed, wq_a, accumulate=cfg.accumulate, cast=cfg.cast).astype(BF16)
 
 
 @stage(MODEL, "qr_out")
 def q_lora_rmsnorm(qr_raw, q_norm_weight, *, cfg: V32Config):
-    """``qr_out = rms_norm(qr_raw, q_norm_weight)`` — variance of the bf16-rounded qr."""
+    """``qr_out = rms_norm(qr_raw, q_norm_weight)`` — variance of the bf16-rounded qr;
+    ``q_norm_input="fp32"``: ``qr_out = bf16(w · (bf16(qr) · inv_rms(qr)))``, the variance of
+    the fp32 qr (PR #134), the bf16 rounding of qr with the ``cast`` mode."""
+    if cfg.q_norm_input == "fp32":
+        qr = widen(qr_raw)
+        return _rms_norm(rbf16(qr, cfg.cast), q_norm_weight, cfg, stats=qr)
     return _rms_norm(qr_raw, q_norm_weight, cfg)
 
 

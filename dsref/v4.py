@@ -2,7 +2,8 @@
 
 Stages, in order: attn_norm → qr_proj_matmul → qr_rms → qr_quant → qproj_matmul →
 q_head_rms_rope → kv_proj_matmul → kv_rms_rope. T = B·S tokens; ``rope_cos/rope_sin`` are
-bf16 ``[T, ROPE]`` rows already gathered per token.
+bf16 ``[T, ROPE]`` rows already gathered per token (``rope_table_dtype="fp32"``: fp32 rows,
+the official code's ``freqs_cis``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from dsref.config import V4Config
 from dsref.model import Model, TensorSpec, register_model, stage
 from dsref.numerics import concat_bf16, r32, rbf16, widen
 from dsref.proj import proj_f32, proj_int8
-from dsref.quant import quant_int8
-from dsref.rmsnorm import inv_rms, rms_norm
+from dsref.quant import fp8_qdq_blocks, quant_int8
+from dsref.rmsnorm import head_norm_bf16, inv_rms, rms_norm
 from dsref.rope import rope_interleaved
 
 MODEL = "v4.qkv_proj_rope"
 BF16 = jnp.bfloat16
 
 
-def _norm_rope(v, gamma, rope_cos, rope_sin, cfg: V4Config):
+def _norm_rope(v, gamma, rope_cos, rope_sin, cfg: V4Config, *, fp8_nope: bool = False):
     """Per row of ``v [T, ..., HD]``: ``n = (v · inv_rms(v)) [· gamma]``; nope part → bf16;
     rope part rotated (interleaved pairs) on fp32 ``n`` (``rope_preround``: on bf16(n)) → bf16.
+    ``fp8_nope``: the bf16 nope part then goes through the FP8 quantise–dequantise.
 
     The two parts are computed and rounded to bf16 separately and joined as bf16 words: a
     joined full-width float64 ``n`` costs XLA CPU a 33 MB buffer per call at FLASH dims."""
@@ -39,11 +41,17 @@ def _norm_rope(v, gamma, rope_cos, rope_sin, cfg: V4Config):
     pe = normed(slice(cfg.nope, None))
     if cfg.rope_preround:
         pe = rbf16(pe, cfg.cast)
-    extra = (1,) * (v.ndim - 2)
+    if fp8_nope:
+        nope = fp8_qdq_blocks(nope, cfg.cast)
+    return concat_bf16([nope, _rotate(pe, rope_cos, rope_sin, cfg)])
+
+
+def _rotate(pe, rope_cos, rope_sin, cfg: V4Config):
+    """``bf16(rope_interleaved(pe))`` with the token's table row broadcast over heads."""
+    extra = (1,) * (pe.ndim - 2)
     c = widen(rope_cos).reshape(rope_cos.shape[:1] + extra + (-1,))
     s = widen(rope_sin).reshape(rope_sin.shape[:1] + extra + (-1,))
-    pe = rbf16(rope_interleaved(pe, c, s, table=cfg.rope_table), cfg.cast)
-    return concat_bf16([nope, pe])
+    return rbf16(rope_interleaved(pe, c, s, table=cfg.rope_table), cfg.cast)
 
 
 @stage(MODEL, "tok")
@@ -56,10 +64,16 @@ def attn_norm(x, norm_w, *, cfg: V4Config):
     ).astype(BF16)
 
 
+def _proj(x, w, cfg: V4Config):
+    y = proj_f32(x, w, accumulate=cfg.accumulate)
+    return (rbf16(y, cfg.cast) if cfg.proj_out == "bf16" else y).astype(jnp.float32)
+
+
 @stage(MODEL, "qr32")
 def qr_proj_matmul(tok, wq_a, *, cfg: V4Config):
-    """``qr32 = tok @ wq_a`` in fp32 — no rounding to bf16."""
-    return proj_f32(tok, wq_a, accumulate=cfg.accumulate).astype(jnp.float32)
+    """``qr32 = tok @ wq_a`` in fp32 — no rounding to bf16 (``proj_out="bf16"``: rounded to
+    bf16, the official bf16 Linear output, still stored as fp32)."""
+    return _proj(tok, wq_a, cfg)
 
 
 @stage(MODEL, "qr_norm")
@@ -90,22 +104,29 @@ def qproj_matmul(qr, qr_scale, wq_b, wq_b_scale, *, cfg: V4Config):
 @stage(MODEL, "q")
 def q_head_rms_rope(qf, rope_cos, rope_sin, *, cfg: V4Config):
     """Per head ``n = qf_h · inv_rms(qf_h)`` over HD (no gamma); ``q[..., :NOPE] = bf16(n)``;
-    the rope part rotated in interleaved pairs on fp32 ``n``, each element rounded once."""
+    the rope part rotated in interleaved pairs on fp32 ``n``, each element rounded once.
+    ``q_head_norm="bf16"`` (official V4): ``n = head_norm_bf16(bf16(qf_h))`` in bf16 tensor
+    arithmetic; ``q[..., :NOPE] = n``, the rope part rotated on the bf16 ``n``."""
     v = widen(qf).reshape(qf.shape[0], cfg.heads, cfg.head_dim)
+    if cfg.q_head_norm == "bf16":
+        n = head_norm_bf16(rbf16(v, cfg.cast), eps=cfg.eps, variance=cfg.variance, cast=cfg.cast)
+        return concat_bf16([n[..., : cfg.nope], _rotate(n[..., cfg.nope:], rope_cos, rope_sin, cfg)])
     return _norm_rope(v, None, rope_cos, rope_sin, cfg)
 
 
 @stage(MODEL, "kv32")
 def kv_proj_matmul(tok, wkv, *, cfg: V4Config):
-    """``kv32 = tok @ wkv`` in fp32."""
-    return proj_f32(tok, wkv, accumulate=cfg.accumulate).astype(jnp.float32)
+    """``kv32 = tok @ wkv`` in fp32 (``proj_out="bf16"``: rounded to bf16, stored as fp32)."""
+    return _proj(tok, wkv, cfg)
 
 
 @stage(MODEL, "kv")
 def kv_rms_rope(kv32, gamma_ckv, rope_cos, rope_sin, *, cfg: V4Config):
     """``n = (kv32 · inv_rms(kv32)) · f32(gamma_ckv)`` (gamma before the rotation); nope →
-    ``bf16(n)``; rope part as in ``q_head_rms_rope``."""
-    return _norm_rope(widen(kv32), widen(gamma_ckv), rope_cos, rope_sin, cfg)
+    ``bf16(n)``; rope part as in ``q_head_rms_rope``. ``kv_nope_fp8`` (official V4): the bf16
+    nope part through an FP8 e4m3 quantise–dequantise per 64-column block (ue8m0 scale)."""
+    return _norm_rope(widen(kv32), widen(gamma_ckv), rope_cos, rope_sin, cfg,
+                      fp8_nope=cfg.kv_nope_fp8)
 
 
 def qkv_proj_rope(inputs: dict, *, cfg: V4Config) -> dict:
@@ -129,10 +150,11 @@ _I8 = np.dtype(np.int8)
 
 def input_specs(cfg: V4Config, batch: int, seq: int = 1) -> dict[str, TensorSpec]:
     t, d, ql, hd, r = batch * seq, cfg.hidden, cfg.q_lora, cfg.head_dim, cfg.rope
+    tab = _F32 if cfg.rope_table_dtype == "fp32" else _BF
     spec = {
         "x": ((batch, seq, d), _BF), "norm_w": ((d,), _F32), "wq_a": ((d, ql), _BF),
         "wq_b": ((ql, cfg.heads * hd), _I8), "wq_b_scale": ((cfg.heads * hd,), _F32),
-        "wkv": ((d, hd), _BF), "rope_cos": ((t, r), _BF), "rope_sin": ((t, r), _BF),
+        "wkv": ((d, hd), _BF), "rope_cos": ((t, r), tab), "rope_sin": ((t, r), tab),
         "gamma_cq": ((ql,), _BF), "gamma_ckv": ((hd,), _BF),
     }
     return {k: TensorSpec(*v) for k, v in spec.items()}

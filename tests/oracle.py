@@ -124,11 +124,19 @@ def input_rmsnorm(cfg, env):
 
 
 def q_lora_proj(cfg, env):
-    return {"qr_raw": bf16(matmul32(env["normed"], env["wq_a"]), cfg.cast)}
+    qr = matmul32(env["normed"], env["wq_a"])
+    return {"qr_raw": qr if cfg.q_norm_input == "fp32" else bf16(qr, cfg.cast)}
 
 
 def q_lora_rmsnorm(cfg, env):
-    return {"qr_out": rms_norm(env["qr_raw"], env["q_norm_weight"], **_norm_kw(cfg))}
+    qr, w = f32(env["qr_raw"]), env["q_norm_weight"]
+    if cfg.q_norm_input != "fp32":
+        return {"qr_out": rms_norm(qr, w, **_norm_kw(cfg))}
+    # PR #134: the variance of the fp32 qr; the bf16-rounded qr is what gets normalised
+    x, r = rb(qr, cfg.cast), inv_rms(qr, cfg.eps, cfg.variance)
+    if cfg.rmsnorm == "ds32":
+        return {"qr_out": bf16(f32(w) * (x * r), cfg.cast)}
+    return {"qr_out": bf16(rb(w) * rb(x * r, cfg.cast), cfg.cast)}
 
 
 def q_head_proj(cfg, env):
@@ -162,7 +170,7 @@ def decode_cache_write(cfg, env):
     return {"kv_cache": kv_cache, "pe_cache": pe_cache}
 
 
-def _v4_norm_rope(v, gamma, cos, sin, cfg) -> np.ndarray:
+def _v4_norm_rope(v, gamma, cos, sin, cfg, fp8_nope: bool = False) -> np.ndarray:
     n = v * inv_rms(v, cfg.eps, cfg.variance)
     if gamma is not None:
         n = n * f32(gamma)
@@ -170,7 +178,36 @@ def _v4_norm_rope(v, gamma, cos, sin, cfg) -> np.ndarray:
     if cfg.rope_preround:
         pe = rb(pe, cfg.cast)
     pe = rope_interleaved(pe, cos, sin, cfg.rope_table)
-    return bf16(np.concatenate([n[..., : cfg.nope], pe], axis=-1), cfg.cast)
+    out = bf16(np.concatenate([n[..., : cfg.nope], pe], axis=-1), cfg.cast)
+    if fp8_nope:
+        out[..., : cfg.nope] = fp8_qdq(out[..., : cfg.nope], cfg.cast)
+    return out
+
+
+def fp8_qdq(x, cast: str = "rne") -> np.ndarray:
+    """Official V4 act_quant(x, 64, ue8m0, inplace=True): per 64-block, amax floored at 1e-4,
+    scale = 2**ceil(log2(f32(amax · f32(1/448)))) from the fp32 bits (exponent, +1 if any
+    mantissa bit), y = bf16(e4m3(clamp(x / s, ±448)) · s) — e4m3 by ml_dtypes' cast."""
+    x = f32(x)
+    blocks = x.reshape(*x.shape[:-1], -1, 64)
+    amax = np.maximum(np.abs(blocks).max(axis=-1, keepdims=True), F32(1e-4))
+    bits = (amax * F32(1 / 448)).astype(F32).view(np.uint32)
+    e = ((bits >> 23) & 0xFF).astype(np.int64) - 127 + ((bits & 0x7FFFFF) != 0)
+    s = np.ldexp(F32(1), e).astype(F32)
+    codes = np.clip(blocks / s, F32(-448), F32(448)).astype(ml_dtypes.float8_e4m3fn)
+    return bf16(codes.astype(F32) * s, cast).reshape(x.shape)
+
+
+def head_norm_bf16(q, eps, variance, cast) -> np.ndarray:
+    """Official V4 ``q *= rsqrt(q.square().mean(-1) + eps)`` on a bf16 tensor, each op's fp32
+    result rounded to bf16 (torch's bf16 tensor arithmetic)."""
+    q = rb(q, cast)
+    sq = rb(q * q, cast)
+    s, n = sum32(sq), q.shape[-1]
+    mean = rb(s / F32(n) if variance == "mean" else s * F32(1.0 / n), cast)
+    ve = rb(mean + F32(eps), cast)
+    r = rb(F32(1) / np.sqrt(ve), cast)
+    return rb(q * r, cast)
 
 
 def attn_norm(cfg, env):
@@ -178,8 +215,12 @@ def attn_norm(cfg, env):
     return {"tok": rms_norm(x, env["norm_w"], **_norm_kw(cfg))}
 
 
+def _proj_out(cfg, y):
+    return rb(y, cfg.cast) if cfg.proj_out == "bf16" else y
+
+
 def qr_proj_matmul(cfg, env):
-    return {"qr32": matmul32(env["tok"], env["wq_a"])}
+    return {"qr32": _proj_out(cfg, matmul32(env["tok"], env["wq_a"]))}
 
 
 def qr_rms(cfg, env):
@@ -202,16 +243,21 @@ def qproj_matmul(cfg, env):
 def q_head_rms_rope(cfg, env):
     cos, sin = f32(env["rope_cos"]), f32(env["rope_sin"])
     qf = env["qf"].reshape(env["qf"].shape[0], cfg.heads, cfg.head_dim)
+    if cfg.q_head_norm == "bf16":
+        n = head_norm_bf16(qf, cfg.eps, cfg.variance, cfg.cast)
+        pe = rope_interleaved(n[..., cfg.nope:], cos[:, None], sin[:, None], cfg.rope_table)
+        return {"q": bf16(np.concatenate([n[..., : cfg.nope], pe], axis=-1), cfg.cast)}
     return {"q": _v4_norm_rope(qf, None, cos[:, None], sin[:, None], cfg)}
 
 
 def kv_proj_matmul(cfg, env):
-    return {"kv32": matmul32(env["tok"], env["wkv"])}
+    return {"kv32": _proj_out(cfg, matmul32(env["tok"], env["wkv"]))}
 
 
 def kv_rms_rope(cfg, env):
     cos, sin = f32(env["rope_cos"]), f32(env["rope_sin"])
-    return {"kv": _v4_norm_rope(f32(env["kv32"]), env["gamma_ckv"], cos, sin, cfg)}
+    return {"kv": _v4_norm_rope(f32(env["kv32"]), env["gamma_ckv"], cos, sin, cfg,
+                                cfg.kv_nope_fp8)}
 
 
 STAGES = {

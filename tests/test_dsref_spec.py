@@ -11,9 +11,9 @@ from dsref.spec import KINDS
 
 ALL = dsref.spec_names()
 JSON_KEYS = {"name", "kind", "model", "summary", "formula", "dtype_flow", "shapes", "sources",
-             "divergences", "variants"}
+             "divergences", "variants", "semantics"}
 OPS = {"rms_norm", "inv_rms", "rope", "quant_int8", "proj_bf16", "proj_f32", "proj_int8",
-       "cache_write", "to_bf16", "r32"}
+       "cache_write", "to_bf16", "r32", "fp8_qdq", "head_norm_bf16"}
 # primitives each helper op's jaxpr must show (the rounding point, or the scatter of a cache write)
 OP_PRIMITIVES = {name: ("reduce_precision",) for name in OPS} | {"cache_write": ("scatter",)}
 OP_PRIMITIVES["proj_int8"] = ("dot_general", "reduce_precision")

@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_bitwise
 
 import dsref
-from dsref.config import MODEL_VARIANTS
+from dsref.config import MODEL_VARIANTS, STAGE_VARIANTS
 from dsref.model import MODELS, STAGES
 from dsref.numerics import x64
 from dsref.rmsnorm import inv_rms
@@ -33,6 +33,12 @@ EXPECTED = {
     (V4, "qr_prequant_round", False): ({"qr_rms"}, set()),
     (V4, "rope_preround", True): ({"q_head_rms_rope", "kv_rms_rope"}, set()),
     (V4, "rope_table", "element"): ({"q_head_rms_rope", "kv_rms_rope"}, set()),
+    # fed a bf16 qr_raw (the default chain's), q_lora_rmsnorm's fp32 statistics equal bf16 ones
+    (V32, "q_norm_input", "fp32"): ({"q_lora_proj"}, set()),
+    (V4, "proj_out", "bf16"): ({"qr_proj_matmul", "kv_proj_matmul"}, set()),
+    (V4, "q_head_norm", "bf16"): ({"q_head_rms_rope"}, set()),
+    (V4, "kv_nope_fp8", True): ({"kv_rms_rope"}, set()),
+    (V4, "rope_table_dtype", "fp32"): (set(), set()),  # the dtype of two inputs only
 }
 
 # variant -> model outputs that must stay bit-identical
@@ -41,6 +47,10 @@ UNMOVED_OUTPUTS = {
     (V4, "rope_preround", True): {"qr", "qr_scale"},
     (V4, "rope_table", "element"): {"qr", "qr_scale"},
     (V4, "rmsnorm", "hf"): set(),
+    (V32, "q_norm_input", "fp32"): {"kv_a_out", "kv_cache", "pe_cache"},
+    (V4, "proj_out", "bf16"): set(),
+    (V4, "q_head_norm", "bf16"): {"qr", "qr_scale", "kv"},
+    (V4, "kv_nope_fp8", True): {"qr", "qr_scale", "q"},
 }
 
 
@@ -87,6 +97,9 @@ def test_variant_moves_only_its_stages(envs, model, key, value):
             assert_bitwise(got, want[name], f"{stage}.{name} under {key}={value}")
     assert must <= changed, f"{key}={value} should change {must - changed}"
     assert changed <= must | may, f"{key}={value} changed {changed - must - may}"
+    # STAGE_VARIANTS (what fingerprint and the kernels rely on) lists every stage that moved
+    listed = {st for st in MODELS[model].stages if key in STAGE_VARIANTS[st]}
+    assert must | may <= listed, f"STAGE_VARIANTS misses {key} for {(must | may) - listed}"
 
 
 @pytest.mark.parametrize("model,key,value", list(UNMOVED_OUTPUTS), ids=str)
