@@ -172,6 +172,104 @@ def test_parallel_permuted_order_same_result() -> None:
     np.testing.assert_array_equal(a.outputs["y"], b.outputs["y"])
 
 
+def shifted_rows(x, y, *, shift: int):  # noqa: ANN001, ANN201
+    """Iteration i reads row i+shift of y (a GM tensor every iteration writes)."""
+    n = x.shape[0]
+    for i in pl.parallel(0, n):
+        with pl.at(level=CG, name_hint="rw"):
+            y[i:i + 1, :] = x[i:i + 1, :]
+            j = min(n - 1, i + shift)
+            y[i:i + 1, :] = pl.add(y[j:j + 1, :], x[i:i + 1, :])
+
+
+def test_race_read_of_another_iterations_write() -> None:
+    x = f32(4, 32)
+    bad = run_kernel(shifted_rows, inputs={"x": x}, outputs={"y": ((4, 32), pl.FP32)},
+                     kwargs={"shift": 1})
+    f = only(bad, "race")
+    assert f.tensor == "y" and "pl.parallel loop 'i'" in f.message
+    assert "iteration i=1 writes y[1, 0:32]" in f.message
+    assert "iteration i=0 reads y[1, 0:32]" in f.message and "overlap y[1, 0:32]" in f.message
+    good = run_kernel(shifted_rows, inputs={"x": x}, outputs={"y": ((4, 32), pl.FP32)},
+                      kwargs={"shift": 0})
+    assert good.ok and not good.findings, good.summary()
+    np.testing.assert_array_equal(good.outputs["y"], x + x)
+
+
+def split_k(x, y, *, mode: str):  # noqa: ANN001, ANN201
+    """Two K halves accumulate into y: atomic adds (mode 'atomic'), or one of them a plain
+    write ('mixed') or a read ('read') of the element the other iteration adds into."""
+    for k in pl.parallel(0, 2):
+        with pl.at(level=CG, name_hint="split_k"):
+            part = pl.row_sum(x[:, k * 32:(k + 1) * 32])
+            if mode == "mixed" and k == 1:
+                y[:, :] = part
+            elif mode == "read" and k == 1:
+                y[:, :] = pl.add(y[:, :], part)
+            else:
+                pl.assemble(y, part, [0, 0], atomic=pl.AtomicType.Add)
+
+
+def test_atomic_adds_accumulate_and_only_mixed_accesses_race() -> None:
+    x = np.ones((4, 64), np.float32)
+    kw = {"inputs": {"x": x}, "outputs": {"y": ((4, 1), pl.FP32)}, "zero_outputs": True}
+    good = run_kernel(split_k, kwargs={"mode": "atomic"}, **kw)
+    assert good.ok and not good.findings, good.summary()
+    np.testing.assert_array_equal(good.outputs["y"], np.full((4, 1), 64, np.float32))
+    mixed = run_kernel(split_k, kwargs={"mode": "mixed"}, **kw)
+    f = only(mixed, "race")
+    assert "iteration k=0 atomically adds into y[0:4, 0]" in f.message
+    assert "iteration k=1 writes y[0:4, 0]" in f.message
+    read = run_kernel(split_k, kwargs={"mode": "read"}, **kw)
+    f = only(read, "race")
+    assert "k=0 atomically adds into" in f.message and "k=1 reads y[0:4, 0]" in f.message
+
+
+def test_atomic_add_of_ones_twice_is_two() -> None:
+    def kernel(x, y):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="twice"):
+            for _ in pl.range(2):
+                pl.assemble(y, x[:, :], [0, 0], atomic=pl.AtomicType.Add)
+
+    r = run_kernel(kernel, inputs={"x": np.ones((2, 8), np.float32)},
+                   outputs={"y": ((2, 8), pl.FP32)}, zero_outputs=True)
+    np.testing.assert_array_equal(r.outputs["y"], np.full((2, 8), 2, np.float32))
+    bf = run_kernel(kernel, inputs={"x": np.full((2, 8), 1.5, BF16)},
+                    outputs={"y": ((2, 8), pl.BF16)}, zero_outputs=True)
+    assert bf.outputs["y"].dtype == BF16 and (bf.outputs["y"] == BF16(3.0)).all()
+
+    def into_tile(x):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="t"):
+            pl.assemble(x[:, :], x[:, :], [0, 0], atomic=pl.AtomicType.Add)
+
+    with pytest.raises(TypeError, match="GM tensor target"):
+        run_kernel(into_tile, inputs={"x": np.ones((2, 8), np.float32)}, outputs={})
+
+
+def shared_tile(x, y, *, outside: bool):  # noqa: ANN001, ANN201
+    with pl.at(level=CG, name_hint="stage"):
+        buf = pl.full([1, 32], pl.FP32, 0.0)  # line of the shared tile
+        for i in pl.parallel(0, x.shape[0]):
+            t = buf if outside else pl.full([1, 32], pl.FP32, 0.0)
+            t[0:1, :] = pl.mul(x[i:i + 1, :], 2.0)
+            y[i:i + 1, :] = t
+
+
+def test_race_on_one_tile_written_by_every_iteration() -> None:
+    x = f32(3, 32)
+    bad = run_kernel(shared_tile, inputs={"x": x}, outputs={"y": ((3, 32), pl.FP32)},
+                     kwargs={"outside": True})
+    f = only(bad, "race")
+    line = shared_tile.__code__.co_firstlineno + 2
+    assert f"on-chip tile made at test_tile_checks.py:{line}" in f.message
+    assert "pl.parallel loop 'i'" in f.message and "iteration i=0 writes" in f.message
+    assert "iteration i=1" in f.message
+    good = run_kernel(shared_tile, inputs={"x": x}, outputs={"y": ((3, 32), pl.FP32)},
+                      kwargs={"outside": False})
+    assert good.ok and not good.findings, good.summary()
+    np.testing.assert_array_equal(good.outputs["y"], x * 2)
+
+
 # -- dead writes -----------------------------------------------------------------------------
 
 

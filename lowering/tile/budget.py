@@ -1,4 +1,4 @@
-"""On-chip memory budgets per ``pl.at`` scope, memory space and platform.
+"""On-chip memory budgets per in-core scope, memory space and platform.
 
 Memory-space model (decided when the scope entry ends, from how each buffer was used):
 - a tile produced by a vector op, ``pl.full`` or ``pl.create_tensor`` in a scope: **Vec**;
@@ -6,11 +6,19 @@ Memory-space model (decided when the scope entry ends, from how each buffer was 
   scope: **Vec** if any vector op reads it (or nothing does); a load read only by the cube
   does not occupy Vec;
 - a matmul lhs additionally occupies **Mat** + **Left**, an rhs **Mat** + **Right** (GM ->
-  L1 -> L0A/L0B);
+  L1 -> L0A/L0B). L1 holds the whole operand for its lifetime; L0A/L0B only from its first
+  to its last matmul, at most the L0 capacity (pypto's AutoTileMatmulL0 cuts an L1 operand
+  into L0 panels that fit and moves each in right before its MAD);
+- a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
+  ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
 - a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
   ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
 - ``row_sum``/``row_max``/``row_min`` need a scratch Vec tile ``[R, max(C,128)]`` fp32 live
   during the op (none when the kernel passes ``tmp_tile``).
+
+Scopes: each ``pl.at`` in-core execution, each ``pl.spmd`` block (named by ``name_hint``),
+each ``@pl.jit.incore`` call, and one run-wide entry for tiles made outside all of them
+(``core.OUTSIDE``); a scope run many times reports its worst entry.
 
 Lifetime: a buffer is live from the op that creates it to the last op, in the same scope
 entry, that reads it (the compiler's last-use rule; Python reference counting would keep a
@@ -124,13 +132,20 @@ def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[st
             continue  # never read: dead code the compiler drops
         for sp in buf_spaces(b):
             nb = tile_bytes(sp, b.shape, b.dtype.itemsize, b.dtype.is_int, platform) * b.mult
-            per_space.setdefault(sp, []).append((b, nb))
+            if sp in ("Left", "Right") and b.cfirst >= 0 and not b.origin.endswith(sp):
+                # AutoTileMatmulL0 slices an L1 operand into L0 panels that fit, moved in
+                # right before the matmul: live from its first to its last matmul (a tile the
+                # kernel places in Left / Right itself is not cut: whole, whole lifetime)
+                per_space.setdefault(sp, []).append((b, min(nb, LIMITS[platform][sp]),
+                                                     b.cfirst, b.clast))
+            else:
+                per_space.setdefault(sp, []).append((b, nb, b.start, b.last))
     out = {}
     for sp, items in per_space.items():
         n = len(items)
-        start = np.fromiter((b.start for b, _ in items), np.int64, n)
-        last = np.fromiter((b.last for b, _ in items), np.int64, n)
-        nbytes = np.fromiter((nb for _, nb in items), np.int64, n)
+        start = np.fromiter((t[2] for t in items), np.int64, n)
+        last = np.fromiter((t[3] for t in items), np.int64, n)
+        nbytes = np.fromiter((t[1] for t in items), np.int64, n)
         # peak: the first start event at which the live bytes are largest; live there = the
         # buffers whose start event is at or before it and whose end event is after it
         total, order = _sweep(start, last, nbytes)
@@ -142,20 +157,20 @@ def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[st
         peak_live = np.nonzero((pos[:n] <= p) & (pos[n:] > p))[0]
         # shape: per key, the most tiles live at once
         groups: dict[tuple, list[int]] = {}
-        for k, (b, _) in enumerate(items):
-            groups.setdefault((b.shape, b.dtype, b.mult), []).append(k)
+        for k, t in enumerate(items):
+            groups.setdefault((t[0].shape, t[0].dtype, t[0].mult), []).append(k)
         shape_total = 0
         keys = []
         for members in groups.values():
             idx = np.asarray(members)
             m = int(_sweep(start[idx], last[idx], np.ones(idx.size, np.int64))[0].max())
-            b, nb = items[members[0]]
+            b, nb = items[members[0]][:2]
             shape_total += m * nb
             keys.append((m * nb, b, nb, m))
         keys.sort(key=lambda t: -t[0])
         top_keys = [_describe(b, nb, m) for _, b, nb, m in keys[:5]]
         top_peak = sorted((items[k] for k in peak_live.tolist()), key=lambda t: -t[1])[:5]
-        out[sp] = (shape_total, peak, top_keys, [_describe(b, nb) for b, nb in top_peak])
+        out[sp] = (shape_total, peak, top_keys, [_describe(t[0], t[1]) for t in top_peak])
     return out
 
 

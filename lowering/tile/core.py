@@ -3,13 +3,23 @@
 One ``Run`` is active while ``run_kernel`` executes a kernel; ops outside a run use a detached
 run (numpy backend, no checks), which is handy for unit tests of single ops.
 
+In-core scopes (budget entries): each ``pl.at(level=CORE_GROUP)`` execution, each block of a
+``pl.spmd`` (named by its ``name_hint``), each call of a ``@pl.jit.incore`` function; an
+in-core scope opened inside another one adds nothing (same core, same memory). Tiles made
+outside all of them count in one run-wide entry, ``OUTSIDE``.
+
 Bookkeeping that drives the checks:
 - every op advances ``Run.seq``; a tile's buffer (``Buf``) is live from the op that creates it
-  to the last op (in the same ``pl.at`` scope entry) that uses it — see ``budget``;
+  to the last op (in the same scope entry) that uses it — see ``budget``;
 - every GM load/store is recorded as boxes in the coordinates of the base tensor (views made
   by ``pl.reshape`` are mapped back), appended to the log of every enclosing
-  ``pl.parallel``/``pl.spmd`` loop (race check at loop end), and applied to numpy bool masks
-  (written: coverage; written-but-unread: dead writes).
+  ``pl.parallel``/``pl.spmd``/``pl.split_aiv`` loop (race check at loop end), and applied to
+  numpy bool masks (written: coverage; written-but-unread: dead writes). An access is a read,
+  a write or an atomic add (``pl.assemble(..., atomic=pl.AtomicType.Add)``): two iterations
+  conflict when their boxes overlap and one writes, except two atomic adds;
+- on-chip tiles made before an iteration of such a loop and used in it are logged the same
+  way (a tile is one buffer: iterations that write it race), and a tile made by an earlier
+  iteration read by a later one is a race too (independent iterations share no values).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import operator
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,7 +41,7 @@ import numpy as np
 from lowering.backends import get_backend
 from lowering.tile import budget as _budget
 from lowering.tile.dtypes import DType
-from lowering.tile.findings import Finding, OutOfBounds
+from lowering.tile.findings import Finding, KernelDefect, OutOfBounds
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,7 +72,7 @@ def fmt_site(site: tuple[str, int]) -> str:
     return f"{os.path.basename(site[0])}:{site[1]}"
 
 
-_LOOP_VAR = re.compile(r"for\s+(\w+)\s+in\s+pl\.")
+_LOOP_VAR = re.compile(r"for\s+\(?(\w+)\b[^:]*?\s+in\s+pl\.")
 _ASSIGN = re.compile(r"^\s*(\w+)\s*(?::[^=]*)?=\s*pl\.")
 _name_cache: dict[tuple[str, int, str], str | None] = {}
 
@@ -115,10 +126,12 @@ class Buf:
     """One on-chip buffer inside one scope entry (tiles of a reshape / in-place acc share it)."""
 
     __slots__ = ("entry", "start", "last", "shape", "dtype", "origin", "vec", "left", "right",
-                 "mult", "site")
+                 "mult", "site", "home", "cfirst", "clast")
 
     def __init__(self, entry: Any, seq: int, shape: tuple[int, ...], dtype: DType, origin: str,
-                 mult: int, site: tuple[str, int]) -> None:
+                 mult: int, site: tuple[str, int], home: Buf | None = None) -> None:
+        self.home = self if home is None else home  # the storage's first buffer (race keys)
+        self.cfirst = self.clast = -1  # first / last instant a matmul reads it (L0A / L0B)
         self.entry = entry
         self.start = seq
         self.last = seq
@@ -229,6 +242,21 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         return current().bk.to_numpy(self.data)
 
+    def bind_dynamic(self, axis: int, var: Any) -> None:
+        """``t.bind_dynamic(axis, M)`` with ``M = pl.dynamic("M")``: dimension ``axis`` of this
+        GM tensor is the dynamic dim ``M``. Values are untouched; the run binds ``M`` to this
+        size — one size per name per run, so another tensor (or annotated parameter) bound to
+        ``M`` with a different size raises :class:`DynamicDimMismatch` naming both."""
+        if not isinstance(var, DynVar):
+            raise TypeError(f"{self!r}.bind_dynamic({axis!r}, {var!r}): the second argument "
+                            "must be a pl.dynamic(...) variable")
+        axis = operator.index(axis)
+        if not 0 <= axis < self.ndim:
+            raise IndexError(f"{self!r}.bind_dynamic: axis {axis} out of range for "
+                             f"{self.ndim} dims")
+        current().bind_dyn(var.name, self.shape[axis],
+                           f"dim {axis} of tensor {self.name!r} ({fmt_site(caller_site())})")
+
     def to_base(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> list[tuple[tuple, tuple]]:
         """Boxes in base coordinates covering the view box [lo, hi)."""
         if self._groups is None:
@@ -247,6 +275,68 @@ class Tensor:
             bhi = tuple(x for part in combo for x in part[1])
             out.append((blo, bhi))
         return out
+
+
+class DynamicDimMismatch(KernelDefect, ValueError):
+    """Two tensors bound to one ``pl.dynamic`` name have different sizes in one run."""
+
+
+class DynamicDimUnbound(KernelDefect, ValueError):
+    """A ``pl.dynamic`` variable used as a value before any tensor bound it."""
+
+
+class DynVar:
+    """``pl.dynamic("M")``: a named dynamic dimension.
+
+    In an annotation (``pl.Tensor[[M, 128], pl.FP32]``) it marks the dim runtime-sized; a call
+    of the annotated function binds ``M`` to the argument's size. As a value (``pl.range(M)``,
+    ``M // 8``, a shape) it is the size bound in the current run — pypto substitutes the
+    parameter dim bound to ``M`` — so it behaves as that ``int``; unbound, it raises."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"DynVar name must be a valid identifier, got {name!r}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"DynVar({self.name!r})"
+
+    def __index__(self) -> int:
+        return current().dyn_size(self.name)
+
+    __int__ = __index__
+
+    def __hash__(self) -> int:
+        return hash(("DynVar", self.name))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DynVar):
+            return other.name == self.name
+        return int(self) == other
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+
+def _dyn_binop(name: str) -> None:
+    op = getattr(operator, name)
+
+    def fwd(self: DynVar, other: Any) -> Any:
+        return op(int(self), other)
+
+    def rev(self: DynVar, other: Any) -> Any:
+        return op(other, int(self))
+
+    setattr(DynVar, f"__{name}__", fwd)
+    if name not in ("lt", "le", "gt", "ge"):
+        setattr(DynVar, f"__r{name}__", rev)
+
+
+for _name in ("add", "sub", "mul", "floordiv", "mod", "truediv", "lt", "le", "gt", "ge"):
+    _dyn_binop(_name)
+DynVar.__neg__ = lambda self: -int(self)  # type: ignore[method-assign]
 
 
 def _reshape_groups(vshape: tuple[int, ...], bshape: tuple[int, ...]) -> list:
@@ -350,8 +440,18 @@ def box_key(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
 # --------------------------------------------------------------------------------------------
 
 
+#: name of the run-wide scope entry of tiles made outside every in-core scope
+OUTSIDE = "(outside in-core scopes)"
+#: loop kinds whose iterations are independent (race-checked)
+PARALLEL_KINDS = ("parallel", "spmd", "split_aiv")
+#: access kinds in the race logs
+READ, WRITE, ATOMIC = 0, 1, 2
+_VERB = {READ: "reads", WRITE: "writes", ATOMIC: "atomically adds into"}
+
+
 class ScopeEntry:
-    """One execution of a ``pl.at`` scope."""
+    """One execution of an in-core scope (a ``pl.at`` scope, a ``pl.spmd`` block, a
+    ``@pl.jit.incore`` call): one core's on-chip memory."""
 
     __slots__ = ("name", "indices", "bufs", "imports", "depth", "site")
 
@@ -365,7 +465,17 @@ class ScopeEntry:
 
 
 class LoopFrame:
-    __slots__ = ("kind", "name", "value", "stage", "site", "log", "seen")
+    """One executing ``pl.range``/``parallel``/``pipeline``/``spmd``/``split_aiv`` loop.
+
+    ``loop_seq`` / ``iter_seq``: buffer-time (``2·seq``) just after the last op before the
+    loop / the current iteration, so ``buf.start >= iter_seq`` means "made in this
+    iteration". ``epoch``: barrier phase of a ``pl.spmd`` with ``pl.system.syncall`` (accesses
+    of different phases are ordered). ``carry``: the carried values of a loop with
+    ``init_values`` (``yielded``: what this iteration's last ``pl.yield_`` gave)."""
+
+    __slots__ = ("kind", "name", "value", "stage", "site", "log", "seen", "count", "incore",
+                 "loop_seq", "iter_seq", "epoch", "carry", "yielded", "tiles", "phased",
+                 "barriers", "block")
 
     def __init__(self, kind: str, name: str, stage: int, site: tuple[str, int]) -> None:
         self.kind = kind
@@ -375,6 +485,17 @@ class LoopFrame:
         self.site = site
         self.log: dict[int, list] = {}
         self.seen: set = set()
+        self.count = 0
+        self.incore = False
+        self.loop_seq = 0
+        self.iter_seq = 0
+        self.epoch = 0
+        self.carry: tuple | None = None
+        self.yielded: tuple | None = None
+        self.tiles: dict[int, Buf] = {}
+        self.phased = False
+        self.barriers = 0
+        self.block: ScopeEntry | None = None  # phased pl.spmd: the running block's entry
 
 
 class Run:
@@ -394,13 +515,43 @@ class Run:
         self.next_id = 0
         self.scope: ScopeEntry | None = None
         self.scope_stack: list[ScopeEntry | None] = []
+        self.outside: ScopeEntry | None = None  # tiles made outside every in-core scope
         self.loops: list[LoopFrame] = []
         self.par: list[LoopFrame] = []
         self.findings: list[Finding] = []
         self.budget = _budget.BudgetReport()
         self.bases: dict[int, BaseTensor] = {}
         self.created: dict[tuple, BaseTensor] = {}
+        self.dyn: dict[str, tuple[int, str]] = {}  # pl.dynamic name -> (size, bound by)
+        self.calls: list[Any] = []  # decorated functions being called (lowering.tile.jit)
+        self.ctx: list[str] = []  # open pl.scope / manual_scope / cluster: 'auto'|'manual'|'cluster'
+        self.next_task = 0
         self._once: set = set()
+
+    def finish(self) -> None:
+        """End of the kernel: the budget of tiles made outside every in-core scope."""
+        if self.outside is not None and self.checks:
+            self.budget.add_entry(self.outside)
+            self.outside = None
+
+    # -- dynamic dims ------------------------------------------------------------------
+    def bind_dyn(self, name: str, size: int, who: str) -> None:
+        """Bind ``pl.dynamic(name)`` to ``size`` (``who``: what bound it, for messages)."""
+        seen = self.dyn.get(name)
+        if seen is None:
+            self.dyn[name] = (int(size), who)
+        elif seen[0] != size:
+            raise DynamicDimMismatch(
+                f"dynamic dim {name}: {who} has size {size} but {seen[1]} has size {seen[0]} "
+                "(one size per pl.dynamic name in a run)")
+
+    def dyn_size(self, name: str) -> int:
+        seen = self.dyn.get(name)
+        if seen is None:
+            raise DynamicDimUnbound(
+                f"pl.dynamic({name!r}) used as a value ({fmt_site(caller_site())}) before any "
+                "annotated parameter or Tensor.bind_dynamic bound it in this run")
+        return seen[0]
 
     # -- messages ----------------------------------------------------------------------
     def indices(self) -> tuple[tuple[str, int], ...]:
@@ -431,38 +582,52 @@ class Run:
                                      message=f"{self.where(idx, sc)}: {message}"))
 
     # -- tiles -------------------------------------------------------------------------
+    def _entry(self) -> ScopeEntry:
+        """The scope entry tiles count in now (the run-wide OUTSIDE entry outside scopes)."""
+        entry = self.scope
+        if entry is None:
+            entry = self.outside
+            if entry is None:
+                entry = self.outside = ScopeEntry(OUTSIDE, (), 0, ("?", 0))
+        return entry
+
     def new_tile(self, data: Any, dtype: DType, origin: str = "op",
                  share: Buf | None = None) -> Tile:
         site = caller_site()
         self.next_id += 1
-        entry = self.scope
         buf = None
-        if entry is not None and self.checks:
+        if self.checks:
+            entry = self._entry()
+            home = None
             if share is not None and share.entry is not entry:
+                home = share.home
                 share = entry.imports.get(id(share))
             if share is not None:
                 buf = share
                 buf.last = 2 * self.seq + 1
+                if origin == "acc" and self.par:  # matmul_acc accumulates in place
+                    self._tile_log(buf, WRITE, None)
             else:
                 mult = self.pipeline_mult() if origin == "load" else 1
-                buf = Buf(entry, 2 * self.seq + 1, tuple(data.shape), dtype, origin, mult, site)
+                buf = Buf(entry, 2 * self.seq + 1, tuple(data.shape), dtype, origin, mult, site,
+                          home)
                 entry.bufs.append(buf)
         return Tile(data, dtype, buf, self.next_id, site)
 
     def scratch(self, shape: tuple[int, ...], dtype: DType) -> None:
         """A scratch buffer live during the current op only (row reductions)."""
-        entry = self.scope
-        if entry is not None and self.checks:
+        if self.checks:
+            entry = self._entry()
             b = Buf(entry, 2 * self.seq, shape, dtype, "scratch", 1, caller_site())
             b.last = 2 * self.seq + 1  # live while the op reads its input and writes its output
             entry.bufs.append(b)
 
     def use(self, tile: Tile, how: str = "vec") -> None:
         """Mark ``tile`` used by the current op ('vec', 'left', 'right' or 'acc')."""
-        buf = tile.buf
-        entry = self.scope
-        if entry is None or not self.checks:
+        if not self.checks:
             return
+        buf = tile.buf
+        entry = self._entry()
         if buf is None or buf.entry is not entry:
             # a value from outside this scope entry crosses the boundary through GM: in this
             # scope it occupies a buffer like a load
@@ -470,7 +635,8 @@ class Run:
             nb = entry.imports.get(key)
             if nb is None:
                 nb = Buf(entry, 2 * self.seq, tile.shape, tile.dtype,
-                         "acc" if how == "acc" else "load", self.pipeline_mult(), tile.site)
+                         "acc" if how == "acc" else "load", self.pipeline_mult(), tile.site,
+                         buf.home if buf is not None else None)
                 entry.bufs.append(nb)
                 entry.imports[key] = nb
             buf = nb
@@ -478,10 +644,57 @@ class Run:
             buf.last = 2 * self.seq
         if how == "vec":
             buf.vec = True
-        elif how == "left":
-            buf.left = True
-        elif how == "right":
-            buf.right = True
+        elif how == "left" or how == "right":
+            if how == "left":
+                buf.left = True
+            else:
+                buf.right = True
+            if buf.cfirst < 0:
+                buf.cfirst = 2 * self.seq
+            buf.clast = 2 * self.seq
+        if self.par:
+            self._tile_log(buf, READ, None)
+
+    def tile_write(self, tile: Tile, lo: tuple, hi: tuple) -> None:
+        """``tile[lo:hi]`` is written in place (``tile[...] = v``, ``pl.assemble`` into a tile);
+        call after ``use(tile)``."""
+        if self.par and self.checks and tile.buf is not None:
+            entry = self._entry()
+            buf = tile.buf if tile.buf.entry is entry else entry.imports.get(id(tile.buf))
+            if buf is not None:
+                self._tile_log(buf, WRITE, (lo, hi) if tile.shape == buf.home.shape else None)
+
+    def _tile_log(self, buf: Buf, kind: int, box: tuple | None) -> None:
+        """Log a use of an on-chip buffer made outside the current iteration of an enclosing
+        independent-iteration loop (a value made in this iteration is private to it)."""
+        home = buf.home
+        start = home.start
+        for fr in self.par:
+            if home.entry is fr.block if fr.block is not None else start >= fr.iter_seq:
+                continue  # made in this iteration (this block of a phased pl.spmd)
+            if start >= fr.loop_seq:
+                # made by an earlier iteration: a race unless the loop carries values (an
+                # in-core pl.parallel may: pypto turns a rebinding into a carried value)
+                if fr.carry is None and (fr.kind != "parallel" or not fr.incore):
+                    self._carried(fr, home)
+                continue
+            key = -id(home)
+            lo, hi = box if box is not None else ((0,) * len(home.shape), home.shape)
+            rec = (key, kind, lo, hi, fr.value, fr.epoch)
+            if rec not in fr.seen:
+                fr.seen.add(rec)
+                fr.log.setdefault(key, []).append((kind, lo, hi, fr.value, None, fr.epoch))
+                fr.tiles[key] = home
+
+    def _carried(self, fr: LoopFrame, home: Buf) -> None:
+        """A tile made by an earlier iteration of ``fr`` is used by a later one."""
+        self.report(
+            "race", "fail",
+            f"on-chip tile made at {fmt_site(home.site)} by an earlier iteration of pl.{fr.kind} "
+            f"loop {fr.name!r} ({fmt_site(fr.site)}) is used in iteration {fr.name}={fr.value}"
+            f" ({fmt_site(caller_site())}): independent iterations share no values (make it in "
+            "each iteration, or carry it with init_values / pl.yield_ in a sequential loop)",
+            tensor=f"tile@{fmt_site(home.site)}", once=("carried", fr.site, home.site))
 
     def pipeline_mult(self) -> int:
         m = 1
@@ -492,26 +705,31 @@ class Run:
         return m
 
     # -- GM accesses -------------------------------------------------------------------
-    def access(self, view: Tensor, lo: tuple, hi: tuple, write: bool) -> None:
+    def access(self, view: Tensor, lo: tuple, hi: tuple, write: bool, atomic: bool = False
+               ) -> None:
+        """Record a GM access of ``view[lo:hi]``: a read, a write, or (``atomic``) an atomic
+        add, which reads and writes each element in one indivisible step."""
         if not self.checks:
             return
         base = view.base
         boxes = view.to_base(lo, hi)
         bid = id(base)
-        scope = self.scope.name if self.scope is not None else None
-        for fr in self.par:
-            seen, it = fr.seen, fr.value
-            recs = fr.log.get(bid)
-            if recs is None:
-                recs = fr.log[bid] = []
-            for blo, bhi in boxes:
-                rec = (bid, write, blo, bhi, it)
-                if rec not in seen:
-                    seen.add(rec)
-                    recs.append((write, blo, bhi, it, scope))
+        kind = ATOMIC if atomic else WRITE if write else READ
+        if self.par:
+            scope = self.scope.name if self.scope is not None else None
+            for fr in self.par:
+                seen, it, ep = fr.seen, fr.value, fr.epoch
+                recs = fr.log.get(bid)
+                if recs is None:
+                    recs = fr.log[bid] = []
+                for blo, bhi in boxes:
+                    rec = (bid, kind, blo, bhi, it, ep)
+                    if rec not in seen:
+                        seen.add(rec)
+                        recs.append((kind, blo, bhi, it, scope, ep))
         for blo, bhi in boxes:
             key = box_key(blo, bhi)
-            if write:
+            if kind != READ:
                 if base.kind == "input":
                     self.report("coverage", "fail",
                                 f"store into input tensor {fmt_box(base.name, blo, bhi)}",
@@ -519,9 +737,10 @@ class Run:
                     continue
                 base.written[key] = True
                 if base.unread is not None:
-                    sub = base.unread[key]
-                    if sub.any():
-                        self._dead_overwrite(base, blo, sub)
+                    if kind == WRITE:  # an atomic add reads the old value: never dead
+                        sub = base.unread[key]
+                        if sub.any():
+                            self._dead_overwrite(base, blo, sub)
                     base.unread[key] = True
             elif base.unread is not None:
                 base.unread[key] = False
@@ -555,14 +774,17 @@ class Run:
 # the current run
 # --------------------------------------------------------------------------------------------
 
-_current: Run | None = None
+# the active run is per thread: each rank of a multi-device run has its own
+# (lowering.tile.distributed runs every rank's chip program in its own thread)
+_current = threading.local()
 _detached: Run | None = None
 
 
 def current() -> Run:
     global _detached
-    if _current is not None:
-        return _current
+    run = getattr(_current, "run", None)
+    if run is not None:
+        return run
     if _detached is None:
         _detached = Run(checks=False, kernel="<detached>")
     return _detached
@@ -582,36 +804,57 @@ def use_backend(backend: Any) -> Iterator[Run]:
 
 
 def activate(run: Run | None) -> Run | None:
-    global _current
-    prev, _current = _current, run
+    """Make ``run`` the current run of this thread; returns the previous one."""
+    prev = getattr(_current, "run", None)
+    _current.run = run
     return prev
 
 
-class AtScope:
-    """``with pl.at(level=pl.Level.CORE_GROUP, name_hint=...)``: an in-core scope."""
+class DslError(KernelDefect, ValueError):
+    """The kernel breaks a rule pypto's parser or compiler enforces (the real toolchain
+    rejects it), found while running it."""
 
-    def __init__(self, level: Any, name_hint: str, site: tuple[str, int]) -> None:
+
+class AtScope:
+    """``with pl.at(level=..., name_hint=...) [as tid]:``.
+
+    At CORE_GROUP / CORE / AIC / AIV an in-core scope: a budget entry named ``name_hint``,
+    unless an in-core scope is already open (an ``pl.at`` inside a ``pl.spmd`` block or a
+    ``@pl.jit.incore`` function runs on the same core). Other levels (HOST, CLUSTER, ...)
+    group work and open nothing. ``as tid`` binds ``task`` (the scope's task id)."""
+
+    def __init__(self, level: Any, name_hint: str, site: tuple[str, int], task: Any = None
+                 ) -> None:
         self.incore = getattr(level, "name", str(level)) in ("CORE_GROUP", "CORE", "AIC", "AIV")
         self.name = name_hint or f"scope@{fmt_site(site)}"
         self.site = site
+        self.task = task
+        self.opened = False
 
-    def __enter__(self) -> AtScope:
+    def __enter__(self) -> Any:
         rt = current()
         rt.scope_stack.append(rt.scope)
-        if self.incore:
+        self.opened = self.incore and rt.scope is None
+        if self.opened:
             rt.scope = ScopeEntry(self.name, rt.indices(), len(rt.loops), self.site)
-        return self
+        return self.task
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         rt = current()
         entry = rt.scope
         rt.scope = rt.scope_stack.pop()
-        if self.incore and exc_type is None and rt.checks and entry is not None:
+        if self.opened and exc_type is None and rt.checks and entry is not None:
             rt.budget.add_entry(entry)
 
 
-def loop(kind: str, args: tuple, stage: int = 1) -> Iterator[int]:
-    """The iterator behind pl.range / parallel / pipeline / spmd (loop variables are ints)."""
+def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple | None = None,
+         emit: Any = None, name: str | None = None) -> Iterator[Any]:
+    """The iterator behind pl.range / parallel / pipeline / unroll / spmd / split_aiv.
+
+    ``args``: (stop) | (start, stop) | (start, stop, step), ints (or ``__index__`` objects:
+    bound ``pl.dynamic`` dims). ``carry``: the ``init_values`` of a loop with carried values
+    (yields ``(i, carried)``; see ``pl.yield_``). ``emit``: yield this instead of the index
+    (``with pl.spmd(...) as tid`` yields the task id). ``hint``: the ``pl.spmd`` name_hint."""
     if not 1 <= len(args) <= 3:
         raise TypeError(f"pl.{kind}() takes 1 to 3 positional arguments, got {len(args)}")
     ints = [operator.index(a) for a in args]
@@ -620,25 +863,75 @@ def loop(kind: str, args: tuple, stage: int = 1) -> Iterator[int]:
     elif len(ints) == 2:
         ints.append(1)
     site = caller_site()
-    name = source_name(site, "loop") or f"{kind}@{fmt_site(site)}"
-    return _iterate(current(), kind, range(*ints), name, stage, site)
+    name = name or source_name(site, "loop") or f"{kind}@{fmt_site(site)}"
+    return _iterate(current(), kind, range(*ints), name, stage, site, hint, carry, emit)
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    """Can ``b`` replace carried value ``a`` (pypto: a carried value keeps one type)?"""
+    if isinstance(a, Tile | Tensor) or isinstance(b, Tile | Tensor):
+        return type(a) is type(b) and a.shape == b.shape and a.dtype == b.dtype
+    if isinstance(a, bool | np.bool_) or isinstance(b, bool | np.bool_):
+        return isinstance(a, bool | np.bool_) and isinstance(b, bool | np.bool_)
+    if isinstance(a, int | np.integer) or isinstance(b, int | np.integer):
+        return isinstance(a, int | np.integer) and isinstance(b, int | np.integer)
+    return True
+
+
+def _next_carry(frame: LoopFrame) -> tuple:
+    got = frame.yielded
+    if got is None:
+        raise DslError(f"pl.{frame.kind} loop {frame.name!r} ({fmt_site(frame.site)}) has "
+                       f"init_values but iteration {frame.name}={frame.value} ended without "
+                       "pl.yield_(...) of the carried values")
+    if len(got) != len(frame.carry):
+        raise DslError(f"pl.{frame.kind} loop {frame.name!r} ({fmt_site(frame.site)}) carries "
+                       f"{len(frame.carry)} values but pl.yield_ gave {len(got)}")
+    for k, (a, b) in enumerate(zip(frame.carry, got, strict=True)):
+        if not _same_kind(a, b):
+            raise DslError(f"pl.{frame.kind} loop {frame.name!r} ({fmt_site(frame.site)}): "
+                           f"carried value {k} changes type from {a!r} to {b!r}")
+    return got
 
 
 def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
-             site: tuple[str, int]) -> Iterator[int]:
+             site: tuple[str, int], hint: str = "", carry: tuple | None = None,
+             emit: Any = None) -> Iterator[Any]:
     frame = LoopFrame(kind, name, stage, site)
-    parallel = kind in ("parallel", "spmd")
+    parallel = kind in PARALLEL_KINDS
+    frame.count = len(values)
+    frame.incore = rt.scope is not None
+    frame.carry = carry
     vals: Sequence[int] = values
     if parallel and rt.permute_parallel:
         vals = list(values)
         rt.rng.shuffle(vals)
+    own = kind == "spmd" and rt.scope is None  # each block is an in-core scope
+    ename = hint or f"spmd@{fmt_site(site)}"
+    entry = None
     rt.loops.append(frame)
     if parallel:
         rt.par.append(frame)
+    frame.loop_seq = 2 * rt.seq + 2
     try:
         for v in vals:
             frame.value = v
-            yield v
+            frame.iter_seq = 2 * rt.seq + 2
+            if own:
+                entry = ScopeEntry(ename, rt.indices(), len(rt.loops), site)
+                rt.scope_stack.append(rt.scope)
+                rt.scope = entry
+            if carry is not None:
+                frame.yielded = None
+                yield (v, frame.carry)
+                frame.carry = _next_carry(frame)
+            else:
+                yield v if emit is None else emit
+            if own:
+                rt.scope = rt.scope_stack.pop()
+                if rt.checks:
+                    rt.budget.add_entry(entry)
+                entry = None
         rt.loops.pop()
         if parallel:
             rt.par.pop()
@@ -646,28 +939,123 @@ def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
         frame = None
     finally:
         if frame is not None:  # left early (break / exception)
+            if entry is not None and rt.scope is entry:
+                rt.scope = rt.scope_stack.pop()
             if rt.loops and rt.loops[-1] is frame:
                 rt.loops.pop()
             if parallel and rt.par and rt.par[-1] is frame:
                 rt.par.pop()
 
 
+def innermost(kind: str) -> LoopFrame | None:
+    """The innermost executing loop of ``kind`` ('spmd', 'split_aiv', ...), or None."""
+    for fr in reversed(current().loops):
+        if fr.kind == kind:
+            return fr
+    return None
+
+
+def run_phased(n: int, hint: str, site: tuple[str, int], body: Any, with_index: bool,
+               name: str) -> None:
+    """Run the ``n`` blocks of a ``pl.spmd`` whose body has ``pl.system.syncall`` barriers.
+
+    ``body`` is the block body as a generator function (``lowering.tile.rewrite`` turned
+    each barrier statement into ``yield``), called with the block index if ``with_index``.
+    Blocks run one at a time in block order (seeded random order with permute_parallel) up
+    to the next barrier; once every block has arrived, the next phase starts. A block's
+    loops, scopes and on-chip values are kept across its barriers. Accesses of different
+    phases never race (the barrier orders them). Some blocks finishing while others wait at
+    a barrier is a deadlock on the device: :class:`DslError`."""
+    rt = current()
+    frame = LoopFrame("spmd", name, 1, site)
+    frame.phased = True
+    frame.count = n
+    frame.incore = rt.scope is not None
+    own = rt.scope is None
+    ename = hint or f"spmd@{fmt_site(site)}"
+    order = list(range(n))
+    if rt.permute_parallel:
+        rt.rng.shuffle(order)
+    outer_scope = rt.scope
+    rt.loops.append(frame)
+    rt.par.append(frame)
+    frame.loop_seq = 2 * rt.seq + 2
+    lbase, pbase, sbase = len(rt.loops), len(rt.par), len(rt.scope_stack)
+    state: dict[int, list] = {}
+    try:
+        for b in order:
+            frame.value = b
+            entry = ScopeEntry(ename, rt.indices(), lbase, site) if own else outer_scope
+            state[b] = [None, entry, [], [], entry, [], 2 * rt.seq + 2]
+        live, epoch = order, 0
+        while live:
+            arrived, finished = [], []
+            for b in live:
+                st = state[b]
+                frame.value, frame.epoch, frame.barriers = b, epoch, 0
+                frame.iter_seq = st[6]
+                frame.block = st[1] if own else None  # the block's entry: its private tiles
+                rt.scope = st[4]
+                rt.scope_stack.extend(st[5])
+                rt.loops.extend(st[2])
+                rt.par.extend(st[3])
+                try:
+                    if st[0] is None:
+                        st[0] = body(b) if with_index else body()
+                    next(st[0])
+                    if frame.barriers != 1:
+                        raise DslError(f"pl.spmd {ename!r}: a pl.system.syncall the emulator "
+                                       "cannot suspend at (inside a called function?)")
+                    arrived.append(b)
+                except StopIteration:
+                    if frame.barriers:
+                        raise DslError(f"pl.spmd {ename!r}: a pl.system.syncall the emulator "
+                                       "cannot suspend at (inside a called function?)") from None
+                    finished.append(b)
+                st[2], st[3] = rt.loops[lbase:], rt.par[pbase:]
+                st[4], st[5] = rt.scope, rt.scope_stack[sbase:]
+                del rt.loops[lbase:], rt.par[pbase:], rt.scope_stack[sbase:]
+                rt.scope = outer_scope
+            if arrived and finished:
+                raise DslError(
+                    f"pl.spmd {ename!r} ({fmt_site(site)}): blocks {sorted(arrived)} wait at "
+                    f"pl.system.syncall #{epoch + 1} but blocks {sorted(finished)} have ended: "
+                    "the barrier never completes (the device hangs)")
+            for b in finished:
+                if own and rt.checks:
+                    rt.budget.add_entry(state[b][1])
+            live, epoch = arrived, epoch + 1
+        rt.loops.pop()
+        rt.par.pop()
+        _race_check(rt, frame)
+        frame = None
+    finally:
+        if frame is not None:
+            del rt.loops[lbase - 1:], rt.par[pbase - 1:], rt.scope_stack[sbase:]
+            rt.scope = outer_scope
+            for st in state.values():
+                if st[0] is not None:
+                    st[0].close()
+
+
 def _race_check(rt: Run, frame: LoopFrame) -> None:
-    """Writes of one iteration overlapping writes or reads of another -> 'race' findings."""
+    """Accesses of different iterations (same barrier phase) to overlapping boxes where one
+    writes, other than two atomic adds -> 'race' findings (GM tensors and on-chip tiles)."""
     if not rt.checks:
         return
     outer = rt.indices()
     for bid, recs in frame.log.items():
-        if len(recs) < 2:
+        n = len(recs)
+        if n < 2:
             continue
-        w = np.fromiter((r[0] for r in recs), bool, len(recs))
-        if not w.any():
+        kind = np.fromiter((r[0] for r in recs), np.int8, n)
+        if not kind.any():
             continue
         lo = np.array([r[1] for r in recs], dtype=np.int64)
         hi = np.array([r[2] for r in recs], dtype=np.int64)
         it = np.array([r[3] for r in recs], dtype=np.int64)
-        widx = np.nonzero(w)[0]
-        n = len(recs)
+        ep = np.fromiter((r[5] for r in recs), np.int64, n)
+        widx = np.nonzero(kind)[0]
         step = max(1, 4_000_000 // (n * lo.shape[1] + 1))
         hits = 0
         first = None
@@ -675,7 +1063,8 @@ def _race_check(rt: Run, frame: LoopFrame) -> None:
             wi = widx[s:s + step]
             ov = np.all((lo[wi, None, :] < hi[None, :, :]) & (lo[None, :, :] < hi[wi, None, :]),
                         axis=2)
-            ov &= it[wi, None] != it[None, :]
+            ov &= (it[wi, None] != it[None, :]) & (ep[wi, None] == ep[None, :])
+            ov &= (kind[wi, None] != ATOMIC) | (kind[None, :] != ATOMIC)
             if ov.any():
                 a, b = np.nonzero(ov)
                 hits += len(a)
@@ -683,23 +1072,34 @@ def _race_check(rt: Run, frame: LoopFrame) -> None:
                     first = (int(wi[a[0]]), int(b[0]))
         if first is None:
             continue
-        i, j = first
+        _report_race(rt, frame, bid, recs, first, hits, outer, lo, hi)
+
+
+def _report_race(rt: Run, frame: LoopFrame, bid: int, recs: list, first: tuple, hits: int,
+                 outer: tuple, lo: np.ndarray, hi: np.ndarray) -> None:
+    i, j = first
+    home = frame.tiles.get(bid)
+    if home is not None:
+        name = f"tile@{fmt_site(home.site)}"
+        what = (f"on-chip tile made at {fmt_site(home.site)} (before the iteration: one buffer "
+                "shared by all iterations)")
+    else:
         base = rt.bases.get(bid)
         name = base.name if base is not None else "?"
-        ilo = np.maximum(lo[i], lo[j]).tolist()
-        ihi = np.minimum(hi[i], hi[j]).tolist()
-        other = "writes" if w[j] else "reads"
+        what = f"tensor {name!r}"
+    ilo = np.maximum(lo[i], lo[j]).tolist()
+    ihi = np.minimum(hi[i], hi[j]).tolist()
 
-        def in_scope(rec: tuple) -> str:
-            return f" in scope {rec[4]!r}" if rec[4] is not None else ""
+    def in_scope(rec: tuple) -> str:
+        return f" in scope {rec[4]!r}" if rec[4] is not None else ""
 
-        rt.report(
-            "race", "fail",
-            f"race on tensor {name!r} in pl.{frame.kind} loop {frame.name!r} "
-            f"({fmt_site(frame.site)}): iteration {frame.name}={int(it[i])} writes "
-            f"{fmt_box(name, recs[i][1], recs[i][2])}{in_scope(recs[i])} and iteration "
-            f"{frame.name}={int(it[j])} {other} {fmt_box(name, recs[j][1], recs[j][2])}"
-            f"{in_scope(recs[j])}; overlap {fmt_box(name, ilo, ihi)} ({hits} conflicting "
-            "access pairs)",
-            tensor=name, indices=outer, once=("race", frame.site, bid),
-            scope=recs[i][4] if rt.scope is None else None)
+    rt.report(
+        "race", "fail",
+        f"race on {what} in pl.{frame.kind} loop {frame.name!r} "
+        f"({fmt_site(frame.site)}): iteration {frame.name}={int(recs[i][3])} "
+        f"{_VERB[recs[i][0]]} {fmt_box(name, recs[i][1], recs[i][2])}{in_scope(recs[i])} and "
+        f"iteration {frame.name}={int(recs[j][3])} {_VERB[recs[j][0]]} "
+        f"{fmt_box(name, recs[j][1], recs[j][2])}{in_scope(recs[j])}; overlap "
+        f"{fmt_box(name, ilo, ihi)} ({hits} conflicting access pairs)",
+        tensor=name, indices=outer, once=("race", frame.site, bid),
+        scope=recs[i][4] if rt.scope is None else None)

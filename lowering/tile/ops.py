@@ -158,6 +158,7 @@ def _tile_write(rt: Run, dst: Tile, lo: tuple, hi: tuple, value: Tile) -> None:
         raise TypeError(f"write of {value!r} into {dst!r}: dtypes differ")
     rt.use(value)
     rt.use(dst)
+    rt.tile_write(dst, lo, hi)  # race check: a tile shared by independent iterations
     rt.bk.write(dst.data, core.box_key(lo, hi), value.data)
 
 
@@ -180,9 +181,19 @@ def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[i
 
 
 @rule("assemble")
-def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int],
-              **_ignored: Any) -> Tensor | Tile:
+def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int], *,
+              atomic: Any = 0) -> Tensor | Tile:
+    """Write ``source`` into ``target`` at ``offset`` (a source of lower rank fills the
+    trailing dims); returns ``target``.
+
+    ``atomic=pl.AtomicType.Add`` (GM target only, as in pypto): ``target[box] += source``,
+    each element one add in the target dtype (fp32: one IEEE fp32 add; bf16/fp16: the fp32
+    sum of the two values rounded once to the dtype; ints: wrapping). Atomic adds of
+    different ``pl.parallel``/``pl.spmd`` iterations to one element do not race (the
+    hardware serializes them; the emulator adds in program order, which for floats is one
+    of the orders the device may use); an atomic add and a plain read or write do."""
     offset = _ints(offset)
+    add = _atomic_add(atomic)
     if not isinstance(source, Tile):
         raise TypeError(f"pl.assemble: source must be a Tile, got {source!r}")
     sshape = (1,) * (len(target.shape) - source.ndim) + source.shape
@@ -193,10 +204,41 @@ def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int
     key = tuple(slice(o, h) for o, h in zip(offset, hi, strict=True))
     lo, hi, _ = core.parse_key(target.shape, key, f"pl.assemble into {target!r}")
     if isinstance(target, Tensor):
-        _store(rt, target, lo, hi, source)
+        if add:
+            _atomic_store(rt, target, lo, hi, source)
+        else:
+            _store(rt, target, lo, hi, source)
         return target
+    if add:
+        raise TypeError(f"pl.assemble(atomic=pl.AtomicType.Add) into the tile {target!r}: an "
+                        "atomic add needs a GM tensor target (pypto rejects a tile target)")
     _tile_write(rt, target, lo, hi, source)
     return rt.new_tile(target.data, target.dtype, share=target.buf)
+
+
+def _atomic_add(atomic: Any) -> bool:
+    """``atomic=``: pl.AtomicType.None_ / 0 -> False, pl.AtomicType.Add / 1 -> True."""
+    code = int(getattr(atomic, "value", atomic))
+    if code not in (0, 1):
+        raise ValueError(f"pl.assemble: unknown atomic mode {atomic!r}")
+    return code == 1
+
+
+def _atomic_store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
+    region = tuple(b - a for a, b in zip(lo, hi, strict=True))
+    if [d for d in region if d != 1] != [d for d in src.shape if d != 1]:
+        raise ValueError(f"atomic add into {core.fmt_box(t.name, lo, hi)}: region shape "
+                         f"{list(region)} does not match tile {src!r}")
+    if src.dtype != t.dtype:
+        raise TypeError(f"atomic add of a {src.dtype.name} tile {src!r} into {t.dtype.name} "
+                        f"tensor {t.name!r}: cast first")
+    rt.use(src, "vec")
+    box = core.box_key(lo, hi)
+    old = rt.bk.read(t.data, box)
+    rt.bk.write(t.data, box, rt.bk.binary("add", old, rt.bk.reshape(src.data, region),
+                                          t.dtype.name))
+    rt.access(t, lo, hi, write=True, atomic=True)
+    _check_gm_align(rt, t, lo, "atomic store")
 
 
 @rule("load")

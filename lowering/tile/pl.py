@@ -8,10 +8,9 @@ the emulator has no rule for raises ``AttributeError`` naming it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from lowering.tile import core as _core
 from lowering.tile import surface as _surface
 from lowering.tile.core import Tensor as _Tensor
 from lowering.tile.core import Tile as _Tile
@@ -37,108 +36,70 @@ from lowering.tile.ops import apply as _apply
 
 DataType = DType
 
-# -- scopes and loops ------------------------------------------------------------------------
+# -- scopes, loops, tasks, decorators, annotations (lowering.tile.control / .jit) --------------
+
+from lowering.tile.control import (  # noqa: E402,F401  (re-exported pl names)
+    AtomicType,
+    CrossCoreSlot,
+    Optimization,
+    Role,
+    ScopeMode,
+    SplitMode,
+    aic_gather,
+    aiv_shard,
+    array,
+    at,
+    cluster,
+    cond,
+    const,
+    cross_core_slot,
+    dynamic,
+    get_block_idx,
+    get_block_num,
+    get_subblock_idx,
+    manual_scope,
+    no_dep,
+    parallel,
+    pipeline,
+    prefetch,
+    range,
+    scope,
+    split,
+    split_aiv,
+    spmd,
+    spmd_submit,
+    static_assert,
+    static_print,
+    submit,
+    system,
+    unroll,
+    while_,
+    yield_,
+)
+from lowering.tile.control import Split as control_Split  # noqa: E402
+from lowering.tile.core import DynVar  # noqa: E402,F401
+from lowering.tile.jit import (  # noqa: E402,F401
+    TASK_ID,
+    InOut,
+    Out,
+    Scalar,
+    Tensor,
+    Tile,
+    jit,
+)
+from lowering.tile.jit import ArrayAnnotation as Array  # noqa: E402,F401
+
+TaskId = Scalar[TASK_ID]
 
 
-def at(level: Any = Level.CORE_GROUP, role: Any = None, *, name_hint: str = "",
-       optimization: Any = None, optimizations: Any = None, **_ignored: Any) -> _core.AtScope:
-    """``with pl.at(level=pl.Level.CORE_GROUP, name_hint="x"):`` an in-core scope (budget
-    accounting and every message use ``name_hint``). Optimization hints are accepted and
-    ignored."""
-    return _core.AtScope(level, name_hint, _core.caller_site())
+class optimizations:  # noqa: N801  (pl.optimizations.split / .cross_core_slot)
+    """``pl.optimizations``: the entries of ``optimizations=[...]``."""
 
-
-def range(*args: int, init_values: Any = None) -> Iterator[int]:  # noqa: A001
-    """Sequential loop ``pl.range([start,] stop[, step])``; the variable is a plain int."""
-    if init_values is not None:
-        raise NotImplementedError("pl.range(init_values=...) is not emulated")
-    return _core.loop("range", args)
-
-
-def unroll(*args: int, **_ignored: Any) -> Iterator[int]:
-    """Sequential loop (unrolled by the compiler)."""
-    return _core.loop("range", args)
-
-
-def parallel(*args: int, chunk: int | None = None, init_values: Any = None,
-             **_ignored: Any) -> Iterator[int]:
-    """Independent iterations (a GM write of one iteration overlapping a write or read of
-    another is reported as a race). ``chunk`` is accepted and ignored."""
-    if init_values is not None:
-        raise NotImplementedError("pl.parallel(init_values=...) is not emulated")
-    return _core.loop("parallel", args)
-
-
-def pipeline(*args: int, stage: int, init_values: Any = None) -> Iterator[int]:
-    """Sequential loop whose body is replicated ``stage`` times for ping-pong buffering:
-    tiles loaded from GM in it count ``stage``× in the budget."""
-    if not isinstance(stage, int) or stage < 1:
-        raise ValueError(f"pl.pipeline() stage must be a positive integer, got {stage!r}")
-    if init_values is not None:
-        raise NotImplementedError("pl.pipeline(init_values=...) is not emulated")
-    return _core.loop("pipeline", args, stage)
-
-
-def spmd(core_num: int, *, name_hint: str = "", **_ignored: Any) -> Iterator[int]:
-    """``for i in pl.spmd(n)``: n independent blocks (checked like pl.parallel)."""
-    return _core.loop("spmd", (core_num,))
-
-
-def chunked_loop_optimizer(*_a: Any, **_k: Any) -> None:
-    """Optimization hint (ignored)."""
-
-
-def split(*_a: Any, **_k: Any) -> None:
-    """Optimization hint ``pl.split(mode)`` (ignored)."""
-
-
-class _Jit:
-    """``@pl.jit`` / ``@pl.jit.inline`` (pypto-lib kernels): no-op decorators here."""
-
-    def __call__(self, fn: Any = None, **_kw: Any) -> Any:
-        return fn if fn is not None else (lambda f: f)
-
-    def inline(self, fn: Any = None, **_kw: Any) -> Any:
-        return fn if fn is not None else (lambda f: f)
-
-
-jit = _Jit()
-
-
-def const(value: float | int, dtype: Any = None) -> float | int:
-    return value
-
-
-def dynamic(name: str) -> str:
-    """Dynamic dimension marker (kernels here use concrete sizes)."""
-    return name
-
-
-class _Annotation:
-    """``pl.Tensor[[B, D], pl.BF16]`` etc. in annotations: accepted, not checked."""
-
-    def __class_getitem__(cls, item: Any) -> type:
-        return cls
-
-
-class Tensor(_Annotation):
-    pass
-
-
-class Tile(_Annotation):
-    pass
-
-
-class Scalar(_Annotation):
-    pass
-
-
-class InOut(_Annotation):
-    pass
-
-
-class Out(_Annotation):
-    pass
+    split = staticmethod(split)
+    cross_core_slot = staticmethod(cross_core_slot)
+    Optimization = Optimization
+    Split = control_Split
+    CrossCoreSlot = CrossCoreSlot
 
 
 # -- memory ----------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ def run_kernel(
             base.owned = None if owned is None else _owned_mask(a.shape[0], owned)
             tensors[n] = rt.add_base(base)
         kernel_fn(**tensors, **(kwargs or {}))
+        rt.finish()  # budget of tiles made outside every in-core scope
         outs = {n: rt.bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
         _final_checks(rt, tensors, outs, "warning" if zero_outputs else "fail")

@@ -61,7 +61,7 @@ def build_decode_front_scope1_program():
                 self.rms_norm(hidden_states, input_rms_weight, normed_states, HIDDEN, RMSNORM_K)
 
             qr_bf16 = pl.create_tensor([BATCH, Q_LORA_RANK], dtype=pl.BF16)
-            for n0 in pl.parallel(0, Q_LORA_RANK, OUT_TILE, chunk=4):
+            for n0 in pl.parallel(0, Q_LORA_RANK, OUT_TILE):
                 with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_lora_proj"):
                     self.project(normed_states, wq_a, qr_bf16, n0)
 
@@ -69,7 +69,7 @@ def build_decode_front_scope1_program():
                 self.rms_norm(qr_bf16, q_norm_weight, qr_out, Q_LORA_RANK, RMSNORM_K)
 
             q_proj_out = pl.create_tensor([BATCH, NUM_HEADS * QK_HEAD_DIM], dtype=pl.BF16)
-            for n0 in pl.parallel(0, NUM_HEADS * QK_HEAD_DIM, OUT_TILE, chunk=2):
+            for n0 in pl.parallel(0, NUM_HEADS * QK_HEAD_DIM, OUT_TILE):
                 with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_head_proj"):
                     self.project(qr_out, wq_b, q_proj_out, n0)
 
@@ -81,9 +81,8 @@ def build_decode_front_scope1_program():
             with pl.at(level=pl.Level.CORE_GROUP, name_hint="kv_rmsnorm"):
                 self.rms_norm(kv_a_out, kv_norm_weight, kv_normed, KV_LORA_RANK, KV_LORA_RANK)
 
-            with pl.at(level=pl.Level.CORE_GROUP, optimization=pl.chunked_loop_optimizer,
-                       name_hint="rope_cache_write"):
-                for b in pl.parallel(0, BATCH, 1, chunk=4):
+            with pl.at(level=pl.Level.CORE_GROUP, name_hint="rope_cache_write"):
+                for b in pl.parallel(0, BATCH, 1):
                     pos = pl.tensor.read(seq_lens, [b]) - 1
                     cache_row = b * MAX_SEQ + pos
                     cos_lo = rope_cos[pos : pos + 1, 0:HALF]
