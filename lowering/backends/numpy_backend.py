@@ -201,6 +201,10 @@ class NumpyBackend:
     def transpose(self, x: np.ndarray, axis1: int, axis2: int) -> np.ndarray:
         return np.ascontiguousarray(np.swapaxes(x, axis1, axis2))
 
+    def count_nan(self, x: np.ndarray) -> int:
+        """How many elements of the float array ``x`` are NaN."""
+        return int(np.count_nonzero(np.isnan(x)))
+
     # -- index, sort and compare ops (lowering.tile.ops_index) ----------------------------
     def arange(self, start: int, step: int, n: int, dtype: str) -> np.ndarray:
         """``start + step·k`` for k < n, computed in int64 and wrapped to the integer ``dtype``

@@ -257,6 +257,9 @@ class TorchBackend:
     def transpose(self, x: Any, axis1: int, axis2: int) -> Any:
         return x.transpose(axis1, axis2).contiguous()
 
+    def count_nan(self, x: Any) -> int:
+        return int(self.torch.isnan(x).sum().item())
+
     # -- index, sort and compare ops (lowering.tile.ops_index) ----------------------------
     # Pure data movement and comparisons: the torch kernels are exact; the sorts, the merges,
     # the arg-reductions (NaN rules) and the bit views go through the numpy backend so the

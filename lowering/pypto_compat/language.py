@@ -65,7 +65,6 @@ _REEXPORT = (
 ).split()
 globals().update({n: getattr(_tpl, n) for n in _REEXPORT})
 DataType = DType
-create_tile = _tpl.create_tensor
 
 
 class _Namespace:

@@ -13,6 +13,10 @@ Memory-space model (decided when the scope entry ends, from how each buffer was 
   ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
 - a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
   ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
+- a tile the kernel places (``pl.load(target_memory=...)``, ``pl.create_tile``,
+  ``pl.create_l1``, ``pl.move``; ``Buf.origin`` '<kind>@<space>') lives in that space: Left /
+  Right only there; Mat plus Left / Right when the cube reads it (the implied move) and Vec
+  when a vector op does; Vec as a Vec tile above;
 - ``row_sum``/``row_max``/``row_min`` need a scratch Vec tile ``[R, max(C,128)]`` fp32 live
   during the op (none when the kernel passes ``tmp_tile``).
 
@@ -87,13 +91,19 @@ def tile_bytes(space: str, shape: tuple[int, ...], itemsize: int, is_int: bool,
 
 
 def buf_spaces(buf: Any) -> list[str]:
+    kind, _, placed = buf.origin.partition("@")  # '<kind>@<space>': placed by the kernel
+    if placed in ("Left", "Right"):
+        return [placed]
     spaces = []
-    if buf.origin == "acc":
+    if kind == "acc" or placed == "Acc":
         spaces.append("Acc")
         if buf.left or buf.right:
             spaces.append("Mat")
+    elif placed == "Mat":  # a vector op reads it through a Vec copy
+        spaces.extend(["Mat", "Vec"] if buf.vec else ["Mat"])
     else:
-        if buf.origin in ("op", "scratch") or buf.vec or not (buf.left or buf.right):
+        if kind in ("op", "scratch") or placed == "Vec" or buf.vec or not (buf.left or
+                                                                           buf.right):
             spaces.append("Vec")
         if buf.left or buf.right:
             spaces.append("Mat")

@@ -151,7 +151,7 @@ class Tile:
     in-place forms (``tile[...] = x``, ``pl.assemble(tile, ...)``, ``matmul_acc``'s result),
     which return / rebind tiles sharing the same buffer."""
 
-    __slots__ = ("data", "dtype", "shape", "buf", "id", "site", "__weakref__")
+    __slots__ = ("data", "dtype", "shape", "buf", "id", "site", "valid", "__weakref__")
 
     def __init__(self, data: Any, dtype: DType, buf: Buf | None, tid: int,
                  site: tuple[str, int]) -> None:
@@ -161,6 +161,7 @@ class Tile:
         self.buf = buf
         self.id = tid
         self.site = site
+        self.valid: tuple[int, ...] | None = None  # valid shape; None: all of ``shape`` (ops_data)
 
     @property
     def ndim(self) -> int:

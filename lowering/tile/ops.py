@@ -87,22 +87,20 @@ def _ints(seq: Any) -> tuple[int, ...]:
 
 
 def _load(rt: Run, t: Tensor, lo: Sequence[int], hi: Sequence[int], shape: Sequence[int],
-          valid: Sequence[int] | None = None, pad: Any = 0) -> Tile:
+          valid: Sequence[int] | None = None, space: str | None = None) -> Tile:
+    """GM window [lo, hi) -> a tile of ``shape`` (bounds checked by the caller). With a
+    ``valid`` shape only that box is read, the rest is padding (``ops_data.read_valid``)."""
     lo, hi = tuple(lo), tuple(hi)
     if valid is not None:
-        vhi = tuple(min(a + v, b) for a, v, b in zip(lo, valid, hi, strict=True))
-        data = rt.bk.full(tuple(b - a for a, b in zip(lo, hi, strict=True)), t.dtype.name,
-                          0 if pad is None else pad)
-        part = rt.bk.read(t.data, core.box_key(lo, vhi))
-        rt.bk.write(data, core.box_key((0,) * len(lo),
-                                       tuple(b - a for a, b in zip(lo, vhi, strict=True))), part)
-        rt.access(t, lo, vhi, write=False)
-        data = rt.bk.reshape(data, tuple(shape))
+        data = ops_data.read_valid(rt, t, lo, tuple(b - a for a, b in zip(lo, hi, strict=True)),
+                                   tuple(valid))
     else:
         data = rt.bk.reshape(rt.bk.read(t.data, core.box_key(lo, hi)), tuple(shape))
         rt.access(t, lo, hi, write=False)
     _check_gm_align(rt, t, lo, "load")
-    return rt.new_tile(data, t.dtype, origin="load")
+    tile = rt.new_tile(data, t.dtype, origin="load")
+    tile.valid = ops_data.norm_valid(valid, tile.shape)
+    return ops_data.place(tile, space)
 
 
 def _check_gm_align(rt: Run, t: Tensor, lo: Sequence[int], what: str) -> None:
@@ -118,17 +116,18 @@ def _check_gm_align(rt: Run, t: Tensor, lo: Sequence[int], what: str) -> None:
 
 
 def _store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
-    region = tuple(b - a for a, b in zip(lo, hi, strict=True))
-    if [d for d in region if d != 1] != [d for d in src.shape if d != 1]:
-        raise ValueError(f"store into {core.fmt_box(t.name, lo, hi)}: region shape "
-                         f"{list(region)} does not match tile {src!r}")
+    """Tile -> GM region [lo, hi): only the tile's valid box moves (``ops_data.store_region``)."""
     if src.dtype != t.dtype:
         raise TypeError(f"store of a {src.dtype.name} tile {src!r} into {t.dtype.name} tensor "
                         f"{t.name!r}: cast first")
+    lo, hi, data = ops_data.store_region(rt, t, lo, hi, src)
     rt.use(src, "vec")
-    rt.bk.write(t.data, core.box_key(lo, hi), src.data)
+    if data is None:
+        return
+    rt.bk.write(t.data, core.box_key(lo, hi), data)
     rt.access(t, lo, hi, write=True)
     _check_gm_align(rt, t, lo, "store")
+    ops_data.check_store_nan(rt, t, lo, hi, data, src.dtype)
 
 
 # -- loads, stores, views --------------------------------------------------------------------
@@ -139,9 +138,7 @@ def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tile:
     lo, hi, shape = core.parse_key(src.shape, key, f"{src!r}")
     if isinstance(src, Tensor):
         return _load(rt, src, lo, hi, shape)
-    rt.use(src)
-    data = rt.bk.reshape(rt.bk.read(src.data, core.box_key(lo, hi)), shape)
-    return rt.new_tile(data, src.dtype)
+    return ops_data.tile_window(rt, src, lo, hi, drop=ops_data.int_axes(key, src.ndim))
 
 
 @rule("store_key")
@@ -159,25 +156,9 @@ def _tile_write(rt: Run, dst: Tile, lo: tuple, hi: tuple, value: Tile) -> None:
     rt.use(value)
     rt.use(dst)
     rt.tile_write(dst, lo, hi)  # race check: a tile shared by independent iterations
-    rt.bk.write(dst.data, core.box_key(lo, hi), value.data)
-
-
-@rule("slice")
-def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[int],
-           valid_shape: Sequence[int] | None = None, pad_value: Any = None,
-           **_ignored: Any) -> Tile:
-    shape, offset = _ints(shape), _ints(offset)
-    if len(shape) != len(src.shape) or len(offset) != len(src.shape):
-        raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset {list(offset)} "
-                         f"must have {len(src.shape)} entries")
-    hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
-    key = tuple(slice(o, h) for o, h in zip(offset, hi, strict=True))
-    if isinstance(src, Tensor):
-        core.parse_key(src.shape, key, f"pl.slice of {src!r}")  # bounds check
-        valid = _ints(valid_shape) if valid_shape is not None else None
-        pad = pad_value if isinstance(pad_value, numbers.Number) else 0
-        return _load(rt, src, offset, hi, shape, valid, pad)
-    return _slice_key(rt, src, key)
+    valid = ops_data.assemble_valid(dst, value, lo)
+    rt.bk.write(dst.data, core.box_key(lo, hi), value.data)  # the whole source (pto.tinsert)
+    dst.valid = valid
 
 
 @rule("assemble")
@@ -196,7 +177,8 @@ def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int
     add = _atomic_add(atomic)
     if not isinstance(source, Tile):
         raise TypeError(f"pl.assemble: source must be a Tile, got {source!r}")
-    sshape = (1,) * (len(target.shape) - source.ndim) + source.shape
+    moved = ops_data.moved(source) if isinstance(target, Tensor) and not add else source.shape
+    sshape = (1,) * (len(target.shape) - source.ndim) + moved
     if len(offset) != len(target.shape) or len(sshape) != len(target.shape):
         raise ValueError(f"pl.assemble of {source!r} into {target!r} at {list(offset)}: "
                          "rank mismatch")
@@ -213,7 +195,9 @@ def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int
         raise TypeError(f"pl.assemble(atomic=pl.AtomicType.Add) into the tile {target!r}: an "
                         "atomic add needs a GM tensor target (pypto rejects a tile target)")
     _tile_write(rt, target, lo, hi, source)
-    return rt.new_tile(target.data, target.dtype, share=target.buf)
+    out = rt.new_tile(target.data, target.dtype, share=target.buf)
+    out.valid = target.valid
+    return out
 
 
 def _atomic_add(atomic: Any) -> bool:
@@ -241,18 +225,6 @@ def _atomic_store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
     _check_gm_align(rt, t, lo, "atomic store")
 
 
-@rule("load")
-def _load_rule(rt: Run, tensor: Tensor, offsets: Sequence[int], shapes: Sequence[int],
-               **_ignored: Any) -> Tile:
-    return _slice(rt, tensor, shapes, offsets)
-
-
-@rule("store")
-def _store_rule(rt: Run, tile: Tile, offsets: Sequence[int], output_tensor: Tensor,
-                **_ignored: Any) -> Tensor:
-    return _assemble(rt, output_tensor, tile, offsets)
-
-
 @rule("reshape")
 def _reshape(rt: Run, x: Tensor | Tile, shape: Sequence[int]) -> Tensor | Tile:
     shape = list(_ints(shape))
@@ -267,30 +239,6 @@ def _reshape(rt: Run, x: Tensor | Tile, shape: Sequence[int]) -> Tensor | Tile:
         return Tensor(x.base, shape_t)
     rt.use(x)
     return rt.new_tile(rt.bk.reshape(x.data, shape_t), x.dtype, share=x.buf)
-
-
-@rule("create_tensor")
-def _create_tensor(rt: Run, shape: Sequence[int], dtype: DType, **_ignored: Any) -> Any:
-    shape_t, dtype = _ints(shape), as_dtype(dtype)
-    if rt.scope is not None:  # inside a scope: a Vec tile
-        return rt.new_tile(rt.bk.full(shape_t, dtype.name, rt.fill_value(dtype)), dtype)
-    stack = core.call_stack()
-    site = stack[0]
-    key = (stack, shape_t, dtype)
-    base = rt.created.get(key)
-    if base is None:  # one GM buffer per source statement, shared by all loop iterations
-        name = core.source_name(site, "assign") or f"tensor@{fmt_site(site)}"
-        data = rt.bk.full(shape_t, dtype.name, rt.fill_value(dtype))
-        base = core.BaseTensor(name, data, dtype, "internal", site)
-        rt.created[key] = base
-        return rt.add_base(base)
-    return Tensor(base)
-
-
-@rule("full")
-def _full(rt: Run, shape: Sequence[int], dtype: DType, value: float | int) -> Tile:
-    dtype = as_dtype(dtype)
-    return rt.new_tile(rt.bk.full(_ints(shape), dtype.name, value), dtype)
 
 
 @rule("expands")
@@ -383,10 +331,9 @@ def _expand_rule(name: str, op: str, axis: str) -> None:
     def fn(rt: Run, x: Any, v: Any, tmp: Any = None) -> Tile:
         a = _tile(rt, x, op=name)
         b = _tile(rt, v, op=name)
-        want = (a.shape[0], 1) if axis == "row" else (1, a.shape[-1])
-        if a.ndim != 2 or b.shape != want:
-            raise ValueError(f"pl.{name}: x {a!r} must be 2-D and the {axis} vector {b!r} "
-                             f"of shape {list(want)}")
+        bad = ops_data.expand_mismatch(a.shape, b.shape, axis)
+        if bad:
+            raise ValueError(f"pl.{name}: {bad} (x {a!r}, {axis} vector {b!r})")
         if a.dtype != b.dtype:
             raise TypeError(f"pl.{name}: dtypes differ ({a!r}, {b!r})")
         if op == "expand":  # result: the vector broadcast to x's shape
@@ -507,3 +454,8 @@ def _matmul_acc(rt: Run, acc: Tile, lhs: Any, rhs: Any, a_trans: bool = False,
     if not (init_cond is not None and bool(init_cond)):
         data = rt.bk.binary("add", c.data, data, out.name)
     return rt.new_tile(data, out, origin="acc", share=c.buf)
+
+
+# the 'data' group: slice / load / store / create_tensor / full rules and valid shapes
+# (imported last: it wraps rules defined above)
+from lowering.tile import ops_data  # noqa: E402

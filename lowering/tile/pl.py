@@ -105,15 +105,18 @@ class optimizations:  # noqa: N801  (pl.optimizations.split / .cross_core_slot)
 # -- memory ----------------------------------------------------------------------------------
 
 
-def create_tensor(shape: Sequence[int], dtype: DType, **kw: Any) -> Any:
+def create_tensor(shape: Sequence[int], dtype: DType, *args: Any, **kw: Any) -> Any:
     """Outside a scope: a kernel-internal GM tensor (one buffer per source line, shared by all
-    loop iterations; starts as NaN / the int dtype's minimum). Inside a scope: a Vec tile."""
-    return _apply("create_tensor", shape, dtype, **kw)
+    loop iterations; starts as NaN / the int dtype's minimum). Inside a scope: a Vec tile.
+    ``layout``, ``manual_dep``, ``init_value``: see ``ops_data._create_tensor``."""
+    return _apply("create_tensor", shape, dtype, *args, **kw)
 
 
-def slice(tensor: Any, shape: Sequence[int], offset: Sequence[int], **kw: Any) -> _Tile:  # noqa: A001
-    """Explicit load ``tensor[offset : offset + shape]`` (or a sub-tile of a tile)."""
-    return _apply("slice", tensor, shape, offset, **kw)
+def slice(tensor: Any, shape: Sequence[int], offset: Sequence[int], *args: Any,  # noqa: A001
+          **kw: Any) -> _Tile:
+    """Explicit load ``tensor[offset : offset + shape]`` (or a sub-tile of a tile);
+    ``valid_shape``, ``drop_dims``, ``pad_value``, ``clamp``: see ``ops_data._slice``."""
+    return _apply("slice", tensor, shape, offset, *args, **kw)
 
 
 def assemble(target: Any, source: _Tile, offset: Sequence[int], **kw: Any) -> Any:
@@ -121,12 +124,16 @@ def assemble(target: Any, source: _Tile, offset: Sequence[int], **kw: Any) -> An
     return _apply("assemble", target, source, offset, **kw)
 
 
-def load(tensor: _Tensor, offsets: Sequence[int], shapes: Sequence[int], **kw: Any) -> _Tile:
-    return _apply("load", tensor, offsets, shapes, **kw)
+def load(tensor: _Tensor, offsets: Sequence[int], shapes: Sequence[int], *args: Any,
+         **kw: Any) -> _Tile:
+    """GM -> tile; ``valid_shape``, ``target_memory``, ``clamp``: see ``ops_data._load_rule``."""
+    return _apply("load", tensor, offsets, shapes, *args, **kw)
 
 
-def store(tile: _Tile, offsets: Sequence[int], output_tensor: _Tensor, **kw: Any) -> _Tensor:
-    return _apply("store", tile, offsets, output_tensor, **kw)
+def store(tile: _Tile, offsets: Sequence[int], output_tensor: _Tensor, *args: Any,
+          **kw: Any) -> _Tensor:
+    """Tile (its valid box) -> GM; ``shapes``: see ``ops_data._store_rule``."""
+    return _apply("store", tile, offsets, output_tensor, *args, **kw)
 
 
 def reshape(x: Any, shape: Sequence[int]) -> Any:
@@ -249,8 +256,7 @@ class _Namespace:
 
 
 tensor = _Namespace("tensor", create=create_tensor)
-tile = _Namespace("tile", MaskPattern=MaskPattern, create_tile=create_tensor,
-                  create=create_tensor)
+tile = _Namespace("tile", MaskPattern=MaskPattern)  # create / create_tile: ops_data
 
 
 def __getattr__(name: str) -> Any:
@@ -262,3 +268,5 @@ def __getattr__(name: str) -> Any:
 
 # op-group modules register their names in lowering.tile.surface on import
 from lowering.tile import ops_data, ops_index  # noqa: E402,F401
+
+ops_data.carry_valid_late()  # valid shapes through the other groups' elementwise rules
