@@ -340,6 +340,8 @@ def test_cmp_zero_one_values(backend) -> None:  # noqa: ANN001
                                   (ai >= 0).astype(np.int32))
     with pytest.raises(ValueError):
         pl.cmp(t(a), t(b), cmp_type=6)
+    with pytest.raises(TypeError, match="non-integral"):
+        pl.cmp(t(ai), 0.5, cmp_type=5)
 
 
 def test_tile_cmp_packed_mask_and_sel(backend) -> None:  # noqa: ANN001
@@ -414,6 +416,23 @@ def test_maximums_minimums(backend) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(pl.tile.minimums(t(x), 0.0).numpy(), np.minimum(x, 0.0))
     with pytest.raises(TypeError):
         pl.maximums(t(x), t(x))
+
+
+def test_batched_matmul_forms(backend) -> None:  # noqa: ANN001
+    a = RNG.standard_normal((16, 32)).astype(BF16)
+    w = RNG.standard_normal((2, 8, 32)).astype(BF16)  # [batch, N, K], used with b_trans
+    got = pl.matmul(t(a), t(w), out_dtype=pl.FP32, b_trans=True)
+    assert got.shape == (2, 16, 8)
+    want = np.stack([a.astype(np.float64) @ w[i].astype(np.float64).T for i in range(2)])
+    np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
+    acc = pl.matmul_acc(got, t(a), t(w), b_trans=True).numpy()
+    np.testing.assert_array_equal(acc, (want.astype(np.float32) * 2))  # x + x: exact
+    i8 = RNG.integers(-128, 128, (16, 32)).astype(np.int8)
+    got = pl.tile.matmul(t(i8), t(i8.T.copy())).numpy()
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, i8.astype(np.int64) @ i8.T.astype(np.int64))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        pl.matmul(t(np.zeros((3, 16, 32), BF16)), t(w), b_trans=True)
 
 
 # -- in a kernel run, and through the emulated pypto.language ----------------------------------

@@ -31,6 +31,8 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from lowering.tile import core
 from lowering.tile.core import Run, Tensor, Tile, fmt_site
 from lowering.tile.dtypes import BF16, FP16, FP32, INT8, INT32, DType, as_dtype
@@ -414,15 +416,21 @@ _MATMUL_OUT = {(BF16, BF16): FP32, (FP16, FP16): FP32, (FP32, FP32): FP32, (INT8
 def _product(rt: Run, lhs: Any, rhs: Any, a_trans: bool, b_trans: bool, op: str) -> tuple:
     a = _tile(rt, lhs, "left", op)
     b = _tile(rt, rhs, "right", op)
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"pl.{op}: operands must be 2-D, got {a!r} and {b!r}")
+    if a.ndim < 2 or b.ndim < 2:  # pypto's 1-D (vector) forms are not emulated
+        raise ValueError(f"pl.{op}: operands must be at least 2-D, got {a!r} and {b!r}")
     out = _MATMUL_OUT.get((a.dtype, b.dtype))
     if out is None:
         raise TypeError(f"pl.{op}: unsupported operand dtypes {a.dtype.name} × {b.dtype.name}")
-    ad = rt.bk.transpose(a.data, 0, 1) if a_trans else a.data
-    bd = rt.bk.transpose(b.data, 0, 1) if b_trans else b.data
-    m, k = ad.shape
-    k2, n = bd.shape
+    # a/b_trans swap the operand's two trailing axes; leading (batch) axes broadcast
+    # (pypto tensor.matmul -> tile.batch_matmul): one 2-D product per batch element
+    ad = rt.bk.transpose(a.data, -2, -1) if a_trans else a.data
+    bd = rt.bk.transpose(b.data, -2, -1) if b_trans else b.data
+    m, k = ad.shape[-2:]
+    k2, n = bd.shape[-2:]
+    try:
+        np.broadcast_shapes(tuple(ad.shape[:-2]), tuple(bd.shape[:-2]))
+    except ValueError:
+        raise ValueError(f"pl.{op}: batch dims of {a!r} and {b!r} do not broadcast") from None
     if k != k2:
         raise ValueError(f"pl.{op}: inner dims differ: {a!r} @ {b!r}")
     if m % 16 and m != 1:

@@ -414,6 +414,9 @@ def _compare(rt: Run, lhs: Any, rhs: Any, cmp_type: Any, op: str) -> tuple[Tile,
         raise ValueError(f"pl.{op}: cmp_type must be 0..5 (EQ NE LT LE GT GE), got "
                          f"{cmp_type!r} ({_site()})")
     if isinstance(rhs, numbers.Number):  # compared in the tile's dtype (TCMPS scalar)
+        if a.dtype.is_int and not float(rhs).is_integer():
+            raise TypeError(f"pl.{op}: the non-integral scalar {rhs!r} against the integer "
+                            f"tile {a!r} ({_site()})")
         b = rt.bk.scalar(rhs, a.dtype.name)
     else:
         bt = _tile(rt, rhs, op=op)
