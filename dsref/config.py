@@ -359,3 +359,20 @@ def semantics_of(cfg: Config) -> str | None:
     mine = variant_values(cfg)
     return next((n for n in semantics_names(cfg.model)
                  if variant_values(with_semantics(cfg, n)) == mine), None)
+
+
+def semantic_variants(model: str, semantics: str | None, overrides: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """Every variant of ``model`` under the named ``semantics`` (None: only ``overrides``),
+    with ``overrides`` on top — for callers that take a variants dict (``--semantics`` with
+    ``--variant`` on a command that learns its model late)."""
+    out: dict[str, Any] = {}
+    if semantics is not None:
+        sem = SEMANTICS.get(semantics)
+        if sem is None:
+            raise ValueError(f"semantics: expected one of {semantics_names()}, got {semantics!r}")
+        if not sem.applies_to(model):
+            raise ValueError(f"semantics {semantics!r} does not apply to {model}: expected one "
+                             f"of {semantics_names(model)}")
+        out = {k: VARIANTS[k][0] for k in MODEL_VARIANTS[model]} | sem.variants[model]
+    return out | dict(overrides or {})

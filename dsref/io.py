@@ -39,6 +39,21 @@ class ExtraMissing(ImportError):
     """An optional extra (torch) is absent or fails to import; the message is one line."""
 
 
+class DataFileError(ValueError):
+    """A golden file is corrupted, truncated or not what its name says: one line naming it."""
+
+
+def _read(path: Path, what: str, reader: Callable[[], Any]) -> Any:
+    """``reader()``, with any failure to parse ``path`` as a :class:`DataFileError`."""
+    try:
+        return reader()
+    except (DataFileError, ExtraMissing):
+        raise
+    except Exception as e:  # noqa: BLE001 - every parser's own error types: one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataFileError(f"{path}: unreadable {what} ({type(e).__name__}: {first})") from None
+
+
 @dataclass(frozen=True)
 class Golden:
     """A golden read back: ``inputs`` and ``outputs`` by tensor name, and ``meta.json``."""
@@ -179,7 +194,11 @@ def load_golden(golden_dir: str | Path) -> Golden:
     d = Path(golden_dir)
     fmt = detect_format(d)
     meta_path = d / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = _read(meta_path, "meta.json", lambda: json.loads(meta_path.read_text())
+                 ) if meta_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise DataFileError(f"{meta_path}: unreadable meta.json (a JSON object expected, got "
+                            f"{type(meta).__name__})")
     groups = _READERS[fmt](d, meta)
     for g in GROUPS:  # the model's tensor order (meta.json), not the file's
         order = [k for k in meta.get("dtypes", {}).get(g, ()) if k in groups[g]]
@@ -190,7 +209,11 @@ def load_golden(golden_dir: str | Path) -> Golden:
 def _read_safetensors(d: Path, meta: dict) -> dict[str, dict[str, np.ndarray]]:
     from safetensors.numpy import load_file
 
-    return {g: load_file(str(d / f"{g}.safetensors")) for g in GROUPS}
+    out = {}
+    for g in GROUPS:
+        f = d / f"{g}.safetensors"
+        out[g] = _read(f, "safetensors file", lambda f=f: load_file(str(f)))
+    return out
 
 
 def _read_npz(d: Path, meta: dict) -> dict[str, dict[str, np.ndarray]]:
@@ -199,8 +222,13 @@ def _read_npz(d: Path, meta: dict) -> dict[str, dict[str, np.ndarray]]:
         raise ValueError(f"{d}: an npz golden needs meta.json with 'dtypes' (bf16 is stored as uint16)")
     out = {}
     for g in GROUPS:
-        with np.load(d / f"{g}.npz") as z:
-            out[g] = {k: _restore(z[k], meta["dtypes"][g][k]) for k in z.files}
+        f = d / f"{g}.npz"
+
+        def read(f=f, g=g):
+            with np.load(f) as z:
+                return {k: _restore(z[k], meta["dtypes"][g][k]) for k in z.files}
+
+        out[g] = _read(f, "npz file", read)
     return out
 
 
@@ -217,7 +245,8 @@ def _read_pypto_lib(d: Path, meta: dict) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for g, sub in zip(GROUPS, ("in", "out"), strict=True):
         files = sorted((d / sub).glob("*.pt"))
-        out[g] = {f.stem: from_torch(torch, torch.load(f, weights_only=True)) for f in files}
+        out[g] = {f.stem: _read(f, ".pt file", lambda f=f: from_torch(
+            torch, torch.load(f, weights_only=True))) for f in files}
     return out
 
 

@@ -39,20 +39,33 @@ def sum_squares(x, r0: int, rows: int, c0: int, n: int, k: int):
     return acc
 
 
-def inv_rms(sq, n: int, eps: float):
-    """``1 / sqrt(sq · (1/N) + eps)`` — the kernels' ``mul_inv`` variance, then sqrt, recip."""
-    return pl.recip(pl.sqrt(pl.add(pl.mul(sq, 1.0 / n), eps)))
+def inv_rms(sq, n: int, eps: float, variance: str = "mul_inv"):
+    """``1 / sqrt(var + eps)``, then sqrt and recip (each one rounding); ``var`` per the
+    ``variance`` variant: ``"mul_inv"`` ``sq · f32(1/N)`` (the pypto-lib kernels' form),
+    ``"mean"`` ``sq / N`` (one true fp32 division, the ds32 default)."""
+    if variance == "mul_inv":
+        var = pl.mul(sq, 1.0 / n)
+    elif variance == "mean":
+        var = pl.div(sq, float(n))
+    else:
+        raise ValueError(f"variance: expected 'mean' or 'mul_inv', got {variance!r}")
+    return pl.recip(pl.sqrt(pl.add(var, eps)))
 
 
 def rms_norm_rows(x, w, out, *, r0: int, rows: int, c0: int, n: int, k: int, eps: float,
-                  mode: str, hf: bool = False) -> None:
+                  mode: str, hf: bool = False, variance: str = "mul_inv",
+                  round_input: bool = False) -> None:
     """``out[r, :] = bf16(w · (x[r, c0:c0+n] · inv_rms))`` for the rows of one block.
 
     ``hf`` (HF DeepseekV3RMSNorm): ``bf16(bf16(w) · bf16(x · inv_rms))`` — the normalised row
-    and the weight rounded to bf16 first (the weight ``rint``, as a bf16 parameter is stored)."""
-    inv = inv_rms(sum_squares(x, r0, rows, c0, n, k), n, eps)
+    and the weight rounded to bf16 first (the weight ``rint``, as a bf16 parameter is stored).
+    ``round_input`` (PR #134's q_norm, an fp32 ``x``): ``inv_rms`` of the fp32 ``x``, the
+    normalised value ``bf16(x)`` (cast with ``mode``)."""
+    inv = inv_rms(sum_squares(x, r0, rows, c0, n, k), n, eps, variance)
     for k0 in pl.range(0, n, k):
         xc = pl.cast(x[r0:r0 + rows, c0 + k0:c0 + k0 + k], target_type=pl.FP32)
+        if round_input:
+            xc = pl.cast(pl.cast(xc, target_type=pl.BF16, mode=mode), target_type=pl.FP32)
         normed = pl.row_expand_mul(xc, inv)
         wc = w[0:1, k0:k0 + k]
         if hf:
@@ -62,14 +75,17 @@ def rms_norm_rows(x, w, out, *, r0: int, rows: int, c0: int, n: int, k: int, eps
         out[r0:r0 + rows, k0:k0 + k] = pl.cast(y, target_type=pl.BF16, mode=mode)
 
 
-def project_block(x, w, out, *, r0: int, rows: int, n0: int, n: int, k: int, mode: str | None):
+def project_block(x, w, out, *, r0: int, rows: int, n0: int, n: int, k: int, mode: str | None,
+                  widen_mode: str | None = None):
     """``out[r0:r0+rows, n0:n0+n] = x[rows, :] @ w[:, n0:n0+n]``: K in ``k``-wide chunks with
     ``matmul`` then ``matmul_acc`` (fp32 accumulator), cast to bf16 with ``mode`` (``None``:
-    stored in fp32)."""
+    stored in fp32; then ``widen_mode``: rounded to bf16 with it and stored widened to fp32)."""
     kdim = x.shape[1]
     acc = pl.matmul(x[r0:r0 + rows, 0:k], w[0:k, n0:n0 + n], out_dtype=pl.FP32)
     for k0 in pl.range(k, kdim, k):
         acc = pl.matmul_acc(acc, x[r0:r0 + rows, k0:k0 + k], w[k0:k0 + k, n0:n0 + n])
+    if mode is None and widen_mode is not None:
+        acc = pl.cast(pl.cast(acc, target_type=pl.BF16, mode=widen_mode), target_type=pl.FP32)
     out[r0:r0 + rows, n0:n0 + n] = acc if mode is None else pl.cast(
         acc, target_type=pl.BF16, mode=mode)
 

@@ -20,11 +20,12 @@ def rms_norm_kernel(x, w, out, t: RmsNormTiling, name: str) -> None:
     with pl.at(level=pl.Level.CORE_GROUP, name_hint=name):
         for r0, rows in row_blocks(x.shape[0], t.batch_tile):
             rms_norm_rows(x, w, out, r0=r0, rows=rows, c0=0, n=t.n, k=t.k, eps=t.eps, mode=t.mode,
-                          hf=t.hf)
+                          hf=t.hf, variance=t.variance, round_input=t.round_input)
 
 
 def projection_kernel(x, w, y, t: ProjTiling, name: str) -> None:
-    """``y = bf16(x @ w)`` in ``batch_tile`` × ``n_chunk`` output blocks, K in ``k`` chunks."""
+    """``y = bf16(x @ w)`` in ``batch_tile`` × ``n_chunk`` output blocks, K in ``k`` chunks
+    (``t.mode`` None: ``y`` is fp32, the accumulator stored as is)."""
     b, n = y.shape
     with pl.at(level=pl.Level.CORE_GROUP, name_hint=name):
         for r0, rows in row_blocks(b, t.batch_tile):

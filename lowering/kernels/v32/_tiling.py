@@ -39,15 +39,18 @@ class RmsNormTiling:
     eps: float
     mode: str  # pl.cast mode of the bf16 output
     hf: bool = False  # rmsnorm="hf": HF's two-rounding form
+    variance: str = "mean"  # "mean": Σx² / N (pl.div); "mul_inv": Σx² · f32(1/N), PR #134's form
+    round_input: bool = False  # q_norm_input="fp32": variance of the fp32 x, normalise bf16(x)
 
     def __post_init__(self) -> None:
         if self.n % self.k:
             raise ValueError(f"RMSNorm: chunk {self.k} does not divide {self.n}")
 
 
-def rms_norm_tiling(cfg, n: int, what: str) -> RmsNormTiling:
+def rms_norm_tiling(cfg, n: int, what: str, round_input: bool = False) -> RmsNormTiling:
     return RmsNormTiling(batch_tile=BATCH_TILE, k=chunk(n, RMSNORM_K, what), n=n, eps=cfg.eps,
-                         mode=cast_mode(cfg.cast), hf=cfg.rmsnorm == "hf")
+                         mode=cast_mode(cfg.cast), hf=cfg.rmsnorm == "hf",
+                         variance=cfg.variance, round_input=round_input)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +60,7 @@ class ProjTiling:
     batch_tile: int  # cube M
     n_chunk: int  # output columns per accumulator
     k: int  # K chunk per matmul / matmul_acc call
-    mode: str  # pl.cast mode of the bf16 output
+    mode: str | None  # pl.cast mode of the bf16 output; None: stored fp32 (q_norm_input="fp32")
 
     def __post_init__(self) -> None:
         if self.batch_tile % 16:

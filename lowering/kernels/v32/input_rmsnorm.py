@@ -2,10 +2,11 @@
 
     normed[B, D] = bf16( w[1, D] · (x · inv_rms(x)) ),  inv_rms = 1 / sqrt(Σx² · (1/D) + eps)
 
-dtypes: x bf16 → fp32 (exact); Σx² per 512-wide chunk (row_sum) added in fp32; variance by
-multiplying with fp32(1/D) — the kernel's form, 1 ulp off sum/D on ~half the rows for D = 7168
-(dsref variant ``variance="mul_inv"``); sqrt and recip each one rounding; x·r, then ·w, each
-one fp32 op; one cast to bf16 (``rint`` for the default RNE semantics).
+dtypes: x bf16 → fp32 (exact); Σx² per 512-wide chunk (row_sum) added in fp32; the variance
+per the ``variance`` variant: ``mean`` one true fp32 division Σx² / D (pl.div, the default),
+``mul_inv`` Σx² · fp32(1/D) — PR #134's form, 1 ulp off on ~half the rows for D = 7168; sqrt
+and recip each one rounding; x·r, then ·w, each one fp32 op; one cast to bf16 (``rint`` for
+the default RNE semantics).
 """
 
 from __future__ import annotations

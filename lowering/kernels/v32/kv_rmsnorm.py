@@ -2,7 +2,7 @@
 
     kv_normed[B, KL] = bf16( w[1, KL] · (kv · inv_rms(kv)) ),  kv = f32(kv_a_out[:, :KL])
 
-Chunks, variance form (sum · fp32(1/KL)) and rounding as input_rmsnorm.
+Chunks, variance form (the ``variance`` variant) and rounding as input_rmsnorm.
 """
 
 from __future__ import annotations

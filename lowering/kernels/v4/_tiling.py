@@ -108,15 +108,19 @@ class ProjTiling:
     m: int
     n_chunk: int
     k: int
+    round_mode: str | None = None  # proj_out="bf16": the fp32 result rounded to bf16 (this mode)
 
     def __post_init__(self) -> None:
         if self.m % 16:
             raise ValueError(f"projection: cube M tile {self.m} is not a multiple of 16")
 
 
-def proj_tiling(tokens: int, k: int, n: int, n_chunk: int, k_chunk: int, what: str) -> ProjTiling:
+def proj_tiling(tokens: int, k: int, n: int, n_chunk: int, k_chunk: int, what: str,
+                cfg=None) -> ProjTiling:
+    """``cfg`` (the fp32-output projections): ``proj_out="bf16"`` sets ``round_mode``."""
+    round_mode = cast_mode(cfg.cast) if cfg is not None and cfg.proj_out == "bf16" else None
     return ProjTiling(m=CUBE_M_MAX, n_chunk=divisor_chunk(n, n_chunk, f"{what} N"),
-                      k=divisor_chunk(k, k_chunk, f"{what} K"))
+                      k=divisor_chunk(k, k_chunk, f"{what} K"), round_mode=round_mode)
 
 
 @dataclass(frozen=True, kw_only=True)

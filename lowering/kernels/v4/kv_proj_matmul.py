@@ -5,7 +5,8 @@
 dtypes: bf16 operands; per D chunk one cube matmul (exact products, one fp32 rounding), the
 chunks accumulated in fp32 in order (``matmul`` then ``matmul_acc``); a few fp32 ulps from the
 reference's single rounding (``fp32`` preset). 32-column output blocks in parallel; cube M
-tiles of up to 128 rows, tail rows one at a time.
+tiles of up to 128 rows, tail rows one at a time. ``proj_out="bf16"``: each result rounded
+to bf16 (the ``cast`` mode) and stored widened to fp32, as ``qr_proj_matmul``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ Tiling = ProjTiling
 def make_tiling(cfg, shapes) -> Tiling:
     k, n = shapes["wkv"]
     tokens = shapes["tok"][0]
-    return proj_tiling(tokens, k, n, KV_CHUNK, d_chunk(tokens), "kv_proj_matmul")
+    return proj_tiling(tokens, k, n, KV_CHUNK, d_chunk(tokens), "kv_proj_matmul", cfg)
 
 
 def kv_proj_matmul(tok, wkv, kv32, *, tiling: Tiling) -> None:
@@ -30,4 +31,4 @@ def kv_proj_matmul(tok, wkv, kv32, *, tiling: Tiling) -> None:
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="kv_proj_matmul"):
             for r0, rows in cube_row_blocks(tokens, t.m):
                 project_block(tok, wkv, kv32, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k,
-                              mode=None)
+                              mode=None, widen_mode=t.round_mode)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from lowering.kernels.blocks import rope_selects, t_tiles
 from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
-from lowering.kernels.v4._tiling import KV_CHUNK, RopeTiling, rope_tiling
+from lowering.kernels.v4._tiling import KV_CHUNK, RopeTiling, require, rope_tiling
 from lowering.tile import pl
 
 Tiling = RopeTiling
 
 
 def make_tiling(cfg, shapes) -> Tiling:
+    require(cfg, kv_nope_fp8=False)  # the official FP8 quantise-dequantise: not written
     return rope_tiling(cfg, shapes["kv32"][0], KV_CHUNK)
 
 

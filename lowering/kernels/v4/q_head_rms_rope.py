@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from lowering.kernels.blocks import rope_selects, t_tiles
 from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
-from lowering.kernels.v4._tiling import HEAD_CHUNK, RopeTiling, rope_tiling
+from lowering.kernels.v4._tiling import HEAD_CHUNK, RopeTiling, require, rope_tiling
 from lowering.tile import pl
 
 Tiling = RopeTiling
 
 
 def make_tiling(cfg, shapes) -> Tiling:
+    require(cfg, q_head_norm="fp32")  # the official bf16-arithmetic head norm: not written
     return rope_tiling(cfg, shapes["qf"][0], HEAD_CHUNK)
 
 

@@ -7,7 +7,8 @@ chunks accumulated in fp32 in order — ``pl.pipeline(stage=2)`` over K with the
 fresh ``matmul`` and the rest ``matmul_acc`` (PR #332's if-first form). The reference rounds
 the exact K-sum once, so outputs sit a few fp32 ulps apart (``fp32`` preset). Output blocks of
 32 columns are independent (``pl.parallel``); cube M tiles of up to 128 rows (multiples of 16),
-tail rows one at a time.
+tail rows one at a time. ``proj_out="bf16"`` (official V4: the Linear output is bf16): each
+result rounded to bf16 (the ``cast`` mode) and stored widened to fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ Tiling = ProjTiling
 def make_tiling(cfg, shapes) -> Tiling:
     k, n = shapes["wq_a"]
     tokens = shapes["tok"][0]
-    return proj_tiling(tokens, k, n, Q_LORA_CHUNK, d_chunk(tokens), "qr_proj_matmul")
+    return proj_tiling(tokens, k, n, Q_LORA_CHUNK, d_chunk(tokens), "qr_proj_matmul", cfg)
 
 
 def qr_proj_matmul(tok, wq_a, qr32, *, tiling: Tiling) -> None:
@@ -38,4 +39,7 @@ def qr_proj_matmul(tok, wq_a, qr32, *, tiling: Tiling) -> None:
                         acc = pl.matmul(a, b, out_dtype=pl.FP32)
                     else:
                         acc = pl.matmul_acc(acc, a, b)
+                if t.round_mode is not None:
+                    acc = pl.cast(pl.cast(acc, target_type=pl.BF16, mode=t.round_mode),
+                                  target_type=pl.FP32)
                 qr32[r0:r0 + rows, n0:n0 + t.n_chunk] = acc
