@@ -323,6 +323,17 @@ def test_arg_reductions_first_occurrence_and_nan(backend) -> None:  # noqa: ANN0
     np.testing.assert_array_equal(pl.tile.col_argmin(t(y), t(y)).numpy(), want)
 
 
+def test_arg_reduction_scans_the_valid_cells_only(backend) -> None:  # noqa: ANN001
+    x = np.array([[1, 2, 9, 0], [5, 1, 0, 9], [7, 7, 7, 7]], np.float32)
+    xv = pl.set_validshape(t(x), 2, 2)  # rows 0..1, cols 0..1 hold data
+    got = pl.row_argmax(xv)
+    assert got.shape == (3, 1) and got.valid == (2, 1)
+    assert got.numpy()[:2].tolist() == [[1], [0]]  # the 9s past the valid columns are ignored
+    with pytest.raises(NotImplementedError, match="partially valid"):
+        pl.sort32(pl.set_validshape(t(np.zeros((2, 32), np.float32)), 1, 32),
+                  t(np.zeros((1, 32), np.uint32)))
+
+
 # -- compares and selects --------------------------------------------------------------------
 
 

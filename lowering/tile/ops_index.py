@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lowering.tile import core
+from lowering.tile import core, ops_data
 from lowering.tile.core import Run, Tensor, Tile, fmt_site
 from lowering.tile.dtypes import (
     BOOL,
@@ -50,6 +50,15 @@ def _site() -> str:
 
 def _rows(t: Tile) -> int:
     return math.prod(t.shape[:-1])
+
+
+def _whole(op: str, *ts: Tile) -> None:
+    """These ops are emulated on fully valid operands only (ops_data: valid shapes)."""
+    for t in ts:
+        if t.valid is not None:
+            raise NotImplementedError(f"pl.{op} of {t!r} with the valid shape {list(t.valid)}: a "
+                                      f"partially valid operand is not emulated for this op "
+                                      f"({_site()}); pl.fillpad it first")
 
 
 # -- scalars ---------------------------------------------------------------------------------
@@ -190,6 +199,7 @@ def _gather(rt: Run, x: Any, dim: Any = None, index: Any = None, *, mask_pattern
         raise ValueError(f"pl.gather index form needs dim and index and takes no output_dtype "
                          f"({_site()})")
     a, ix = _tile(rt, x, op="gather"), _tile(rt, index, op="gather")
+    _whole("gather", a, ix)
     _check_gather_dtypes("pl.gather", a, ix)
     d = int(dim) + (a.ndim if int(dim) < 0 else 0)
     if a.ndim < 2 or ix.ndim != a.ndim or not 0 <= d < a.ndim:
@@ -204,6 +214,7 @@ def _gather(rt: Run, x: Any, dim: Any = None, index: Any = None, *, mask_pattern
 
 def _gather_mask(rt: Run, x: Any, mask_pattern: Any, output_dtype: Any) -> Tile:
     a = _tile(rt, x, op="gather")
+    _whole("gather", a)
     if int(mask_pattern) not in MASK_SELECT:
         raise ValueError(f"pl.gather: mask_pattern must be 1..7, got {mask_pattern!r} "
                          f"({_site()})")
@@ -227,6 +238,7 @@ def _gather_mask(rt: Run, x: Any, mask_pattern: Any, output_dtype: Any) -> Tile:
 def _tile_gather(rt: Run, src: Any, indices: Any, tmp: Any) -> Tile:
     a, ix = _tile(rt, src, op="tile.gather"), _tile(rt, indices, op="tile.gather")
     _tile(rt, tmp, op="tile.gather")
+    _whole("tile.gather", a, ix)
     _check_gather_dtypes("pl.tile.gather", a, ix)
     _check_index(rt, "pl.tile.gather", ix, math.prod(a.shape), f"the {math.prod(a.shape)} "
                  f"elements of {a!r}")
@@ -258,6 +270,7 @@ def _sort_dtype(op: str, t: Tile) -> None:
 @rule("sort32")
 def _sort32(rt: Run, src: Any, idx: Any) -> Tile:
     s, ix = _tile(rt, src, op="sort32"), _tile(rt, idx, op="sort32")
+    _whole("sort32", s, ix)
     _sort_dtype("sort32", s)
     if ix.dtype not in (UINT32, INT32):
         raise TypeError(f"pl.sort32: idx must be a UINT32 (or INT32) payload, got {ix!r} "
@@ -295,6 +308,7 @@ def _mrgsort(rt: Run, srcs: tuple, tmp: Any, exhausted: bool, block_len: Any,
     if tile_level and tmp is None:
         raise ValueError(f"pl.tile.mrgsort format 2 requires tmp ({_site()})")
     ts = [_tile(rt, x, op="mrgsort") for x in srcs]
+    _whole("mrgsort", *ts)
     for t in ts:
         _sort_dtype("mrgsort", t)
         if t.dtype != ts[0].dtype or t.shape[:-1] != ts[0].shape[:-1]:
@@ -315,6 +329,7 @@ def _mrgsort(rt: Run, srcs: tuple, tmp: Any, exhausted: bool, block_len: Any,
 
 def _mrgsort1(rt: Run, src: Any, block_len: Any) -> Tile:
     a = _tile(rt, src, op="mrgsort")
+    _whole("mrgsort", a)
     _sort_dtype("mrgsort", a)
     bl = int(block_len)
     if bl <= 0 or bl % 64:
@@ -382,7 +397,13 @@ def _arg_rule(name: str, op: str, axis: str) -> None:
         if axis == "col" and a.ndim != 2:
             raise ValueError(f"pl.{name} needs a 2-D tile, got {a!r} ({_site()})")
         ax = -1 if axis == "row" else 0
-        return rt.new_tile(rt.bk.arg_reduce(op, a.data, ax), INT32)
+        v = ops_data.valid_box(a)  # the scan covers the valid cells only
+        src = a if a.valid is None else ops_data.view(a, v)
+        out = rt.new_tile(rt.bk.arg_reduce(op, src.data, ax), INT32)
+        if a.valid is None:
+            return out
+        full = a.shape[:-1] + (1,) if axis == "row" else (1,) + a.shape[1:]
+        return ops_data.embed(rt, out, full, tuple(out.shape))
 
     fn.__name__ = name
     rule(name)(fn)
@@ -443,6 +464,7 @@ def cmp(lhs: Any, rhs: Any, cmp_type: int = 0) -> Tile:
 @rule("cmp_mask")
 def _cmp_mask(rt: Run, lhs: Any, rhs: Any, cmp_type: int = 0) -> Tile:
     a, mask = _compare(rt, lhs, rhs, cmp_type, "tile.cmp")
+    _whole("tile.cmp", a)
     width = -(-math.ceil(a.shape[-1] / 8) // 32) * 32
     return rt.new_tile(rt.bk.pack_bits(mask, width), as_dtype("UINT8"))
 
@@ -460,6 +482,7 @@ export("cmps", spaces=("pl", "tile"))(tile_cmp)
 
 def _mask_bits(rt: Run, mask: Any, shape: tuple, op: str) -> Any:
     m = _tile(rt, mask, op=op)
+    _whole(op, m)
     if m.dtype.name != "UINT8" or m.shape[:-1] != shape[:-1] or 8 * m.shape[-1] < shape[-1]:
         raise TypeError(f"pl.{op}: mask {m!r} is not a packed predicate mask for {list(shape)} "
                         f"(make it with pl.tile.cmp / pl.cmps) ({_site()})")
@@ -469,6 +492,7 @@ def _mask_bits(rt: Run, mask: Any, shape: tuple, op: str) -> Any:
 @rule("sel")
 def _sel(rt: Run, mask: Any, lhs: Any, rhs: Any, tmp: Any) -> Tile:
     a, b = _tile(rt, lhs, op="sel"), _tile(rt, rhs, op="sel")
+    _whole("sel", a, b)
     _tile(rt, tmp, op="sel")
     if a.shape != b.shape or a.dtype != b.dtype:
         raise TypeError(f"pl.sel: {a!r} and {b!r} differ in shape or dtype ({_site()})")
@@ -485,6 +509,7 @@ def sel(mask: Tile, lhs: Tile, rhs: Tile, tmp: Tile) -> Tile:
 @rule("sels")
 def _sels(rt: Run, mask: Any, src: Any, tmp: Any, scalar: Any) -> Tile:
     a = _tile(rt, src, op="sels")
+    _whole("sels", a)
     _tile(rt, tmp, op="sels")
     bits = _mask_bits(rt, mask, a.shape, "sels")
     s = rt.bk.scalar(scalar, a.dtype.name)
