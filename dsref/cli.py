@@ -56,12 +56,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_spec(args: argparse.Namespace) -> int:
     s = dsref.spec(args.name)
+    cfg = args.config
+    if args.semantics or args.variant:  # the jaxpr / shapes under those semantics
+        cfg = s.config(cfg)
+        if args.semantics:
+            cfg = dsref.with_semantics(cfg, args.semantics)
+        cfg = dsref.with_variants(cfg, **dsref.parse_variants(args.variant))
     if args.json:
-        print(s.to_json(args.config, jaxpr=args.jaxpr))
+        print(s.to_json(cfg, jaxpr=args.jaxpr))
         return 0
-    print(s.to_text(args.config), end="")
+    print(s.to_text(cfg), end="")
     if args.jaxpr:
-        print(f"\njaxpr ({s.config(args.config).name}):\n{s.jaxpr(args.config)}")
+        print(f"\njaxpr ({s.config(cfg).name}):\n{s.jaxpr(cfg)}")
     return 0
 
 
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", choices=dsref.config_names(), help="shapes and jaxpr at this config")
     sp.add_argument("--jaxpr", action="store_true", help="also print the jaxpr")
     sp.add_argument("--json", action="store_true", help="print JSON")
+    _semantics_flags(sp)
     sp.set_defaults(fn=_cmd_spec)
 
     g = sub.add_parser("golden", help="write a model's inputs and outputs to a directory")

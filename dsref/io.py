@@ -23,7 +23,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from dsref.config import Config, config, variant_values, with_variants
+from dsref.config import Config, config, semantics_of, variant_values, with_variants
 from dsref.inputs import make_inputs
 from dsref.model import get_model
 from dsref.progress import progress_steps
@@ -125,7 +125,8 @@ def _meta(model: str, cfg: Config, batch: int, seq: int, seed: int, fmt: str,
         return {k: {"dtype": a.dtype.name, "shape": list(a.shape)} for k, a in arrays.items()}
 
     return {
-        "model": model, "config": cfg.name, "variants": variant_values(cfg), "batch": batch,
+        "model": model, "config": cfg.name, "semantics": semantics_of(cfg),
+        "variants": variant_values(cfg), "batch": batch,
         "seq": seq, "seed": seed, "format": fmt, "dsref_version": __version__,
         "tensors": {"inputs": described(inputs), "outputs": described(outputs)},
         "dtypes": {g: {k: a.dtype.name for k, a in arrs.items()}

@@ -225,3 +225,17 @@ def test_dsref_run_takes_semantics_and_variants(capsys):
     assert "semantics=custom" in capsys.readouterr().out
     assert main(["run", "v32.decode_front", "--config", "v32-tiny", "--semantics", "cann"]) == 2
     assert "does not apply to v32.decode_front" in capsys.readouterr().err
+
+
+def test_dsref_spec_and_golden_follow_semantics(capsys, tmp_path):
+    from dsref.cli import main
+
+    assert main(["spec", "q_lora_proj", "--semantics", "pypto-lib-pr134", "--json"]) == 0
+    d = __import__("json").loads(capsys.readouterr().out)
+    assert d["shapes"]["outputs"]["qr_raw"]["dtype"] == "float32"  # PR #134's fp32 qr
+    assert main(["spec", "q_lora_proj", "--json"]) == 0
+    assert __import__("json").loads(capsys.readouterr().out)["shapes"] is None
+    assert main(["golden", "v32.decode_front", "--config", "v32-tiny", "--batch", "2", "--seed",
+                 "0", "--out", str(tmp_path), "--semantics", "pypto-lib-pr134", "--quiet"]) == 0
+    g = dsref.load_golden(tmp_path)
+    assert g.meta["semantics"] == "pypto-lib-pr134" and g.meta["variants"]["q_norm_input"] == "fp32"
