@@ -529,3 +529,52 @@ def test_create_tile_scratch_counts_in_vec_and_starts_undefined() -> None:
     # x tile and tmp live together (2 × 2048 B), the row sum [8, 1] (8 rows of 32 B); u comes
     # after x's last use and takes its place (shape model)
     assert vec == 2048 + 2048 + 256, vec
+
+
+def test_gate_style_partial_reduce_and_partition_store() -> None:
+    """The pattern of pypto-lib's gate.py: a scratch tile with one written row, narrowed by
+    set_validshape, reduced, narrowed to [1, 1] and stored through a [1, 1] partition."""
+    x = f32(4, 64)
+
+    def kernel(x, s):  # noqa: ANN001
+        for tok in pl.range(4):
+            with pl.at(level=CG, name_hint="k"):
+                rows = pl.reshape(x[tok:tok + 1, :], [8, 8])
+                part = pl.row_sum(rows, pl.create_tile([8, 8], dtype=pl.FP32))
+                red = pl.create_tile([8, 8], dtype=pl.FP32)
+                red[0:1, :] = pl.reshape(part, [1, 8])
+                red = pl.set_validshape(red, 1, 8)
+                tot = pl.set_validshape(pl.reshape(pl.row_sum(red), [1, 8]), 1, 1)
+                pl.tile.store(tot, [tok, 0], s, shapes=[1, 1])
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"s": ((4, 1), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    want = f32_sum(f32_sum(x.reshape(4, 8, 8), 2)[..., 0], 1)
+    np.testing.assert_array_equal(r.outputs["s"], want)
+
+
+def test_slice_drop_dims_and_pad_value() -> None:
+    x = f32(3, 1, 16)
+
+    def kernel(x, y, z):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="k"):
+            t = pl.slice(x, [2, 1, 16], [1, 0, 0], drop_dims=[1])  # [2, 16]
+            y[:, :] = t
+            # pad_value is dropped by pypto's tile.load: the padding stays undefined
+            p = pl.slice(x, [1, 1, 16], [0, 0, 0], valid_shape=[1, 1, 8], drop_dims=[0],
+                         pad_value=pl.PadValue.zero)
+            z[:, :] = pl.set_validshape(p, 1, 16)
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((2, 16), pl.FP32),
+                                                     "z": ((1, 16), pl.FP32)})
+    np.testing.assert_array_equal(r.outputs["y"], x[1:3, 0])
+    np.testing.assert_array_equal(r.outputs["z"][0, :8], x[0, 0, :8])
+    assert np.isnan(r.outputs["z"][0, 8:]).all()
+
+    def bad(x, y, z):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="k"):
+            pl.slice(x, [1, 1, 16], [0, 0, 0], valid_shape=[0, 1, 16], drop_dims=[0])
+
+    with pytest.raises(ValueError, match="fully valid unit axis"):
+        run_kernel(bad, inputs={"x": x}, outputs={"y": ((2, 16), pl.FP32),
+                                                  "z": ((1, 16), pl.FP32)})

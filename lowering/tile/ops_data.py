@@ -868,8 +868,8 @@ for _a in ("row", "col"):
 
 
 def _mm_k(lhs: Tile, rhs: Tile, a_trans: bool, b_trans: bool) -> tuple[int, int, int, int]:
-    """(valid M, valid K of lhs, valid K of rhs, valid N) of ``lhs @ rhs``."""
-    lv, rv = list(valid_box(lhs)), list(valid_box(rhs))
+    """(valid M, valid K of lhs, valid K of rhs, valid N) of ``lhs @ rhs`` (trailing axes)."""
+    lv, rv = valid_box(lhs)[-2:], valid_box(rhs)[-2:]
     vm, vk = (lv[1], lv[0]) if a_trans else (lv[0], lv[1])
     vk2, vn = (rv[1], rv[0]) if b_trans else (rv[0], rv[1])
     return vm, vk, vk2, vn
@@ -885,14 +885,19 @@ def _cut_k(t: Tile, k: int, axis: int) -> Tile:
 
 def _product_args(lhs: Tile, rhs: Tile, a_trans: bool, b_trans: bool,
                   op: str) -> tuple[Tile, Tile, int, int]:
-    if lhs.ndim != 2 or rhs.ndim != 2:
-        raise ValueError(f"pl.{op}: operands must be 2-D, got {lhs!r} and {rhs!r}")
+    """Stand-ins for the operands cut to the lhs valid K, and the product's valid M, N."""
+    if lhs.ndim < 2 or rhs.ndim < 2:
+        raise ValueError(f"pl.{op}: operands must be at least 2-D, got {lhs!r} and {rhs!r}")
+    if any(v != n for v, n in zip(valid_box(lhs)[:-2] + valid_box(rhs)[:-2],
+                                  lhs.shape[:-2] + rhs.shape[:-2], strict=True)):
+        raise NotImplementedError(f"pl.{op}: partially valid batch axes ({lhs!r}, {rhs!r}) are "
+                                  "not emulated")
     vm, vk, vk2, vn = _mm_k(lhs, rhs, a_trans, b_trans)
     if vk2 < vk:
         raise ValueError(f"pl.{op}: the rhs valid K ({vk2}) of {rhs!r} must cover the lhs valid "
                          f"K ({vk}) of {lhs!r}")
-    a = _cut_k(lhs, vk, 0 if a_trans else 1)
-    b = _cut_k(rhs, vk, 1 if b_trans else 0)
+    a = _cut_k(lhs, vk, -2 if a_trans else -1)
+    b = _cut_k(rhs, vk, -1 if b_trans else -2)
     return a, b, vm, vn
 
 
@@ -903,7 +908,8 @@ def _matmul_wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
         a_t = bool(args[1] if len(args) > 1 else kwargs.get("a_trans", False))
         b_t = bool(args[2] if len(args) > 2 else kwargs.get("b_trans", False))
         a, b, vm, vn = _product_args(lhs, rhs, a_t, b_t, "matmul")
-        return set_valid(rt, inner(rt, a, b, *args, **kwargs), (vm, vn))
+        out = inner(rt, a, b, *args, **kwargs)
+        return set_valid(rt, out, out.shape[:-2] + (vm, vn))
 
     return fn
 
@@ -919,7 +925,8 @@ def _matmul_acc_wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
         a, b, vm, vn = _product_args(lhs, rhs, a_t, b_t, "matmul_acc")
         out = inner(rt, acc, a, b, *args, **kwargs)
         data = rt.bk.copy(acc.data)  # outside the product's box the accumulator is unchanged
-        rt.bk.write(data, box((vm, vn)), rt.bk.read(out.data, box((vm, vn))))
+        key = box(out.shape[:-2] + (vm, vn))
+        rt.bk.write(data, key, rt.bk.read(out.data, key))
         out.data = data
         out.valid = acc.valid
         return out
