@@ -41,7 +41,6 @@ EXPECTED = {
     (V4, "rope_table_dtype", "fp32"): (set(), set()),  # the dtype of two inputs only
 }
 
-    (V4, "qr_scale_form", "mul_recip"): ({"qr_quant"}, set()),
 # variant -> model outputs that must stay bit-identical
 UNMOVED_OUTPUTS = {
     (V32, "rope_layout", "interleaved"): {"qr_out", "q_nope_out", "kv_a_out", "kv_cache"},
