@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "q_head_norm": ("fp32", "bf16"),  # V4 only: per-head q RMSNorm in bf16 tensor arithmetic
     "kv_nope_fp8": (False, True),  # V4 only: FP8 e4m3 quantise-dequantise of kv's nope dims
     "rope_table_dtype": ("bf16", "fp32"),  # V4 only: dtype of the rope_cos / rope_sin inputs
+    "qr_scale_form": ("div", "mul_recip"),  # V4 only: sq = 127 / amax | 127 · (1/amax)
 }
 
 
@@ -40,6 +41,7 @@ MODEL_VARIANTS = {
     "v4.qkv_proj_rope": (
         "rmsnorm", "variance", "cast", "accumulate", "qr_prequant_round", "rope_preround",
         "rope_table", "proj_out", "q_head_norm", "kv_nope_fp8", "rope_table_dtype",
+        "qr_scale_form",
     ),
 }
 
@@ -58,7 +60,7 @@ STAGE_VARIANTS: dict[str, tuple[str, ...]] = {
     "attn_norm": ("rmsnorm", "variance", "cast"),
     "qr_proj_matmul": ("accumulate", "cast", "proj_out"),
     "qr_rms": ("variance", "cast", "qr_prequant_round"),
-    "qr_quant": (),
+    "qr_quant": ("qr_scale_form",),
     "qproj_matmul": (),
     "q_head_rms_rope": ("variance", "cast", "rope_preround", "rope_table", "q_head_norm"),
     "kv_proj_matmul": ("accumulate", "cast", "proj_out"),
@@ -163,6 +165,7 @@ class V4Config:
     q_head_norm: str = "fp32"  # "bf16": bf16(qf), per-head RMSNorm in bf16 tensor arithmetic
     kv_nope_fp8: bool = False  # True: kv[:, :NOPE] through FP8 e4m3, 64-blocks, ue8m0 scales
     rope_table_dtype: str = "bf16"  # "fp32": rope_cos / rope_sin inputs in fp32 (freqs_cis)
+    qr_scale_form: str = "div"  # "mul_recip": sq = 127 · f32(1/amax) (PR #332's torch golden)
 
     model = "v4.qkv_proj_rope"
 

@@ -13,11 +13,17 @@ from dsref.numerics import FP8_MAX, div, int8_codes, pow2_ceil, r32, rbf16, rf8e
 AMAX_FLOOR = float(np.float32(1e-4))  # all-zero rows: scale = 1e-4 / 127, codes 0
 
 
-def quant_int8(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+def quant_int8(v: jax.Array, form: str = "div") -> tuple[jax.Array, jax.Array]:
     """``amax = max(max|v|, 1e-4)``; ``sq = 127 / amax``; ``scale = 1 / sq`` (true fp32
-    divisions); ``codes = int8(fp16(int32_rne(v · sq)))``. Returns carried (codes, scale)."""
+    divisions); ``codes = int8(fp16(int32_rne(v · sq)))``. Returns carried (codes, scale).
+    ``form="mul_recip"``: ``sq = 127 · f32(1 / amax)`` (two roundings: PR #332's torch golden)."""
     amax = jnp.maximum(jnp.max(jnp.abs(v), axis=-1, keepdims=True), AMAX_FLOOR)
-    sq = div(127.0, amax)
+    if form == "div":
+        sq = div(127.0, amax)
+    elif form == "mul_recip":
+        sq = r32(127.0 * div(1.0, amax))
+    else:
+        raise ValueError(f"qr_scale_form: expected 'div' or 'mul_recip', got {form!r}")
     scale = div(1.0, sq)
     return int8_codes(r32(v * sq)), scale
 

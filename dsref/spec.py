@@ -132,7 +132,8 @@ DIV_PR134_DEAD = Divergence(
     "dead writes of rotated q back into a local buffer; two batch loops re-reading seq_lens",
     "none (no effect on values)")
 DIV_PR332_GOLDEN = Divergence(
-    "pypto-lib PR #332 torch golden", "127.0 / amax computed as 127·(1/amax) (two roundings)",
+    "pypto-lib PR #332 torch golden", "127.0 / amax computed as 127·(1/amax) (two roundings; "
+    "variant qr_scale_form=mul_recip)",
     "qr_scale 1 fp32 ulp off the kernel's true division on ~22% of rows")
 DIV_PR332_RACE = Divergence(
     "pypto-lib PR #332 kernel",
@@ -200,6 +201,10 @@ V_KV_NOPE_FP8 = Variant(
     "inplace=True); inference/kernel.py act_quant_kernel, fast_round_scale",
     "True: kv's bf16 nope dims through FP8 e4m3 per 64-column block, scale "
     "2^ceil(log2(max(amax, 1e-4)·f32(1/448))), y = bf16(e4m3(clamp(x/s, ±448))·s)")
+V_QR_SCALE_FORM = Variant(
+    "qr_scale_form", "pypto-lib PR #332 torch golden (seeds/001) of qkv_proj_rope.py",
+    "mul_recip: sq = 127 · f32(1/amax) (two roundings) instead of 127 / amax; qr_scale 1 fp32 "
+    "ulp off on ~22% of rows, a code only where v·sq crosses a rounding boundary")
 V_ROPE_TABLE_DTYPE = Variant(
     "rope_table_dtype", "DeepSeek-V4-Flash inference/model.py freqs_cis (complex64)",
     "fp32: rope_cos / rope_sin inputs in fp32 instead of bf16 (inputs only: no stage's math "
@@ -207,7 +212,7 @@ V_ROPE_TABLE_DTYPE = Variant(
 _VARIANTS_BY_NAME = {v.name: v for v in (V_RMSNORM, V_VARIANCE, V_CAST, V_ACCUMULATE, V_ROPE_LAYOUT,
                                           V_PREQUANT, V_PREROUND, V_ROPE_TABLE, V_Q_NORM_INPUT,
                                           V_PROJ_OUT, V_Q_HEAD_NORM, V_KV_NOPE_FP8,
-                                          V_ROPE_TABLE_DTYPE)}
+                                          V_ROPE_TABLE_DTYPE, V_QR_SCALE_FORM)}
 
 # ---------------------------------------------------------------------------------------------
 # Shared formula and dtype-flow fragments
@@ -729,7 +734,7 @@ def _v4_stages() -> list[Spec]:
                 Step("int32_rne(·)", "int32", "round to nearest, ties to even"),
                 Step("fp16(·)", "fp16", "RNE"),
                 Step("qr [T,QL] = int8(·)", "int8 out", "truncate, saturate to [−128, 127]")),
-               (PR332, PR556, CANN), (DIV_PR332_GOLDEN, DIV_V4_OFFICIAL), (V_PREQUANT,)),
+               (PR332, PR556, CANN), (DIV_PR332_GOLDEN, DIV_V4_OFFICIAL), (V_PREQUANT, V_QR_SCALE_FORM)),
         _stage("qproj_matmul", "W8A8 query up-projection with per-token and per-channel dequant.",
                "acc = qr @ wq_b   (int32, exact)   [T,QL] @ [QL,H·HD]\n"
                "qf = (f32(acc) · qr_scale[t]) · wq_b_scale[c]",

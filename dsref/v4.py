@@ -90,8 +90,9 @@ def qr_rms(qr32, gamma_cq, *, cfg: V4Config):
 @stage(MODEL, "qr", "qr_scale")
 def qr_quant(qr_norm, *, cfg: V4Config):
     """Per token: ``amax = max(max|v|, 1e-4)``, ``sq = 127 / amax``, ``qr_scale = 1 / sq``,
-    ``qr = int8(fp16(int32_rne(v · sq)))``."""
-    codes, scale = quant_int8(widen(qr_norm))
+    ``qr = int8(fp16(int32_rne(v · sq)))`` (``qr_scale_form="mul_recip"``:
+    ``sq = 127 · f32(1 / amax)``)."""
+    codes, scale = quant_int8(widen(qr_norm), cfg.qr_scale_form)
     return codes.astype(jnp.int8), scale.astype(jnp.float32)
 
 

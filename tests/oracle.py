@@ -90,10 +90,10 @@ def rope_interleaved(x, c, s, table: str = "pair") -> np.ndarray:
     return out
 
 
-def quant_int8(v) -> tuple[np.ndarray, np.ndarray]:
+def quant_int8(v, form: str = "div") -> tuple[np.ndarray, np.ndarray]:
     v = f32(v)
     amax = np.maximum(np.abs(v).max(axis=-1, keepdims=True), F32(1e-4))
-    sq = F32(127) / amax
+    sq = F32(127) / amax if form == "div" else F32(127) * (F32(1) / amax)
     scale = F32(1) / sq
     n = np.rint(v * sq).astype(np.int32)  # half to even
     h = n.astype(np.float16)
@@ -230,7 +230,7 @@ def qr_rms(cfg, env):
 
 
 def qr_quant(cfg, env):
-    qr, qr_scale = quant_int8(env["qr_norm"])
+    qr, qr_scale = quant_int8(env["qr_norm"], cfg.qr_scale_form)
     return {"qr": qr, "qr_scale": qr_scale}
 
 

@@ -90,6 +90,19 @@ def test_pr134_semantics_is_followed_by_the_kernels_bitwise():
     assert ds.verdict == FAIL
 
 
+def test_v4_qr_quant_follows_the_pr332_golden_scale_form():
+    """qr_scale_form=mul_recip (PR #332's torch golden: sq = 127·(1/amax)): the kernel computes
+    it bit for bit; the default kernel's qr_scale moves on about a fifth of the rows."""
+    cfg = dsref.config("v4-tiny", qr_scale_form="mul_recip")
+    ins = dsref.make_inputs(V4, cfg, batch=5, seq=3, seed=0)
+    rep = lowering.diff(V4, cfg, ins)
+    q = rep.region("qr_quant")
+    assert rep.verdict == PASS and q.tiling["scale_form"] == "mul_recip"
+    assert all(o.differ_ratio == 0.0 for o in q.outputs)
+    default = lowering.diff(V4, dsref.config("v4-tiny"), ins, kernel_cfg=cfg).region("qr_quant")
+    assert {o.name: o.differ_ratio > 0 for o in default.outputs}["qr_scale"]
+
+
 # ---- PARTIAL: a region ran the reference ---------------------------------------------------------
 
 

@@ -88,6 +88,7 @@ class NormTiling(RowTiles):
     eps: float
     variance: str  # "mean": Σ/N (pl.div); "mul_inv": Σ·f32(1/N), PR #332's form
     mode: str  # pl.cast mode of the bf16 outputs
+    scale_form: str = "div"  # qr_quant's sq: "div" 127 / amax | "mul_recip" 127 · (1/amax)
 
     def __post_init__(self) -> None:
         super().__post_init__()

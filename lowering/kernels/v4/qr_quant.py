@@ -2,7 +2,8 @@
 
     v        = f32(qr_norm[t, :])                          (bf16 → fp32 exact; fp32 as is)
     amax     = max(max_c |v|, 1e-4)                        (|v| as max(v, −v); exact)
-    sq       = 127 / amax                                  (pl.div: one true fp32 division)
+    sq       = 127 / amax                                  (pl.div: one true fp32 division;
+                                                            qr_scale_form="mul_recip": 127 · recip(amax))
     qr_scale = 1 / sq                                      (pl.recip: one rounding)
     qr       = int8( fp16( int32_rint(v · sq) ) )          (cast chain rint → round → trunc)
 
@@ -12,6 +13,8 @@ columns as T grows, PR #332's QUANT_CHUNK); T tiles of up to 128 rows.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from lowering.kernels.blocks import t_tiles
 from lowering.kernels.v4._tiling import NormTiling as Tiling
@@ -24,7 +27,8 @@ INT8_AMAX_EPS = 1e-4
 
 def make_tiling(cfg, shapes) -> Tiling:
     tokens, n = shapes["qr_norm"]
-    return norm_tiling(cfg, tokens, n, divisor_chunk(n, quant_chunk(tokens), "qr_quant"))
+    t = norm_tiling(cfg, tokens, n, divisor_chunk(n, quant_chunk(tokens), "qr_quant"))
+    return dataclasses.replace(t, scale_form=cfg.qr_scale_form)
 
 
 def _f32(tile):
@@ -39,7 +43,10 @@ def qr_quant(qr_norm, qr, qr_scale, *, tiling: Tiling) -> None:
             for c0 in pl.range(0, t.n, t.chunk):
                 v = _f32(qr_norm[t0:t0 + rows, c0:c0 + t.chunk])
                 amax = pl.maximum(amax, pl.reshape(pl.row_max(pl.maximum(v, pl.neg(v))), [1, rows]))
-            sq_row = pl.div(pl.full([1, rows], dtype=pl.FP32, value=INT8_SCALE_MAX), amax)
+            if t.scale_form == "mul_recip":  # PR #332's torch golden: two roundings
+                sq_row = pl.mul(pl.recip(amax), INT8_SCALE_MAX)
+            else:
+                sq_row = pl.div(pl.full([1, rows], dtype=pl.FP32, value=INT8_SCALE_MAX), amax)
             qr_scale[t0:t0 + rows, :] = pl.reshape(pl.recip(sq_row), [rows, 1])
             sq = pl.reshape(sq_row, [rows, 1])
             for c1 in pl.range(0, t.n, t.chunk):
