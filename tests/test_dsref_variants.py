@@ -39,6 +39,7 @@ EXPECTED = {
     (V4, "q_head_norm", "bf16"): ({"q_head_rms_rope"}, set()),
     (V4, "kv_nope_fp8", True): ({"kv_rms_rope"}, set()),
     (V4, "rope_table_dtype", "fp32"): (set(), set()),  # the dtype of two inputs only
+    (V4, "qr_scale_form", "mul_recip"): ({"qr_quant"}, set()),
 }
 
 # variant -> model outputs that must stay bit-identical
