@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import importlib
 import inspect
 import io
@@ -47,6 +48,7 @@ from lowering import pypto_compat
 from lowering.diff import OutputDiff, compare
 from lowering.report import FAIL, PASS, RegionReport, Report
 from lowering.tile import run_kernel as _run_tile_kernel
+from lowering.tile.distributed import run_host
 from lowering.tile.findings import Finding, KernelDefect
 from lowering.tolerances import PRESETS
 
@@ -264,14 +266,14 @@ class Harness:
         case = Case(label)
         self.cases.append(case)
         try:
-            if "distributed_config" in unknown:
-                raise CannotRun(f"golden.{how}(compile_cfg=dict(distributed_config=...)): a "
-                                "multi-device program is not emulated")
+            unknown = dict(unknown)
+            world = _world_size(unknown.pop("distributed_config", None), fn, how)
             if unknown:
                 raise CannotRun(f"golden.{how}() keyword(s) {sorted(unknown)} are not modelled")
             if compile_only:
                 raise CannotRun(f"golden.{how}(compile_only=True): the file only compiles")
-            self._judge(case, fn, specs, golden_fn, golden_data, rtol, atol, dict(compare_fn or {}))
+            self._judge(case, fn, specs, golden_fn, golden_data, rtol, atol, dict(compare_fn or {}),
+                        world)
         except Exception as e:  # noqa: BLE001 - every failure becomes this case's verdict
             where = e.args[0] if isinstance(e, CannotRun) else _describe(e, self.roots)
             case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
@@ -283,7 +285,7 @@ class Harness:
 
     def _judge(self, case: Case, fn: Any, specs: list, golden_fn: Callable | None,
                golden_data: str | None, rtol: float, atol: float,
-               compare_fn: dict[str, Callable]) -> None:
+               compare_fn: dict[str, Callable], world: int | None = None) -> None:
         torch = _torch()
         from dsref.io import from_torch, to_torch
 
@@ -318,9 +320,11 @@ class Harness:
 
         kernel.__name__ = case.label
         t0 = time.perf_counter()
-        run = _run_tile_kernel(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
-                               platform=self.platform, name=case.label, seed=self.seed,
-                               permute_parallel=self.permute_parallel, zero_outputs=True)
+        runner = _run_tile_kernel if world is None else functools.partial(  # one run per rank
+            run_host, world=world, schedule_seed=self.seed if self.permute_parallel else None)
+        run = runner(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
+                     platform=self.platform, name=case.label, seed=self.seed,
+                     permute_parallel=self.permute_parallel, zero_outputs=True)
         case.emulator_s = time.perf_counter() - t0
         case.findings = list(run.findings)
         case.budget = run.budget.as_dicts()
@@ -384,6 +388,33 @@ def _distributed(compile_cfg: Any) -> dict[str, Any]:
     cfg = compile_cfg if isinstance(compile_cfg, Mapping) else {}
     d = cfg.get("distributed_config")
     return {} if d is None else {"distributed_config": d}
+
+
+#: DistributedConfig fields (pypto.ir.distributed_compiled_program) and their modelled values
+_DIST_FIELDS = {"device_ids": None, "num_sub_workers": 0, "runtime": "tensormap_and_ringbuffer",
+                "aicpu_thread_num": None}
+
+
+def _world_size(cfg: Any, fn: Any, how: str) -> int | None:
+    """The rank count of a ``compile_cfg`` distributed program (None: a one-device run);
+    CannotRun for a setting the emulator does not model, naming it."""
+    if cfg is None:
+        return None
+    where = f"golden.{how}(compile_cfg=dict(distributed_config=...))"
+    if getattr(fn, "kind", None) != "host":
+        raise CannotRun(f"{where} with {getattr(fn, '__name__', fn)!r}, not a @pl.jit.host "
+                        "program: not modelled")
+    kw = dict(getattr(cfg, "kwargs", {}))
+    if getattr(cfg, "args", ()) or set(kw) - set(_DIST_FIELDS):
+        raise CannotRun(f"{where}: DistributedConfig{getattr(cfg, 'args', ())} / "
+                        f"{sorted(set(kw) - set(_DIST_FIELDS))} not modelled")
+    for k, v in _DIST_FIELDS.items():
+        if v is not None and kw.get(k, v) != v:
+            raise CannotRun(f"{where}: DistributedConfig({k}={kw[k]!r}) is not modelled")
+    ids = list(kw.get("device_ids", [0]))
+    if not ids or len(set(ids)) != len(ids):
+        raise CannotRun(f"{where}: device_ids {ids} must be distinct and non-empty")
+    return len(ids)
 
 
 def _split_failures(message: str, names: list[str]) -> dict[str, str]:

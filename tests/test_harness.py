@@ -147,11 +147,11 @@ def test_sweep_end_to_end_on_a_miniature_checkout(tmp_path, capsys):
     got = {Path(f["file"]).stem: f["verdict"] for f in rep["files"]}
     assert got == {"scale": PASS, "modes": PASS, "argv_config": PASS, "nomain": PASS,
                    "program": PASS, "race": FAIL, "tail": FAIL, "budget": FAIL, "ties": FAIL,
-                   "kernel_raises": FAIL, "unsupported": CANNOT_RUN}
+                   "kernel_raises": FAIL, "unsupported": CANNOT_RUN, "allgather": PASS}
     assert rep["summary"]["examples"] == {PASS: 2}
-    assert rep["summary"]["total"] == {PASS: 5, FAIL: 5, CANNOT_RUN: 1}
+    assert rep["summary"]["total"] == {PASS: 6, FAIL: 5, CANNOT_RUN: 1}
     text = capsys.readouterr().out
-    assert "11 files" in text and "5 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
+    assert "12 files" in text and "6 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 

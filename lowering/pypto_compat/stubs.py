@@ -3,16 +3,16 @@
 pypto-lib kernel files import more than ``pypto.language``: ``pypto.ir``'s
 ``DistributedConfig`` (into ``compile_cfg``), ``pypto.runtime``'s ``RunConfig``,
 ``pypto.backend``'s ``BackendType`` / ``set_backend_type``, and
-``pypto.language.distributed`` (``pld``: multi-device windows, notify/wait, remote stores).
-These modules let such a file *import*; what they stand for is not emulated, so:
+``pypto.language.distributed`` (``pld``, emulated: :mod:`lowering.pypto_compat.distributed`).
+The other modules let such a file *import*; what they stand for is not emulated, so:
 
 - configuration records (``DistributedConfig``, ``RunConfig``) keep their keyword arguments
-  (the harness refuses a run whose ``compile_cfg`` asks for a distributed program);
+  (the harness runs a ``compile_cfg`` distributed program on ``len(device_ids)`` ranks);
 - ``set_backend_type`` is accepted: it picks the compiler's target, which the emulator does
   not have;
 - every other name raises :class:`~lowering.pypto_compat.language.UnsupportedAPI` when it is
-  *used* (called, subscripted, or read as an attribute of ``pld``), naming it and the file's
-  line: a multi-device kernel is a CANNOT RUN with its construct named, never a silent run.
+  *used* (called, subscripted, or read as an attribute), naming it and the file's line: a
+  CANNOT RUN with its construct named, never a silent run.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def _module(name: str, doc: str, known: dict[str, Any], what: str) -> types.Modu
     return m
 
 
+def _distributed() -> types.ModuleType:
+    from lowering.pypto_compat import distributed
+
+    return distributed
+
+
 def modules() -> dict[str, types.ModuleType]:
     """The stub modules by their import name (``pypto.language`` itself is not among them)."""
     ir = _module("pypto.ir", "Stub of pypto.ir.", {}, "pypto.ir")
@@ -107,9 +113,7 @@ def modules() -> dict[str, types.ModuleType]:
         "pypto.backend": _module("pypto.backend", "Stub.",
                                  {"BackendType": BackendType,
                                   "set_backend_type": set_backend_type}, "pypto.backend"),
-        "pypto.language.distributed": _module(
-            "pypto.language.distributed", "Multi-device pypto (not emulated).", {},
-            "pld"),
+        "pypto.language.distributed": _distributed(),  # emulated: lowering.tile.distributed
     }
     for sub in ("compiled_program", "printer", "pass_manager"):
         m = _module(f"pypto.ir.{sub}", "Stub.", {}, f"pypto.ir.{sub}")
