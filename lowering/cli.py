@@ -1,10 +1,15 @@
-"""The ``lowering`` command line (exit 0 all pass, 1 a check failed, 2 bad usage or input).
+"""The ``lowering`` command line (exit 0 all pass, 1 a check failed, 2 bad usage or input,
+3 PARTIAL: nothing failed but some region ran the reference instead of a kernel).
 
     lowering plan MODEL --config C
     lowering diff [MODEL --config C --batch B [--seq S] --seed N] [--mode isolated|chained]
                   [--backend numpy|torch] [--device cpu|cuda|npu] [--platform a2a3|a5]
                   [--json FILE] [--plot FILE]
     lowering budget MODEL --config C --batch B [--platform a2a3|a5]
+    lowering fingerprint (MODEL --config C --batch B ... | --data DIR | FILE ...)
+
+Every command takes ``--semantics NAME`` (a named semantics, default ds32) and
+``--variant KEY=VALUE`` on top.
 
 ``lowering diff`` with no MODEL runs both models at their tiny configs.
 """
@@ -21,7 +26,7 @@ import numpy as np
 import dsref
 from lowering import pipeline
 from lowering.registry import kernel_for
-from lowering.report import PASS, make_console, render
+from lowering.report import exit_code, make_console, render
 
 # `lowering diff` with no MODEL: both models at tiny dims; V4 with an odd token count
 DEFAULT_RUNS = (("v32.decode_front", "v32-tiny", 16, 1), ("v4.qkv_proj_rope", "v4-tiny", 3, 3))
@@ -39,10 +44,11 @@ def _cfg(args: argparse.Namespace, model: str, default: str | None = None):
     name = args.config or default
     if name is None:
         raise UsageError("--config is required with a MODEL")
-    cfg = dsref.config(name, **dsref.parse_variants(args.variant))
-    if not isinstance(cfg, dsref.get_model(model).config_type):
+    base = dsref.config(name)
+    if not isinstance(base, dsref.get_model(model).config_type):
         raise UsageError(f"--config {name} is not a config of {model}")
-    return cfg
+    return dsref.config(name, semantics=getattr(args, "semantics", None),
+                        **dsref.parse_variants(args.variant))
 
 
 def _backend(args: argparse.Namespace) -> Any:
@@ -57,8 +63,9 @@ def _backend(args: argparse.Namespace) -> Any:
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, Any, int, int]]:
     if args.model is None:
-        return [(m, dsref.config(c, **dsref.parse_variants(args.variant)), b, s)
-                for m, c, b, s in DEFAULT_RUNS]
+        return [(m, dsref.config(c, semantics=args.semantics, **dsref.parse_variants(args.variant)),
+                 b, s) for m, c, b, s in DEFAULT_RUNS
+                if args.semantics is None or dsref.SEMANTICS[args.semantics].applies_to(m)]
     return [(args.model, _cfg(args, args.model), args.batch, args.seq)]
 
 
@@ -84,7 +91,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         from lowering.plots import write_plots
 
         write_plots(reports, args.plot)
-    return 0 if all(r.verdict == PASS for r in reports) else 1
+    return exit_code(reports)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config")
         sp.add_argument("--batch", type=int, default=4)
         sp.add_argument("--seq", type=int, default=1)
-        sp.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+        semantics_flags(sp)
 
     d = sub.add_parser("diff", help="diff every region's kernel against the reference")
     common(d, model_required=False)
@@ -170,7 +177,32 @@ def build_parser() -> argparse.ArgumentParser:
     from lowering import sweep
 
     sweep.add_subparser(sub)
+    from lowering import fingerprint
+
+    fingerprint.add_subparser(sub)
     return p
+
+
+def cli_variants(args: argparse.Namespace, model: str | None) -> dict[str, Any]:
+    """``--variant``s, on top of every variant of ``model`` under ``--semantics`` when given
+    (for commands that pass a variants dict: run-kernel, diff-files, fingerprint)."""
+    overrides = dsref.parse_variants(args.variant)
+    if getattr(args, "semantics", None) is None:
+        return overrides
+    if model is None:
+        raise UsageError("--semantics: cannot tell the model; pass it (MODEL or --model)")
+    from dsref.config import semantic_variants
+
+    return semantic_variants(model, args.semantics, overrides)
+
+
+def semantics_flags(sp: argparse.ArgumentParser) -> None:
+    """``--semantics NAME`` and ``--variant KEY=VALUE`` (on top of it)."""
+    sp.add_argument("--semantics", choices=list(dsref.SEMANTICS), default=None,
+                    help="a named semantics (preset of variants, e.g. pypto-lib-pr134; "
+                         "default ds32): the reference follows it, and so do the kernels")
+    sp.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                    help="one semantic variant, on top of --semantics")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,11 +149,12 @@ def diff_files(data: str | Path, model: str | None = None, *, config: str | None
 
 
 def cmd_diff_files(args: argparse.Namespace) -> int:
-    from lowering.cli import _console
+    from lowering.cli import _console, cli_variants
     from lowering.report import render
 
+    model = args.model or _meta_model(args.data)
     rep = diff_files(args.data, args.model, config=args.config,
-                     variants=dsref.parse_variants(args.variant))
+                     variants=cli_variants(args, model))
     if not args.quiet:
         render([rep], _console())
     if args.json:
@@ -162,15 +163,25 @@ def cmd_diff_files(args: argparse.Namespace) -> int:
     return 0 if rep.verdict == PASS else 1
 
 
+def _meta_model(data: str) -> str | None:
+    """The model ``DIR/meta.json`` names, if it is there and readable (else None)."""
+    try:
+        return json.loads((Path(data) / "meta.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def add_subparser(sub: Any) -> None:
-    """``lowering diff-files [MODEL] --data DIR [--config C] [--variant k=v ...]``."""
+    """``lowering diff-files [MODEL] --data DIR [--config C] [--semantics S] [--variant k=v]``."""
+    from lowering.cli import semantics_flags
+
     p = sub.add_parser("diff-files", help="diff outputs stored in a golden / snapshot "
                        "directory (dsref or pypto-lib layout) against dsref on its inputs")
     p.add_argument("model", nargs="?", choices=dsref.model_names(),
                    help="default: the model named in DIR/meta.json")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--config", help="default: meta.json's, else the one whose shapes fit")
-    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+    semantics_flags(p)
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_diff_files)

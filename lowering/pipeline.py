@@ -22,7 +22,7 @@ from dsref.run import infer_batch_seq
 from lowering import tolerances
 from lowering.diff import compare
 from lowering.registry import Kernel, Unsupported, kernel_for
-from lowering.report import FAIL, PASS, REFERENCE, RegionReport, Report
+from lowering.report import FAIL, PASS, REFERENCE, RegionReport, Report, kernel_error
 from lowering.tile import KernelRun, run_kernel
 from lowering.trace import Region, evaluate, flat_inputs, stage_of, trace
 
@@ -71,8 +71,13 @@ def run_region(model: str, cfg: Any, region: Region, inputs: Mapping[str, np.nda
         note = f"kernel {k.stage} does not implement {e}"
         return RegionReport(name=region.name, status=REFERENCE, kernel=k.file, note=note), dict(
             region.outputs)
-    run = run_kernel_on(k, cfg, region, inputs, tiling, platform=platform, backend=backend,
-                        seed=seed, permute_parallel=permute_parallel)
+    try:
+        run = run_kernel_on(k, cfg, region, inputs, tiling, platform=platform, backend=backend,
+                            seed=seed, permute_parallel=permute_parallel)
+    except Exception as e:  # noqa: BLE001 - an error in kernel code is the region's FAIL
+        return RegionReport(name=region.name, status=FAIL, kernel=k.file,
+                            findings=[kernel_error(e, region.name)],
+                            seconds=time.perf_counter() - t0), dict(region.outputs)
     diffs = [compare(n, run.outputs[n], want, tolerances.preset_for(n, want.dtype, mode))
              for n, want in region.outputs.items()]
     ok = run.ok and all(d.ok for d in diffs)

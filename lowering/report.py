@@ -1,4 +1,17 @@
-"""Diff reports: per region and output, as a terminal table (rich) and as JSON."""
+"""Diff reports: per region and output, as a terminal table (rich) and as JSON.
+
+Verdicts (``Report.verdict``; exit status of ``lowering diff`` / ``run-kernel`` /
+``diff-files``, :func:`exit_code`):
+
+- ``PASS`` (exit 0): every region ran a kernel, and every kernel's outputs and checks passed;
+- ``FAIL`` (exit 1): a region failed (its outputs, an emulator check, or an error raised in
+  kernel code, named by file:line), or the trace has unrecognised structure;
+- ``PARTIAL`` (exit 3): nothing failed, but at least one region ran the reference instead of a
+  kernel (no kernel, or the kernel does not implement the config's semantics:
+  ``registry.Unsupported``) — that part of the model was not checked, so it is not a PASS.
+
+Exit 2 stays "bad usage or input" (unknown names, unreadable data files, ...).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +23,14 @@ from lowering.diff import OutputDiff
 from lowering.tile import Finding
 from lowering.tile.findings import HasFindings
 
-PASS, FAIL, REFERENCE = "PASS", "FAIL", "reference"
+PASS, FAIL, REFERENCE, PARTIAL = "PASS", "FAIL", "reference", "PARTIAL"
+EXIT = {PASS: 0, FAIL: 1, PARTIAL: 3}
+
+
+def exit_code(reports: list[Report]) -> int:
+    """1 if any report FAILs, else 3 if any is PARTIAL, else 0."""
+    verdicts = {r.verdict for r in reports}
+    return next((EXIT[v] for v in (FAIL, PARTIAL) if v in verdicts), 0)
 
 
 @dataclass
@@ -55,9 +75,16 @@ class Report:
 
     @property
     def verdict(self) -> str:
-        """FAIL when any region fails or the trace has unrecognised structure."""
-        bad = self.unrecognised or any(r.status == FAIL for r in self.regions)
-        return FAIL if bad else PASS
+        """FAIL when any region fails or the trace has unrecognised structure; else PARTIAL
+        when any region ran the reference instead of a kernel; else PASS."""
+        if self.unrecognised or any(r.status == FAIL for r in self.regions):
+            return FAIL
+        return PARTIAL if self.reference_regions else PASS
+
+    @property
+    def reference_regions(self) -> list[str]:
+        """Regions that ran the reference, not a kernel (their outputs were not checked)."""
+        return [r.name for r in self.regions if r.status == REFERENCE]
 
     @property
     def first_fail(self) -> str | None:
@@ -74,12 +101,40 @@ class Report:
             "model": self.model, "config": self.config, "variants": self.variants, "mode": self.mode,
             "backend": self.backend, "platform": self.platform, "batch": self.batch, "seq": self.seq,
             "seed": self.seed, "verdict": self.verdict, "first_fail": self.first_fail,
+            "reference_regions": self.reference_regions,
             "unrecognised": self.unrecognised, "notes": self.notes,
             "regions": [r.to_dict() for r in self.regions],
         }
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), indent=kw.pop("indent", 2), default=_jsonable, **kw)
+
+
+def kernel_error(e: BaseException, kernel: str) -> Finding:
+    """A fail finding (check ``error``) for an exception raised while ``kernel`` ran, located at
+    the innermost frame in kernel code: outside the emulator and the rest of ``lowering`` (the
+    hand-tiled kernels under ``lowering/kernels`` count as kernel code) and outside installed
+    packages and the standard library."""
+    import os
+    import sysconfig
+    import traceback
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    kernels = os.path.join(pkg, "kernels")
+    libs = {os.path.abspath(p) for k, p in sysconfig.get_paths().items()
+            if k in ("stdlib", "platstdlib", "purelib", "platlib")}
+
+    def kernel_code(fn: str) -> bool:
+        fn = os.path.abspath(fn)
+        if fn.startswith(kernels + os.sep):
+            return True
+        return not fn.startswith(pkg + os.sep) and not any(fn.startswith(p + os.sep) for p in libs)
+
+    frames = traceback.extract_tb(e.__traceback__)
+    site = next((f for f in reversed(frames) if kernel_code(f.filename)), None)
+    where = f" at {site.filename}:{site.lineno}" if site else ""
+    return Finding("error", "fail", kernel, None, (), None,
+                   f"{kernel}: raised in kernel code{where}: {type(e).__name__}: {e}")
 
 
 def _finding(f: Finding) -> dict[str, Any]:
@@ -155,6 +210,18 @@ def render(reports: list[Report], console: Any = None) -> None:
             console.print(f"  [red]unrecognised[/]: {u}")
         for n in rep.notes:
             console.print(f"  note: {n}", markup=False, highlight=False)
-        first = f" (first FAIL: {rep.first_fail})" if rep.first_fail else ""
-        color = "green" if rep.verdict == PASS else "red"
-        console.print(f"[{color}]{rep.verdict}[/] {rep.model}{first}\n")
+        console.print(verdict_line(rep) + "\n")
+
+
+def verdict_line(rep: Report) -> str:
+    """``PASS model``, ``FAIL model (first FAIL: region)``, or ``PARTIAL model — N region(s)
+    ran the reference, not a kernel: a, b (exit 3)`` (rich markup)."""
+    color = {PASS: "green", FAIL: "red", PARTIAL: "yellow"}[rep.verdict]
+    line = f"[{color}]{rep.verdict}[/] {rep.model}"
+    if rep.first_fail:
+        line += f" (first FAIL: {rep.first_fail})"
+    if rep.verdict == PARTIAL:
+        refs = rep.reference_regions
+        line += (f" — {len(refs)} region(s) ran the reference, not a kernel: {', '.join(refs)} "
+                 "(not checked; exit 3)")
+    return line

@@ -44,7 +44,7 @@ from dsref.model import STAGES
 from lowering import pypto_compat, tolerances
 from lowering.diff import compare
 from lowering.pypto_compat import Direction, DynVar, JITFunction, ScalarType, TensorType
-from lowering.report import FAIL, PASS, RegionReport, Report, render
+from lowering.report import FAIL, PASS, RegionReport, Report, exit_code, render
 from lowering.tile import core
 from lowering.tile import run_kernel as _run_tile_kernel
 from lowering.tile.dtypes import DType, as_dtype
@@ -535,7 +535,24 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 def _dsref_flags(args: argparse.Namespace) -> list[str]:
     return [f for f, v in (("--entry", args.entry), ("--model", args.model),
                            ("--config", args.config), ("--data", args.data), ("--map", args.map),
-                           ("--scalar", args.scalar), ("--variant", args.variant)) if v]
+                           ("--scalar", args.scalar), ("--variant", args.variant),
+                           ("--semantics", args.semantics)) if v]
+
+
+def _cli_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """``--semantics`` / ``--variant`` as a variants dict for the run's model (``--model``,
+    else ``--data``'s meta.json, else inferred from the entry's parameters)."""
+    from lowering.cli import cli_variants
+
+    model = args.model
+    if model is None and args.semantics is not None:
+        if args.data is not None:
+            model = dsref.load_golden(args.data).meta.get("model")
+        else:
+            with loaded_module(args.file, emulate=args.emulate) as module:
+                model = _infer_model(build_entry(
+                    module, args.entry or _default_entry(args.file, args.emulate)))
+    return cli_variants(args, model)
 
 
 def cmd_run_kernel(args: argparse.Namespace) -> int:
@@ -547,7 +564,7 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
                        model=args.model, config=args.config,
                        batch=args.batch, seq=args.seq, seed=args.seed, data=args.data,
                        maps=_pairs(args.map, "--map"), scalars=_pairs(args.scalar, "--scalar"),
-                       variants=dsref.parse_variants(args.variant), platform=args.platform,
+                       variants=_cli_variants(args), platform=args.platform,
                        emulate=args.emulate, permute_parallel=args.permute_parallel)
     except KernelFileError as e:
         for line in str(e).splitlines():
@@ -558,7 +575,7 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res.report.to_dict(), f, indent=2, default=str)
-    return 0 if res.report.verdict == PASS else 1
+    return exit_code([res.report])
 
 
 def _cmd_golden(args: argparse.Namespace) -> int:
@@ -623,7 +640,9 @@ def add_subparser(sub: Any) -> None:
     r.add_argument("--batch", type=int, default=4)
     r.add_argument("--seq", type=int, default=1)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE")
+    from lowering.cli import semantics_flags
+
+    semantics_flags(r)
     r.add_argument("--data", metavar="DIR", help="a dsref golden directory instead of "
                                                  "make_inputs + run")
     r.add_argument("--map", action="append", default=[], metavar="KERNEL_TENSOR=DSREF_NAME",
