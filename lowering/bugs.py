@@ -2,9 +2,10 @@
 
 Each :class:`Bug` rebuilds the broken pattern from the production kernels' blocks, runs it on
 the emulator next to the production kernel (the control, under the same conditions) and
-returns what a user sees: the findings of the check that catches it, or the diff it causes.
-The tests assert the exact findings; ``notebooks/03_bug_hunt.ipynb`` shows them. Nothing here
-is a production kernel.
+returns what a user sees: the findings of the check that catches it, the diff it causes, and
+the region verdict ``lowering diff`` would give the broken kernel (``Hunt.verdict``: the default
+exact-or-bounded judgement plus the emulator checks). The tests assert the exact findings and
+the verdicts; ``notebooks/03_bug_hunt.ipynb`` shows them. Nothing here is a production kernel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 import dsref
-from lowering.diff import OutputDiff, compare
+from lowering.diff import OutputDiff
 from lowering.kernels import blocks
 from lowering.kernels.blocks import rope_selects, t_tiles
 from lowering.kernels.v4 import attn_norm as v4_attn_norm
@@ -25,10 +26,10 @@ from lowering.kernels.v4 import q_head_rms_rope as v4_q_head
 from lowering.kernels.v4._blocks import norm_rope_rows, reassemble
 from lowering.kernels.v4._tiling import RopeTiling
 from lowering.kernels.v32 import q_rope as v32_q_rope
-from lowering.pipeline import region_shapes, run_kernel_on
+from lowering.pipeline import judge_run, region_shapes, run_kernel_on
 from lowering.registry import kernel_for
+from lowering.report import RegionReport
 from lowering.tile import Finding, KernelRun, pl
-from lowering.tolerances import PRESETS
 from lowering.trace import Region, trace
 
 V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
@@ -43,6 +44,7 @@ class Hunt:
     control: KernelRun
     findings: list[Finding] = field(default_factory=list)  # broken run, the bug's check
     diff: OutputDiff | None = None  # for bugs only a diff can show
+    verdict: RegionReport | None = None  # the broken run as `lowering diff` judges the region
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,19 @@ def _tiling(model: str, cfg: Any, region: Region) -> Any:
     return kernel_for(model, region.name).tiling(cfg, region_shapes(region))
 
 
+def _verdict(model: str, cfg: Any, region: Region, run: KernelRun, tiling: Any,
+             local: dict | None = None) -> RegionReport:
+    """The region verdict of ``lowering diff`` (default tolerance) on a run."""
+    return judge_run(model, cfg, region, region.inputs, run, tiling, local=local,
+                     kernel=kernel_for(model, region.name).file)
+
+
 def hunt_race() -> Hunt:
     cfg, region = tiny_region(V4, "q_head_rms_rope", batch=3, seq=3)
     t = _tiling(V4, cfg, region)
     broken = run_on(q_head_rms_rope_shared_temps, V4, cfg, region, t)
     return Hunt(BUGS["race"], broken, run_on(v4_q_head.q_head_rms_rope, V4, cfg, region, t),
-                broken.by_check("race"))
+                broken.by_check("race"), verdict=_verdict(V4, cfg, region, broken, t))
 
 
 def hunt_odd_tail() -> Hunt:
@@ -146,7 +155,7 @@ def hunt_odd_tail() -> Hunt:
     control_t = dataclasses.replace(good, tiles=2, t_tile=-(-tokens // 2))  # ceil: last shorter
     broken = run_on(v4_q_head.q_head_rms_rope, V4, cfg, region, broken_t)
     return Hunt(BUGS["odd_tail"], broken, run_on(v4_q_head.q_head_rms_rope, V4, cfg, region, control_t),
-                broken.by_check("coverage"))
+                broken.by_check("coverage"), verdict=_verdict(V4, cfg, region, broken, broken_t))
 
 
 def hunt_dead_write() -> Hunt:
@@ -154,7 +163,7 @@ def hunt_dead_write() -> Hunt:
     t = _tiling(V32, cfg, region)
     broken = run_on(q_rope_dead_write, V32, cfg, region, t)
     return Hunt(BUGS["dead_write"], broken, run_on(v32_q_rope.q_rope, V32, cfg, region, t),
-                broken.by_check("dead_write"))
+                broken.by_check("dead_write"), verdict=_verdict(V32, cfg, region, broken, t))
 
 
 def flash_rms_region(stage: str, tokens: int = 128) -> Region:
@@ -195,16 +204,22 @@ def flash_rms_run(stage: str, tiles: int | None = None, platform: str = "a2a3") 
 
 def hunt_budget() -> Hunt:
     broken = flash_rms_run("q_head_rms_rope", tiles=1)
-    return Hunt(BUGS["budget"], broken, flash_rms_run("q_head_rms_rope"), broken.by_check("budget"))
+    cfg, region = dsref.config("v4-flash"), flash_rms_region("q_head_rms_rope")
+    t = dataclasses.replace(_tiling(V4, cfg, region), tiles=1, t_tile=128)
+    (q,) = dsref.run_stage("q_head_rms_rope", cfg, *(region.inputs[n] for n in
+                                                     ("qf", "rope_cos", "rope_sin")))
+    return Hunt(BUGS["budget"], broken, flash_rms_run("q_head_rms_rope"), broken.by_check("budget"),
+                verdict=_verdict(V4, cfg, region, broken, t, local={"q": q}))
 
 
 def hunt_round_cast() -> Hunt:
     cfg, region = tiny_region(V4, "attn_norm", batch=2, seq=3, ties=True)
     t = _tiling(V4, cfg, region)
-    broken = run_on(v4_attn_norm.attn_norm, V4, cfg, region, dataclasses.replace(t, mode="round"))
-    want = region.outputs["tok"]
+    broken_t = dataclasses.replace(t, mode="round")
+    broken = run_on(v4_attn_norm.attn_norm, V4, cfg, region, broken_t)
+    verdict = _verdict(V4, cfg, region, broken, broken_t)
     return Hunt(BUGS["round_cast"], broken, run_on(v4_attn_norm.attn_norm, V4, cfg, region, t),
-                diff=compare("tok", broken.outputs["tok"], want, PRESETS["bf16"]))
+                diff=verdict.outputs[0], verdict=verdict)
 
 
 BUGS: dict[str, Bug] = {b.name: b for b in (

@@ -81,7 +81,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
             ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed)
             reports.append(pipeline.diff(model, cfg, ins, mode=args.mode, backend=backend,
                                          platform=args.platform, seed=args.seed, on_region=step,
-                                         permute_parallel=args.permute_parallel))
+                                         permute_parallel=args.permute_parallel,
+                                         tolerance=args.tolerance))
     if not args.quiet:
         render(reports, _console())
     if args.json:
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(d, model_required=False)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--mode", choices=pipeline.MODES, default="isolated")
+    d.add_argument("--tolerance", choices=("bound", "pypto-lib"), default="bound",
+                   help="bound (default): exact-or-bounded per element; pypto-lib: upstream's "
+                        "ratio_allclose presets (docs/verdicts.md)")
     d.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     d.add_argument("--device", default=None, help="cpu | cuda[:N] | npu[:N] (torch backend)")
     d.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")

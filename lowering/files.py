@@ -11,8 +11,14 @@ harness differs from the dsref names in two ways, both accepted: ``wq_b_scale`` 
 Names, shapes and dtypes are checked before anything runs: every bad tensor gets one line
 (exit 2). Batch and seq come from the leading activation; the config from ``--config``, else
 ``meta.json``, else the one config whose shapes fit (ambiguous: ``--config`` is required).
-The result is a ``Report`` with one region per model output (status PASS / FAIL under the
-standard presets), rendered and exit-coded like ``lowering diff``.
+
+Each stored output is judged locally (``pipeline.judge_observed``): against the reference stage
+evaluated on the stored values upstream of it (a stored ``qr_out`` feeds ``q_head_proj``), an
+intermediate that is not stored entering as the interval of values it may hold. The producer's
+summation order is unknown, so the bounds assume fp32 accumulation in any order. The result is
+a ``Report`` with one region per model output (PASS / FAIL under ``--tolerance``, default
+``bound``; the drift from the pure reference beside it), rendered and exit-coded like
+``lowering diff``.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ import numpy as np
 import dsref
 from dsref.io import detect_format
 from dsref.run import infer_batch_seq
-from lowering import tolerances
-from lowering.diff import compare
+from lowering.pipeline import judge_observed
 from lowering.report import FAIL, PASS, RegionReport, Report
+from lowering.tolerances import DEFAULT_TOLERANCE, TOLERANCES
 
 # inputs pypto-lib's V4 harness passes that dsref's contract has no use for
 IGNORED_EXTRAS = {"v4.qkv_proj_rope": ("even_select_t", "odd_select_t")}
@@ -120,8 +126,9 @@ def _choose_config(model: str, meta: dict, config: str | None, variants: Mapping
 
 
 def diff_files(data: str | Path, model: str | None = None, *, config: str | None = None,
-               variants: Mapping[str, Any] | None = None) -> Report:
-    """Compare the outputs stored in ``data`` with dsref run on its inputs (see module)."""
+               variants: Mapping[str, Any] | None = None,
+               tolerance: str = DEFAULT_TOLERANCE) -> Report:
+    """Judge the outputs stored in ``data`` against dsref run on its inputs (see module)."""
     d = Path(data)
     fmt = detect_format(d)
     golden = dsref.load_golden(d)
@@ -136,16 +143,18 @@ def diff_files(data: str | Path, model: str | None = None, *, config: str | None
     outs = dict(golden.outputs)
     cfg, batch, seq = _choose_config(model, meta, config, dict(variants or {}), ins, outs)
     t0 = time.perf_counter()
-    want = dsref.run(model, cfg, ins)
+    judged = {o.name: o for j in judge_observed(model, cfg, ins, outs, tolerance=tolerance)
+              for o in j.outputs}
     secs = time.perf_counter() - t0
     regions = []
     for n in dsref.get_model(model).output_specs(cfg, batch, seq):
-        o = compare(n, outs[n], want[n], tolerances.preset_for(n, want[n].dtype))
+        o = judged[n]
         regions.append(RegionReport(name=n, status=PASS if o.ok else FAIL,
                                     kernel=f"{d}:{n}", outputs=[o], seconds=secs))
-    return Report(model=model, config=cfg.name, mode="files", backend=f"files:{fmt}",
-                  platform="-", batch=batch, seq=seq, seed=meta.get("seed"), regions=regions,
-                  variants=dsref.variant_values(cfg), notes=notes)
+    rep = Report(model=model, config=cfg.name, mode="files", backend=f"files:{fmt}",
+                 platform="-", batch=batch, seq=seq, seed=meta.get("seed"), regions=regions,
+                 variants=dsref.variant_values(cfg), notes=notes, tolerance=tolerance)
+    return rep
 
 
 def cmd_diff_files(args: argparse.Namespace) -> int:
@@ -154,7 +163,8 @@ def cmd_diff_files(args: argparse.Namespace) -> int:
 
     model = args.model or _meta_model(args.data)
     rep = diff_files(args.data, args.model, config=args.config,
-                     variants=cli_variants(args, model))
+                     variants=cli_variants(args, model),
+                     tolerance=getattr(args, "tolerance", None) or DEFAULT_TOLERANCE)
     if not args.quiet:
         render([rep], _console())
     if args.json:
@@ -182,6 +192,9 @@ def add_subparser(sub: Any) -> None:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--config", help="default: meta.json's, else the one whose shapes fit")
     semantics_flags(p)
+    p.add_argument("--tolerance", choices=TOLERANCES, default=DEFAULT_TOLERANCE,
+                   help="bound (default): exact-or-bounded per element; pypto-lib: upstream's "
+                        "ratio_allclose presets (docs/verdicts.md)")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_diff_files)

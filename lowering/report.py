@@ -72,6 +72,7 @@ class Report:
     unrecognised: list[str] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. inputs a diff-files run ignored
+    tolerance: str = "bound"  # how outputs were judged: "bound" | "pypto-lib" (docs/verdicts.md)
 
     @property
     def verdict(self) -> str:
@@ -100,7 +101,8 @@ class Report:
         return {
             "model": self.model, "config": self.config, "variants": self.variants, "mode": self.mode,
             "backend": self.backend, "platform": self.platform, "batch": self.batch, "seq": self.seq,
-            "seed": self.seed, "verdict": self.verdict, "first_fail": self.first_fail,
+            "seed": self.seed, "tolerance": self.tolerance, "verdict": self.verdict,
+            "first_fail": self.first_fail,
             "reference_regions": self.reference_regions,
             "unrecognised": self.unrecognised, "notes": self.notes,
             "regions": [r.to_dict() for r in self.regions],
@@ -166,6 +168,24 @@ def make_console() -> Any:
     return _Console(width=None if sys.stdout.isatty() else 160, highlight=False)
 
 
+_COLUMNS = ("region", "status", "output", "check", "err/bound", "pinned %", "max ulp", "differ %",
+            "pypto-lib", "cosine", "drift ulp", "checks")
+
+
+def _output_cells(o: OutputDiff) -> list[str]:
+    """One output's cells: the default verdict's figures (error in units of the bound, share of
+    elements held bitwise), the pypto-lib ratio verdict beside them, the drift along a chain."""
+    mark = "" if o.ok else " [red]✗[/]"
+    ratio = "" if o.bound_ratio is None else ("∞" if o.bound_ratio == float("inf")
+                                              else f"{o.bound_ratio:.3g}")
+    pinned = "" if o.pinned is None else f"{100 * o.pinned:.2f}"
+    upstream = "" if o.ratio_ok is None else (
+        f"{'ok' if o.ratio_ok else 'FAIL'} {100 * o.mismatch_ratio:.2f}%")
+    drift = "" if o.drift is None else str(o.drift["max_ulp"])
+    return [o.name + mark, o.preset, ratio, pinned, str(o.max_ulp),
+            f"{100 * o.differ_ratio:.3f}", upstream, f"{o.cosine:.7f}", drift]
+
+
 def render(reports: list[Report], console: Any = None) -> None:
     """Print each report as a rich table, then its findings, then the verdict line."""
     from rich.table import Table
@@ -173,11 +193,10 @@ def render(reports: list[Report], console: Any = None) -> None:
     console = console or make_console()
     for rep in reports:
         title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  mode={rep.mode}"
-                 f"  backend={rep.backend}  platform={rep.platform}")
+                 f"  backend={rep.backend}  platform={rep.platform}  tolerance={rep.tolerance}")
         t = Table(title=title, title_justify="left")
-        for col in ("region", "status", "output", "preset", "max abs", "max rel", "max ulp",
-                    "bad %", "differ %", "cosine", "checks"):
-            t.add_column(col, justify="left" if col in ("region", "status", "output", "preset") else "right")
+        for col in _COLUMNS:
+            t.add_column(col, justify="left" if col in ("region", "status", "output", "check") else "right")
         for r in rep.regions:
             style = {PASS: "green", FAIL: "bold red", REFERENCE: "yellow"}[r.status]
             checks = f"{len(r.failures)} fail, {len(r.warnings)} warn" if r.findings else ""
@@ -185,20 +204,19 @@ def render(reports: list[Report], console: Any = None) -> None:
             for i, o in enumerate(rows):
                 cells = [r.name if i == 0 else "", f"[{style}]{r.status}[/]" if i == 0 else ""]
                 if o is None:
-                    cells += ["—", "", "", "", "", "", "", ""]
+                    cells += ["—"] + [""] * (len(_COLUMNS) - 4)
                 else:
-                    mark = "" if o.ok else " [red]✗[/]"
-                    cells += [o.name + mark, o.preset, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
-                              str(o.max_ulp), f"{100 * o.mismatch_ratio:.3f}",
-                              f"{100 * o.differ_ratio:.3f}", f"{o.cosine:.7f}"]
+                    cells += _output_cells(o)
                 cells.append(checks if i == 0 else "")
                 t.add_row(*cells)
         console.print(t)
         for r in rep.regions:
             for o in r.outputs:
                 if not o.ok:
-                    console.print(f"  [red]{r.name}.{o.name}[/]: {o.message}; first at "
-                                  f"{[list(i) for i in o.first_mismatches[:3]]}")
+                    console.print(f"  [red]{r.name}.{o.name}[/]: {o.message}; at "
+                                  f"{[list(i) for i in o.first_mismatches]}", highlight=False)
+                if o.note:
+                    console.print(f"  [yellow]{r.name}.{o.name}[/]: {o.note}", highlight=False)
             for f in r.findings:
                 color = "red" if f.severity == "fail" else "yellow"
                 console.print(f"  [{color}]{f.severity.upper()} [{f.check}][/] {f.message}",

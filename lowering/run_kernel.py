@@ -41,13 +41,15 @@ import numpy as np
 import dsref
 from dsref.config import MODEL_VARIANTS
 from dsref.model import STAGES
-from lowering import pypto_compat, tolerances
-from lowering.diff import compare
+from lowering import pypto_compat
+from lowering.diff import judge
+from lowering.pipeline import judge_observed
 from lowering.pypto_compat import Direction, DynVar, JITFunction, ScalarType, TensorType
 from lowering.report import FAIL, PASS, RegionReport, Report, exit_code, render
 from lowering.tile import core
 from lowering.tile import run_kernel as _run_tile_kernel
 from lowering.tile.dtypes import DType, as_dtype
+from lowering.tolerances import DEFAULT_TOLERANCE, TOLERANCES
 
 #: tiny preset per model, used when --config is not given
 DEFAULT_CONFIGS = {"v32.decode_front": "v32-tiny", "v4.qkv_proj_rope": "v4-tiny"}
@@ -401,8 +403,9 @@ def run_file(path: str | os.PathLike, entry: str, *, model: str | None = None,
              data: str | None = None, maps: Mapping[str, str] | None = None,
              scalars: Mapping[str, str] | None = None, variants: Mapping[str, Any] | None = None,
              platform: str = "a2a3", emulate: bool = False,
-             permute_parallel: bool = False) -> KernelResult:
-    """Run ``entry`` of the pypto-lib kernel file ``path`` on the emulator against dsref."""
+             permute_parallel: bool = False, tolerance: str = DEFAULT_TOLERANCE) -> KernelResult:
+    """Run ``entry`` of the pypto-lib kernel file ``path`` on the emulator against dsref,
+    each output judged under ``tolerance`` (``bound`` | ``pypto-lib``)."""
     maps = dict(maps or {})
     t0 = time.perf_counter()
     with loaded_module(path, emulate=emulate) as module:
@@ -428,7 +431,7 @@ def run_file(path: str | os.PathLike, entry: str, *, model: str | None = None,
         except Exception as e:
             raise _kernel_error(e, Path(path).resolve().parent, f"running {ent.label}") from e
     report = _report(ent, ref, bnd, run, internals, Path(path), platform,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, tolerance)
     return KernelResult(report, run, internals)
 
 
@@ -473,15 +476,17 @@ def _overlap(model: str, names: set[str]) -> int:
 
 def _report(ent: Entry, ref: Reference, bnd: Binding, run: Any,
             internals: dict[str, list[np.ndarray]], path: Path, platform: str,
-            seconds: float) -> Report:
-    diffs: dict[str, list] = {}
+            seconds: float, tolerance: str = DEFAULT_TOLERANCE) -> Report:
+    """One region for the kernel's checks, then one per dsref stage with an observed output:
+    every kernel output and ``--map``-ped GM tensor judged locally — against the reference
+    stage on the kernel's own upstream values (``pipeline.judge_observed``; the kernel's
+    summation order is unknown to dsref, so the bounds assume fp32 in any order)."""
+    observed: dict[str, np.ndarray] = {}
+    labels: dict[str, str] = {}
+    extra: dict[str, list] = {}  # targets that are not stage outputs (model inputs): bitwise
     for kname, target in bnd.targets.items():
-        want = ref.outputs.get(target)
-        if want is None:
-            want = ref.value(target)
-        d = compare(_label(kname, target), run.outputs[kname], want,
-                    tolerances.preset_for(target, want.dtype))
-        diffs.setdefault(ref.stage_of(target), []).append(d)
+        name = _plain(target)
+        observed[name], labels[name] = run.outputs[kname], _label(kname, target)
     unknown = []
     for kname, target in bnd.internal_maps.items():
         want = ref.value(target)
@@ -496,12 +501,19 @@ def _report(ent: Entry, ref: Reference, bnd: Binding, run: Any,
         g = got[-1]
         if g.size == want.size and g.shape != want.shape:
             g = g.reshape(want.shape)
-        diffs.setdefault(ref.stage_of(target), []).append(
-            compare(_label(kname, target), g, want, tolerances.preset_for(target, want.dtype)))
+        name = _plain(target)
+        if ref.stage_of(target) == "inputs":
+            extra.setdefault("inputs", []).append(judge(_label(kname, target), g, want, None,
+                                                        tolerance=tolerance))
+            continue
+        observed[name], labels[name] = g, _label(kname, target)
     if unknown:
         raise KernelFileError(f"--map {', '.join(unknown)}: neither a parameter of "
                               f"{ent.label} nor a GM tensor it creates with pl.create_tensor "
                               f"(created: {', '.join(sorted(internals)) or 'none'})")
+    diffs: dict[str, list] = {j.stage: j.outputs for j in judge_observed(
+        ref.model, ref.cfg, ref.inputs, observed, tolerance=tolerance, labels=labels)}
+    diffs.update(extra)
     order = [*dsref.get_model(ref.model).stages, "inputs"]
     regions = [RegionReport(
         name=ent.label, status=PASS if run.ok else FAIL, kernel=str(path),
@@ -510,9 +522,15 @@ def _report(ent: Entry, ref: Reference, bnd: Binding, run: Any,
         ok = all(d.ok for d in diffs[st])
         regions.append(RegionReport(name=st, status=PASS if ok else FAIL, kernel=str(path),
                                     outputs=diffs[st]))
-    return Report(model=ref.model, config=ref.cfg.name, mode="run-kernel", backend="numpy",
-                  platform=platform, batch=ref.batch, seq=ref.seq, seed=ref.seed,
-                  regions=regions, variants=dsref.variant_values(ref.cfg))
+    rep = Report(model=ref.model, config=ref.cfg.name, mode="run-kernel", backend="numpy",
+                 platform=platform, batch=ref.batch, seq=ref.seq, seed=ref.seed,
+                 regions=regions, variants=dsref.variant_values(ref.cfg), tolerance=tolerance)
+    return rep
+
+
+def _plain(target: str) -> str:
+    """``stage.name`` → ``name`` (stage outputs are unique within a model)."""
+    return target.split(".")[-1]
 
 
 def _label(kname: str, target: str) -> str:
@@ -536,7 +554,8 @@ def _dsref_flags(args: argparse.Namespace) -> list[str]:
     return [f for f, v in (("--entry", args.entry), ("--model", args.model),
                            ("--config", args.config), ("--data", args.data), ("--map", args.map),
                            ("--scalar", args.scalar), ("--variant", args.variant),
-                           ("--semantics", args.semantics)) if v]
+                           ("--semantics", args.semantics),
+                           ("--tolerance", args.tolerance)) if v]
 
 
 def _cli_variants(args: argparse.Namespace) -> dict[str, Any]:
@@ -565,7 +584,8 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
                        batch=args.batch, seq=args.seq, seed=args.seed, data=args.data,
                        maps=_pairs(args.map, "--map"), scalars=_pairs(args.scalar, "--scalar"),
                        variants=_cli_variants(args), platform=args.platform,
-                       emulate=args.emulate, permute_parallel=args.permute_parallel)
+                       emulate=args.emulate, permute_parallel=args.permute_parallel,
+                       tolerance=args.tolerance or DEFAULT_TOLERANCE)
     except KernelFileError as e:
         for line in str(e).splitlines():
             print(f"lowering: error: {line}", file=sys.stderr)
@@ -625,8 +645,9 @@ def add_subparser(sub: Any) -> None:
                                           "against its own golden (or dsref)")
     r.add_argument("file", help="the kernel file (import pypto.language as pl)")
     r.add_argument("--reference", choices=("golden", "dsref"),
-                   help="golden (default unless a dsref flag is given): run the file's __main__ with its specs, golden "
-                        "function and comparators; dsref: bind the kernel to a dsref model")
+                   help="golden (default unless a dsref flag is given): run the file's __main__ "
+                        "with its specs, golden function and comparators; dsref: bind the kernel "
+                        "to a dsref model")
     r.add_argument("--mode", help="the file's --mode (default: what its __main__ runs, "
                                   "usually every mode in turn)")
     r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -643,6 +664,9 @@ def add_subparser(sub: Any) -> None:
     from lowering.cli import semantics_flags
 
     semantics_flags(r)
+    r.add_argument("--tolerance", choices=TOLERANCES, default=None,
+                   help="(dsref) bound (default): exact-or-bounded per element; pypto-lib: "
+                        "upstream's ratio_allclose presets (docs/verdicts.md)")
     r.add_argument("--data", metavar="DIR", help="a dsref golden directory instead of "
                                                  "make_inputs + run")
     r.add_argument("--map", action="append", default=[], metavar="KERNEL_TENSOR=DSREF_NAME",

@@ -59,16 +59,20 @@ def test_prepared_equals_run_bitwise(model, cfg_name, kw):
         assert_bitwise(g, want[name], name)
 
 
-def test_fp32_accumulate_prepared_within_one_bf16_ulp_of_run():
+def test_fp32_accumulate_prepared_within_the_fp32_bound_of_run():
     """The fp32-accumulate variant has no defined order: the resident [out, in] weight may sum
-    in another order than run()'s [in, out] one, so bf16 outputs may move by one ulp."""
+    in another order than run()'s [in, out] one. Each prepared output lies inside the
+    any-order fp32 bound of its stage, evaluated on the prepared call's own upstream outputs."""
+    from lowering.pipeline import judge_observed
+
     cfg = dsref.with_variants(dsref.config("v32-tiny"), accumulate="fp32")
     ins = dsref.make_inputs(V32, cfg, batch=3, seed=2)
-    want = dsref.run(V32, cfg, ins)
     got = dsref.prepare(V32, cfg, ins)(_step_inputs(V32, ins))
-    for name, g in got.items():
-        np.testing.assert_allclose(g.astype(np.float32), want[name].astype(np.float32),
-                                   rtol=2**-7, atol=1e-6, err_msg=name)
+    judged = [o for j in judge_observed(V32, cfg, ins, got) for o in j.outputs]
+    assert {o.name for o in judged} == set(got)
+    assert all(o.ok and o.preset == "bound" for o in judged if o.name in (
+        "qr_out", "kv_a_out")), [(o.name, o.message) for o in judged]
+    assert all(o.ok for o in judged), [(o.name, o.message) for o in judged]
 
 
 def _aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:

@@ -36,6 +36,11 @@ def test_tiny_b16_passes_with_every_region_mapped(tiny, mode, backend):
     assert all(r.status == PASS for r in rep.regions), rep.to_json()
     assert rep.verdict == PASS and rep.first_fail is None
     assert not [f for r in rep.regions for f in r.findings]
+    outs = {(r.name, o.name): o for r in rep.regions for o in r.outputs}
+    for key in (("q_rope", "q_nope_out"), ("q_rope", "q_pe_out"),
+                ("decode_cache_write", "kv_cache"), ("decode_cache_write", "pe_cache")):
+        assert outs[key].preset == "exact" and outs[key].differ_ratio == 0, key  # bits
+    assert all(o.preset in ("exact", "bound") and o.bound_ratio <= 1 for o in outs.values())
 
 
 @pytest.mark.parametrize("batch", [1, 5, 17])
@@ -180,11 +185,22 @@ def test_clean_kernels_have_no_findings(tiny):
         assert run.findings == [], (name, run.findings)
 
 
-def test_run_region_reports_fail_on_a_wrong_result(tiny, monkeypatch):
+def test_run_region_judges_the_kernel_on_the_inputs_it_was_given(tiny, monkeypatch):
+    """Other weights: the reference stage runs on them too, so the (correct) kernel passes; a
+    kernel that truncates instead of rounding fails, naming the output and the elements."""
+    from lowering.kernels.v32 import kv_a_proj as kvp
+
     cfg, _, tr = tiny
     region = tr.region("kv_a_proj")
-    bad = dict(region.inputs, wkv_a=(region.inputs["wkv_a"].astype(np.float32) * 1.1).astype(
-        region.inputs["wkv_a"].dtype))
-    rep, _ = run_region(MODEL, cfg, region, bad)
-    assert rep.status == FAIL and not rep.outputs[0].ok
-    assert "outside tolerance" in rep.outputs[0].message
+    w = region.inputs["wkv_a"]
+    other = dict(region.inputs, wkv_a=(w.astype(np.float32) * 1.1).astype(w.dtype))
+    rep, out = run_region(MODEL, cfg, region, other)
+    assert rep.status == PASS and rep.outputs[0].preset == "bound"
+    assert (out["kv_a_out"].view("u2") != region.outputs["kv_a_out"].view("u2")).mean() > 0.5
+    real = kvp.make_tiling
+    monkeypatch.setattr(kvp, "make_tiling", lambda c, s: dataclasses.replace(real(c, s),
+                                                                              mode="trunc"))
+    rep, _ = run_region(MODEL, cfg, region, other)
+    o = rep.outputs[0]
+    assert rep.status == FAIL and not o.ok and "outside the bound" in o.message
+    assert o.outside > 0 and len(o.first_mismatches) == 8

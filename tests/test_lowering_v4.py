@@ -25,6 +25,10 @@ def _assert_all_kernels_pass(rep):
     assert not bad, bad
     assert [r.name for r in rep.regions] == list(dsref.get_model(MODEL).stages)
     assert rep.verdict == PASS
+    for o in (o for r in rep.regions for o in r.outputs):
+        assert o.preset in ("exact", "bound"), o.name  # judged by the default verdict
+        if o.preset == "exact":  # the bound is zero: bits
+            assert o.differ_ratio == 0 and o.max_ulp == 0, o.name
 
 
 def test_every_stage_has_a_kernel():

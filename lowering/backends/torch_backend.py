@@ -9,6 +9,11 @@ only when that sum lies within a float64 rounding error of an fp32 rounding boun
 - fp32 elementwise ops are torch float32 kernels (one IEEE operation each; ``add``/``sub``
   with alpha = 1 stay single-rounded even where torch uses a fused multiply-add); fp16/bf16 ops
   compute in float32 and round once with ``.to()`` (round to nearest even);
+- except ``div``, ``recip`` and ``sqrt``, whose torch CPU kernels are not correctly rounded on
+  every CPU (torch 2.13's vectorised fp32 ``sqrt`` is 1 ulp off on ~16% of elements on an
+  AVX2-only AMD EPYC): quotients are computed in float64 and rounded once (exact: 53 >= 2·24 +
+  2), square roots in float64, rounded, then corrected by an exact residual test against the
+  two neighbouring midpoints — correctly rounded on any CPU, bitwise equal to numpy;
 - a Python-number operand is an fp32 *device* tensor, never a CPU scalar (torch's CUDA divide
   turns a CPU-scalar divisor into a multiplication by its reciprocal);
 - casts: widening and round-to-nearest-even narrowing of fp32/fp16/bf16 use ``.to()``; every
@@ -115,6 +120,9 @@ class TorchBackend:
         if op == "div" and not (nat.is_floating_point or nat == self.torch.bool):
             raise TypeError("integer division is not a tile op the emulator supports")
         fn = self._binary[op]
+        if op == "div" and nat in (self.torch.float32, self.torch.bfloat16, self.torch.float16):
+            f64 = self.torch.float64  # one rounding of the float64 quotient: the IEEE fp32 one
+            return (a.to(f64) / b.to(f64)).to(self.torch.float32).to(nat)
         if nat in (self.torch.bfloat16, self.torch.float16):
             f32 = self.torch.float32
             return fn(a.to(f32), b.to(f32)).to(nat)
@@ -133,12 +141,34 @@ class TorchBackend:
             return self.from_numpy(self._np.unary(op, self.to_numpy(x)), name)
         wide = x.to(t.float32) if x.element_size() < 4 else x
         if op == "sqrt":
-            r = t.sqrt(wide)
+            r = self._sqrt(wide)
         elif op == "recip":
-            r = t.div(t.ones((), dtype=wide.dtype, device=wide.device), wide)
+            r = (1.0 / wide.to(t.float64)).to(wide.dtype) if wide.dtype == t.float32 else \
+                t.div(t.ones((), dtype=wide.dtype, device=wide.device), wide)
         else:
             raise KeyError(op)
         return r.to(x.dtype)
+
+    def _sqrt(self, x: Any) -> Any:
+        """Correctly rounded ``sqrt`` of an fp32 (or fp64) tensor on any CPU / device.
+
+        fp32: the float64 root rounded to fp32 is within one ulp even if the library root is
+        not correctly rounded; then with ``m± = (r + next±(r)) / 2`` (exact in float64, and so
+        are ``m±²``: 25 significant bits each), the correctly rounded root is ``next+(r)`` when
+        ``x > m+²``, ``next−(r)`` when ``x < m−²``, else ``r`` (``x = m²`` is impossible: ``m²``
+        has more than 24 significant bits)."""
+        t = self.torch
+        if x.dtype != t.float32:
+            return t.sqrt(x)
+        x64 = x.to(t.float64)
+        r = t.sqrt(x64).to(t.float32)
+        up = t.nextafter(r, t.full((), float("inf"), dtype=t.float32, device=r.device))
+        dn = t.nextafter(r, t.zeros((), dtype=t.float32, device=r.device))
+        r64 = r.to(t.float64)
+        m_up, m_dn = (r64 + up.to(t.float64)) * 0.5, (r64 + dn.to(t.float64)) * 0.5
+        fix = t.isfinite(x64) & (x64 > 0) & t.isfinite(up)
+        r = t.where(fix & (x64 > m_up * m_up), up, r)
+        return t.where(fix & (x64 < m_dn * m_dn), dn, r)
 
     def _reduce(self, op: str, x: Any, dim: int) -> Any:
         t = self.torch

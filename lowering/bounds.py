@@ -1,0 +1,727 @@
+"""How far a kernel's output may legitimately sit from dsref's: per stage and output, an allowed
+interval ``[lo, hi]`` per element (docs/verdicts.md derives every bound).
+
+A kernel computes a stage's semantics with the same rounding points as dsref, except that it
+sums in its own order: an RMSNorm's ``Σx²`` in column chunks added in fp32, a projection's dot
+in K chunks accumulated in fp32. Everything after such a sum is a chain of correctly rounded
+fp32 operations, narrowings and casts, each *monotone* in each argument. So the set of values a
+kernel can produce is bounded by evaluating dsref's own formula in **interval arithmetic**:
+
+- a reduction returns the interval of every fp32 value the kernel's summation can produce
+  (:func:`fsum`, :func:`dot`), from the operands' actual magnitudes and the accumulation model
+  (:class:`Accum`): ``|ŝ − S| ≤ γ_k · Σ|P_i|`` for k exactly rounded partials ``P_i`` combined
+  in fp32 in any order, ``γ_{n}·Σ|t_j|`` for n terms in any order, and exactly ``S`` when every
+  partial sum in any order is representable (:func:`_exact_rows`);
+- every later op maps intervals to intervals with the op's own rounding at each end
+  (monotone ops: the image of ``[lo, hi]`` is ``[f(lo), f(hi)]``; products and differences take
+  the extreme combinations). Where no reduction is involved the interval is a point: the stage
+  is bitwise (RoPE, casts, quantisation, cache writes), −0.0 == +0.0.
+
+Inputs may themselves be intervals (an intermediate nobody stored, e.g. ``normed`` under
+``diff-files``): the same arithmetic carries them through. dsref's own output is one legitimate
+evaluation, so it always lies inside — :mod:`lowering.diff` checks that on every judgement, which
+keeps this module in step with dsref (and the tests compare both bitwise with zero slack).
+
+Values are float64 arrays holding numbers on the fp32 (or a narrower) grid, as in dsref.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from lowering.backends import _rounding
+from lowering.tolerances import U64, gamma
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F8 = np.dtype(ml_dtypes.float8_e4m3fn)
+_F32 = np.float32
+AMAX_FLOOR = float(np.float32(1e-4))  # dsref.quant: all-zero rows
+FP8_MAX, FP8_BLOCK = 448.0, 64  # dsref.quant.fp8_qdq_blocks (official V4 act_quant)
+
+
+class Unmodelled(Exception):
+    """The config asks for semantics this module has no bound for (a variant it does not know):
+    the output is then judged by the pypto-lib ratio preset, and the report says so."""
+
+
+# ---- accumulation models ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accum:
+    """How a kernel accumulates a stage's fp32 reduction of n terms.
+
+    ``any``: fp32 additions of the terms in any order and grouping (hardware, torch goldens,
+    kernel files whose tiling is unknown). ``chunks``: partials of ``width`` consecutive terms,
+    each the exact partial rounded once to fp32 (the emulator's ``row_sum`` / ``matmul`` of one
+    tile), combined by fp32 additions in any order (``matmul_acc``, chunked ``add``).
+    ``reference``: the exact sum rounded once (dsref itself; the zero-slack self-test)."""
+
+    kind: str = "any"
+    width: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("any", "chunks", "reference"):
+            raise ValueError(f"accumulation: {self.kind!r}")
+        if self.kind == "chunks" and self.width < 1:
+            raise ValueError(f"accumulation chunks of {self.width}")
+
+    def describe(self) -> str:
+        return {"any": "fp32, any order", "reference": "exact, rounded once"}.get(
+            self.kind, f"fp32 over {self.width}-wide exact partials")
+
+
+ANY = Accum("any")
+REFERENCE = Accum("reference")
+
+
+def chunks(width: int) -> Accum:
+    return Accum("chunks", int(width))
+
+
+# ---- intervals -------------------------------------------------------------------------------
+
+
+class Iv:
+    """Per-element closed intervals ``[lo, hi]`` (float64 arrays); a point has ``hi is lo``."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, lo: Any, hi: Any = None) -> None:
+        self.lo = np.asarray(lo, dtype=np.float64)
+        self.hi = self.lo if hi is None else np.asarray(hi, dtype=np.float64)
+
+    @property
+    def is_point(self) -> bool:
+        return self.hi is self.lo
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.lo.shape
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> Iv:
+        """A structural op (slice, reshape, gather) applied to both ends."""
+        return Iv(fn(self.lo)) if self.is_point else Iv(fn(self.lo), fn(self.hi))
+
+    def __getitem__(self, key: Any) -> Iv:
+        return self.map(lambda a: a[key])
+
+    def reshape(self, *shape: Any) -> Iv:
+        return self.map(lambda a: a.reshape(*shape))
+
+
+@dataclass
+class RowsIv:
+    """An output equal to ``base`` except on ``rows`` (axis 0), which lie in ``iv`` — a cache
+    with a few rows written (the rest of the 33M-element V3.2 cache is never copied)."""
+
+    base: np.ndarray
+    rows: np.ndarray
+    iv: Iv
+
+
+def point(x: Any) -> Iv:
+    """A stored array (bf16, fp32, int8, int32) as a point interval (exact widening)."""
+    return Iv(np.asarray(x).astype(np.float64))
+
+
+def _iv(x: Any) -> Iv:
+    return x if isinstance(x, Iv) else point(x)
+
+
+def _r32(x: np.ndarray) -> np.ndarray:
+    """Round float64 to the nearest fp32 (ties to even): for + − × of fp32 values (exact in
+    float64) and ÷, sqrt (correctly rounded in float64, 53 >= 2·24 + 2), one IEEE fp32 op."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(x, np.float64).astype(_F32).astype(np.float64)
+
+
+def _up32(x: np.ndarray) -> np.ndarray:
+    """The smallest fp32 value >= x."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.asarray(x, np.float64).astype(_F32)
+        r = np.where(r.astype(np.float64) < x, np.nextafter(r, _F32(np.inf)), r)
+    return r.astype(np.float64)
+
+
+def _down32(x: np.ndarray) -> np.ndarray:
+    """The largest fp32 value <= x."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.asarray(x, np.float64).astype(_F32)
+        r = np.where(r.astype(np.float64) > x, np.nextafter(r, _F32(-np.inf)), r)
+    return r.astype(np.float64)
+
+
+def _mono(fn: Callable[[np.ndarray], np.ndarray], a: Iv, increasing: bool = True) -> Iv:
+    if a.is_point:
+        return Iv(fn(a.lo))
+    lo, hi = fn(a.lo), fn(a.hi)
+    return Iv(lo, hi) if increasing else Iv(hi, lo)
+
+
+def _combos(op: Callable, a: Iv, b: Iv) -> Iv:
+    """fp32 ``op`` over the extreme combinations (valid for × everywhere, ÷ by intervals that
+    exclude 0): the rounding is monotone, so it commutes with min / max."""
+    if a.is_point and b.is_point:
+        return Iv(_r32(op(a.lo, b.lo)))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        vals = [op(x, y) for x in {id(a.lo): a.lo, id(a.hi): a.hi}.values()
+                for y in {id(b.lo): b.lo, id(b.hi): b.hi}.values()]
+    return Iv(_r32(np.minimum.reduce(vals)), _r32(np.maximum.reduce(vals)))
+
+
+def add(a: Any, b: Any) -> Iv:
+    a, b = _iv(a), _iv(b)
+    if a.is_point and b.is_point:
+        return Iv(_r32(a.lo + b.lo))
+    return Iv(_r32(a.lo + b.lo), _r32(a.hi + b.hi))
+
+
+def sub(a: Any, b: Any) -> Iv:
+    a, b = _iv(a), _iv(b)
+    if a.is_point and b.is_point:
+        return Iv(_r32(a.lo - b.lo))
+    return Iv(_r32(a.lo - b.hi), _r32(a.hi - b.lo))
+
+
+def mul(a: Any, b: Any) -> Iv:
+    return _combos(np.multiply, _iv(a), _iv(b))
+
+
+def div(a: Any, b: Any) -> Iv:
+    """True fp32 division; ``b`` must not contain 0 (it never does here: b >= eps or a count)."""
+    return _combos(np.divide, _iv(a), _iv(b))
+
+
+def sqrt(a: Iv) -> Iv:
+    return _mono(lambda x: _r32(np.sqrt(x)), a)
+
+
+def square(a: Iv) -> Iv:
+    """``fl(x·x)``: [0, max] where the interval straddles 0."""
+    if a.is_point:
+        return Iv(_r32(a.lo * a.lo))
+    lo2, hi2 = _r32(a.lo * a.lo), _r32(a.hi * a.hi)
+    straddle = (a.lo < 0) & (a.hi > 0)
+    return Iv(np.where(straddle, 0.0, np.minimum(lo2, hi2)), np.maximum(lo2, hi2))
+
+
+def absolute(a: Iv) -> Iv:
+    if a.is_point:
+        return Iv(np.abs(a.lo))
+    straddle = (a.lo < 0) & (a.hi > 0)
+    return Iv(np.where(straddle, 0.0, np.minimum(np.abs(a.lo), np.abs(a.hi))),
+              np.maximum(np.abs(a.lo), np.abs(a.hi)))
+
+
+def maximum(a: Any, b: Any) -> Iv:
+    a, b = _iv(a), _iv(b)
+    if a.is_point and b.is_point:
+        return Iv(np.maximum(a.lo, b.lo))
+    return Iv(np.maximum(a.lo, b.lo), np.maximum(a.hi, b.hi))
+
+
+def row_max(a: Iv) -> Iv:
+    return _mono(lambda x: np.max(x, axis=-1, keepdims=True), a)
+
+
+def concat(parts: list[Iv], axis: int = -1) -> Iv:
+    if all(p.is_point for p in parts):
+        return Iv(np.concatenate([p.lo for p in parts], axis=axis))
+    return Iv(np.concatenate([p.lo for p in parts], axis=axis),
+              np.concatenate([p.hi for p in parts], axis=axis))
+
+
+def stack_last(a: Iv, b: Iv) -> Iv:
+    """``[a0, b0, a1, b1, …]`` along the last axis (interleaved pairs)."""
+    def st(x, y):
+        return np.stack([x, y], axis=-1).reshape(*x.shape[:-1], -1)
+    if a.is_point and b.is_point:
+        return Iv(st(a.lo, b.lo))
+    return Iv(st(a.lo, b.lo), st(a.hi, b.hi))
+
+
+_MODES = {"rne": "rint", "rhaz": "round"}
+
+
+def _narrow(x: np.ndarray, dtype: np.dtype, mode: str) -> np.ndarray:
+    return _rounding.round_to_float(np.asarray(x, np.float64).astype(_F32), dtype,
+                                    mode).astype(np.float64)
+
+
+def rbf16(a: Iv, cast: str = "rne") -> Iv:
+    """bf16 rounding with dsref's cast variant (``rne`` ties to even, ``rhaz`` ties away)."""
+    mode = _MODES[cast]
+    return _mono(lambda x: _narrow(x, BF16, mode), a)
+
+
+def int8_codes(p: Iv) -> Iv:
+    """dsref's ``int8(fp16(int32_rne(v)))``: rint, fp16 RNE, truncate, saturate — monotone."""
+    def codes(x):
+        n = np.rint(x)
+        with np.errstate(over="ignore"):
+            h = n.astype(np.float16).astype(np.float64)
+        return np.clip(np.trunc(h), -128.0, 127.0)
+    return _mono(codes, p)
+
+
+# ---- reductions ------------------------------------------------------------------------------
+
+
+_TZ8 = np.array([8] + [(i & -i).bit_length() - 1 for i in range(1, 256)], np.int16)
+
+
+def _lsb_bf16(w: np.ndarray) -> np.ndarray:
+    """:func:`lsb_exponent` of a stored bf16 array from its bits (no float64 copy of a weight):
+    ``(-1)^s · 1.m · 2^(e-127)`` has its lowest set bit at ``e − 127 − 7 + tz(1m)``."""
+    bits = np.ascontiguousarray(w).view(np.uint16)
+    e = ((bits >> 7) & 0xFF).astype(np.int16)
+    sig = (bits & 0x7F) | np.where(e > 0, 0x80, 0).astype(np.uint16)
+    out = np.maximum(e, 1) - 134 + _TZ8[sig & 0xFF]
+    return np.where((sig == 0) | (e == 0xFF), np.inf, out.astype(np.float64))
+
+
+def lsb_exponent(x: np.ndarray) -> np.ndarray:
+    """For each value on the fp32 grid, the exponent of its lowest set significand bit (x is a
+    multiple of ``2**lsb``); +inf for zeros (and non-finite values)."""
+    x = np.asarray(x, np.float64)
+    m, e = np.frexp(x)
+    mant = np.abs(m * 2.0**24).astype(np.int64)  # a 24-bit integer for every fp32 value
+    low = mant & -mant
+    with np.errstate(divide="ignore"):
+        tz = np.where(low > 0, np.log2(np.maximum(low, 1)), 0.0)
+    out = (e - 24 + tz).astype(np.float64)
+    return np.where((mant == 0) | ~np.isfinite(x), np.inf, out)
+
+
+def _exact_rows(lsb_min: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+    """True where every partial sum of the terms, in any order and grouping, is representable
+    in fp32 (then every summation is exact): all terms are multiples of ``2**lsb_min`` and
+    ``Σ|t| <= 2**(24 + lsb_min)`` — each partial sum is ``m·2**lsb_min`` with ``|m| <= 2**24``."""
+    with np.errstate(over="ignore"):
+        limit = np.ldexp(1.0, np.clip(24 + lsb_min, -1100, 1100).astype(np.int64))
+    return np.isfinite(lsb_min) & (magnitude <= limit)
+
+
+def _finish(s_lo: np.ndarray, s_hi: np.ndarray, k: int, parts: np.ndarray, slack: np.ndarray,
+            acc: Accum, exact: np.ndarray | None) -> Iv:
+    """The fp32 values a summation can return, given the float64 sums ``s_lo..s_hi`` of the
+    terms (their own error at most ``slack``), ``k`` partials of magnitude sum ``parts``."""
+    # our float64 sum and the emulator's each err by at most `slack`; "reference" is the
+    # zero-slack model of dsref's own float64 sum rounded once (the self-test's bitwise mode)
+    e = 0.0 if acc.kind == "reference" else 2.0 * slack
+    if acc.kind == "reference" or k == 1:
+        # one exactly rounded partial added to 0: the correctly rounded sum (± float64 slack)
+        lo, hi = _r32(s_lo - e), _r32(s_hi + e)
+    else:
+        d = gamma(k) * (parts + e) + e
+        lo, hi = _up32(s_lo - d), _down32(s_hi + d)
+    if exact is not None and exact.any():
+        lo = np.where(exact, s_lo, lo)
+        hi = np.where(exact, s_hi, hi)
+    return Iv(lo) if (exact is not None and exact.all() and s_lo is s_hi) else Iv(lo, hi)
+
+
+def fsum(t: Iv, acc: Accum) -> Iv:
+    """The fp32 sum over the last axis (keepdims) of fp32 terms ``t``, accumulated per ``acc``.
+
+    ``any`` (n terms, exact fp32 values, any order): ``|ŝ − S| ≤ γ_{n−1}·Σ|t_j|``, used as
+    ``γ_n``. ``chunks`` of w: k = ⌈n/w⌉ partials ``p_i = fl(P_i)`` combined in any order:
+    ``|ŝ − S| ≤ γ_k·Σ|P_i|``; k = 1 is the correctly rounded sum. Rows whose terms pass
+    :func:`_exact_rows` are exact. Plus the float64 slack of our own sums."""
+    n = t.shape[-1]
+    s_lo = np.sum(t.lo, axis=-1, keepdims=True)
+    s_hi = s_lo if t.is_point else np.sum(t.hi, axis=-1, keepdims=True)
+    mag_t = np.maximum(np.abs(t.lo), np.abs(t.hi))
+    mag = np.sum(mag_t, axis=-1, keepdims=True)
+    slack = gamma(n + 2, U64) * mag
+    if acc.kind == "chunks":
+        w = min(acc.width, n)
+        k = -(-n // w)
+        pad = [(0, 0)] * (t.lo.ndim - 1) + [(0, k * w - n)]
+
+        def part(x):
+            return np.sum(np.pad(x, pad).reshape(*x.shape[:-1], k, w), axis=-1)
+        p = np.abs(part(t.lo)) if t.is_point else np.maximum(np.abs(part(t.lo)), np.abs(part(t.hi)))
+        parts = np.sum(p, axis=-1, keepdims=True)
+    else:
+        k, parts = (n if acc.kind == "any" else 1), mag
+    exact = None
+    if t.is_point:
+        lsb = np.min(lsb_exponent(t.lo), axis=-1, keepdims=True)
+        exact = _exact_rows(lsb, mag)
+    return _finish(s_lo, s_hi, k, parts, slack, acc, exact)
+
+
+def _split(x: Iv) -> tuple[np.ndarray, np.ndarray | None]:
+    """Midpoint and radius of an interval operand (radius None for a point)."""
+    if x.is_point:
+        return x.lo, None
+    return 0.5 * x.lo + 0.5 * x.hi, 0.5 * x.hi - 0.5 * x.lo
+
+
+def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
+    """The fp32 accumulator of ``a [M, K] @ w [K, N]`` (bf16 operands: every product exact in
+    fp32), over every value ``a`` can take, accumulated per ``acc`` (see :func:`fsum`).
+
+    The exact value is ``mid @ w ± rad @ |w|`` in float64 (one GEMM per K chunk and, for an
+    interval ``a``, one for the radius); ``any`` needs ``Σ|a_j·w_j|`` — one more GEMM,
+    ``|a| @ |w|``. Our float64 GEMMs err by at most ``γ^{(53)}_K·‖a‖₂‖w‖₂`` (Cauchy–Schwarz),
+    added as slack."""
+    m, kdim = a.shape
+    mid, rad = _split(a)
+    amag = np.maximum(np.abs(a.lo), np.abs(a.hi))
+    width = kdim if acc.kind != "chunks" else min(acc.width, kdim)
+    k = -(-kdim // width)
+    s = np.zeros((m, w.shape[1]))
+    r = np.zeros_like(s) if rad is not None else None
+    parts = np.zeros_like(s)
+    cs = np.zeros_like(s)  # Σ over chunks of ‖a_chunk‖·‖w_chunk‖ >= Σ|a_j·w_j|
+    lsb_w = np.full((1, w.shape[1]), np.inf)
+    w_bits = np.asarray(w).dtype == BF16
+    for c0 in range(0, kdim, width):
+        wc = np.asarray(w[c0:c0 + width]).astype(np.float64)
+        p = mid[:, c0:c0 + width] @ wc
+        s += p
+        part = np.abs(p)
+        if rad is not None:
+            rc = rad[:, c0:c0 + width] @ np.abs(wc)
+            r += rc
+            part += rc
+        parts += part
+        na = np.sqrt(np.sum(amag[:, c0:c0 + width] ** 2, axis=1, keepdims=True))
+        cs += na * np.sqrt(np.einsum("ij,ij->j", wc, wc))[None, :]
+        if rad is None:
+            lsb = _lsb_bf16(w[c0:c0 + width]) if w_bits else lsb_exponent(wc)
+            lsb_w = np.minimum(lsb_w, np.min(lsb, axis=0, keepdims=True))
+    slack = gamma(kdim + 4, U64) * 4.0 * cs
+    s_lo, s_hi = (s, s) if r is None else (s - r, s + r)
+    if acc.kind == "any":
+        k, parts = kdim, amag @ np.abs(np.asarray(w).astype(np.float64))
+    elif acc.kind == "reference":
+        k = 1
+    exact = None
+    if rad is None:
+        lsb_a = np.min(lsb_exponent(a.lo), axis=1, keepdims=True)
+        exact = _exact_rows(lsb_a + lsb_w, np.minimum(cs, parts if acc.kind == "any" else cs))
+    if r is None:
+        s_hi = s_lo
+    return _finish(s_lo, s_hi, k, parts, slack, acc, exact)
+
+
+def idot(a: Iv, w: np.ndarray) -> Iv:
+    """``a @ w`` of int8 codes: the int32 accumulator is exact in any order
+    (``|Σ| <= K·128·128 < 2**31``); float64 holds every partial sum exactly."""
+    mid, rad = _split(a)
+    wf = np.asarray(w).astype(np.float64)
+    s = mid @ wf
+    if rad is None:
+        return Iv(s)
+    r = rad @ np.abs(wf)
+    return Iv(s - r, s + r)
+
+
+# ---- dsref's stage formulas, in intervals -------------------------------------------------------
+
+
+def inv_rms(v: Iv, cfg: Any, acc: Accum) -> Iv:
+    """dsref.rmsnorm.inv_rms: ``1 / sqrt(var + eps)``, ``var = Σfl(v²) / N`` (``mean``) or
+    ``Σfl(v²) · f32(1/N)`` (``mul_inv``), every op one fp32 rounding."""
+    n = v.shape[-1]
+    s = fsum(square(v), acc)
+    if cfg.variance == "mean":
+        var = div(s, float(n))
+    elif cfg.variance == "mul_inv":
+        var = mul(s, float(np.float32(1.0 / n)))
+    else:
+        raise Unmodelled(f"variance={cfg.variance!r}")
+    return div(1.0, sqrt(add(var, float(np.float32(cfg.eps)))))
+
+
+def rms_norm(x: Iv, w: Iv, cfg: Any, acc: Accum, stats: Iv | None = None) -> Iv:
+    """dsref.rmsnorm.rms_norm (``ds32`` | ``hf``; ``stats``: the variance of another array)."""
+    normed = mul(x, inv_rms(x if stats is None else stats, cfg, acc))
+    if cfg.rmsnorm == "ds32":
+        return rbf16(mul(w, normed), cfg.cast)
+    if cfg.rmsnorm == "hf":
+        return rbf16(mul(rbf16(w), rbf16(normed, cfg.cast)), cfg.cast)
+    raise Unmodelled(f"rmsnorm={cfg.rmsnorm!r}")
+
+
+def rope_half(x: Iv, c: np.ndarray, s: np.ndarray) -> Iv:
+    """dsref.rope.rope_half: ``lo' = x_lo·c_lo − x_hi·s_lo``, ``hi' = x_hi·c_hi + x_lo·s_hi``."""
+    h = x.shape[-1] // 2
+    xl, xh = x[..., :h], x[..., h:]
+    lo = sub(mul(xl, c[..., :h]), mul(xh, s[..., :h]))
+    hi = add(mul(xh, c[..., h:]), mul(xl, s[..., h:]))
+    return concat([lo, hi])
+
+
+def rope_interleaved(x: Iv, c: np.ndarray, s: np.ndarray, table: str) -> Iv:
+    """dsref.rope.rope_interleaved: ``y_e = x_e·c − x_o·s``, ``y_o = x_e·s + x_o·c``."""
+    h = x.shape[-1] // 2
+    xe, xo = x[..., 0::2], x[..., 1::2]
+    if table == "pair":
+        ce = co = c[..., :h]
+        se = so = s[..., :h]
+    elif table == "element":
+        ce, co, se, so = c[..., 0::2], c[..., 1::2], s[..., 0::2], s[..., 1::2]
+    else:
+        raise Unmodelled(f"rope_table={table!r}")
+    return stack_last(sub(mul(xe, ce), mul(xo, se)), add(mul(xe, so), mul(xo, co)))
+
+
+def _f64(x: Any) -> np.ndarray:
+    return np.asarray(x).astype(np.float64)
+
+
+# -- V3.2 ----------------------------------------------------------------------------------------
+
+
+def _v32_rotate(x: Iv, seq_lens: np.ndarray, cos: np.ndarray, sin: np.ndarray, cfg: Any) -> Iv:
+    pos = np.asarray(seq_lens).astype(np.int64) - 1
+    extra = (1,) * (len(x.shape) - 2)
+    c = _f64(cos)[pos].reshape(pos.shape + extra + (-1,))
+    s = _f64(sin)[pos].reshape(pos.shape + extra + (-1,))
+    if cfg.rope_layout == "half":
+        y = rope_half(x, c, s)
+    elif cfg.rope_layout == "interleaved":
+        y = rope_interleaved(x, c, s, "pair")
+    else:
+        raise Unmodelled(f"rope_layout={cfg.rope_layout!r}")
+    return rbf16(y, cfg.cast)
+
+
+def _v32_proj(x: Iv, w: np.ndarray, cfg: Any, acc: Accum) -> Iv:
+    return rbf16(dot(x, w, acc), cfg.cast)
+
+
+def _q_norm_input(cfg: Any) -> str:
+    return getattr(cfg, "q_norm_input", "bf16")
+
+
+def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapping) -> dict:
+    if stage == "input_rmsnorm":
+        return {"normed": rms_norm(ins["hidden_states"], ins["input_rms_weight"], cfg, acc)}
+    if stage == "q_lora_proj":
+        y = dot(ins["normed"], raw["wq_a"], acc)
+        return {"qr_raw": y if _q_norm_input(cfg) == "fp32" else rbf16(y, cfg.cast)}
+    if stage == "q_lora_rmsnorm":
+        qr = ins["qr_raw"]
+        if _q_norm_input(cfg) == "fp32":
+            return {"qr_out": rms_norm(rbf16(qr, cfg.cast), ins["q_norm_weight"], cfg, acc,
+                                       stats=qr)}
+        return {"qr_out": rms_norm(qr, ins["q_norm_weight"], cfg, acc)}
+    if stage == "q_head_proj":
+        return {"q": _v32_proj(ins["qr_out"], raw["wq_b"], cfg, acc)}
+    if stage == "kv_a_proj":
+        return {"kv_a_out": _v32_proj(ins["normed"], raw["wkv_a"], cfg, acc)}
+    if stage == "q_rope":
+        q = ins["q"]
+        b = q.shape[0]
+        q3 = q.reshape(b, cfg.heads, cfg.head_dim)
+        pe = _v32_rotate(q3[..., cfg.nope:], raw["seq_lens"], raw["rope_cos"], raw["rope_sin"], cfg)
+        return {"q_nope_out": q3[..., :cfg.nope].reshape(b, -1), "q_pe_out": pe.reshape(b, -1)}
+    if stage == "kv_rmsnorm":
+        return {"kv_normed": rms_norm(ins["kv_a_out"][:, :cfg.kv_lora], ins["kv_norm_weight"],
+                                      cfg, acc)}
+    if stage == "decode_cache_write":
+        sl = np.asarray(raw["seq_lens"]).astype(np.int64)
+        rows = np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
+        pe = _v32_rotate(ins["kv_a_out"][:, cfg.kv_lora:], sl, raw["rope_cos"], raw["rope_sin"],
+                         cfg)
+        return {"kv_cache": RowsIv(raw["kv_cache"], rows, ins["kv_normed"]),
+                "pe_cache": RowsIv(raw["pe_cache"], rows, pe)}
+    raise KeyError(stage)
+
+
+# -- V4 ------------------------------------------------------------------------------------------
+
+
+def _v4_rotate(pe: Iv, cos: np.ndarray, sin: np.ndarray, cfg: Any) -> Iv:
+    extra = (1,) * (len(pe.shape) - 2)
+    c = _f64(cos).reshape(np.shape(cos)[:1] + extra + (-1,))
+    s = _f64(sin).reshape(np.shape(sin)[:1] + extra + (-1,))
+    return rbf16(rope_interleaved(pe, c, s, cfg.rope_table), cfg.cast)
+
+
+def fp8_qdq_blocks(v: Iv, cast: str) -> Iv:
+    """dsref.quant.fp8_qdq_blocks: per 64-column block ``s = 2**ceil(log2(fl(amax·f32(1/448))))``,
+    ``y = bf16(fl(e4m3(clamp(v / s)) · s))`` — monotone in v, and in s for fixed v."""
+    *lead, n = v.shape
+    blocks = v.reshape(*lead, n // FP8_BLOCK, FP8_BLOCK)
+    amax = maximum(row_max(absolute(blocks)), AMAX_FLOOR)
+
+    def pow2_ceil(x):
+        m, e = np.frexp(x)
+        return np.ldexp(1.0, np.where(m == 0.5, e - 1, e))
+    s = _mono(pow2_ceil, mul(amax, float(np.float32(1.0 / FP8_MAX))))
+    q = div(blocks, s)
+    q = _mono(lambda x: np.clip(x, -FP8_MAX, FP8_MAX), q)
+    codes = _mono(lambda x: x.astype(_F32).astype(F8).astype(np.float64), q)
+    return rbf16(mul(codes, s), cast).reshape(v.shape)
+
+
+def head_norm_bf16(q: Iv, cfg: Any, acc: Accum) -> Iv:
+    """dsref.rmsnorm.head_norm_bf16: ``bf16(q · bf16(1/sqrt(bf16(bf16(mean(bf16(q²))) + eps))))``."""
+    sq = rbf16(square(q), cfg.cast)
+    s, n = fsum(sq, acc), q.shape[-1]
+    if cfg.variance == "mean":
+        mean = div(s, float(n))
+    elif cfg.variance == "mul_inv":
+        mean = mul(s, float(np.float32(1.0 / n)))
+    else:
+        raise Unmodelled(f"variance={cfg.variance!r}")
+    ve = rbf16(add(rbf16(mean, cfg.cast), float(np.float32(cfg.eps))), cfg.cast)
+    r = rbf16(div(1.0, sqrt(ve)), cfg.cast)
+    return rbf16(mul(q, r), cfg.cast)
+
+
+def _norm_rope(v: Iv, gamma_: Iv | None, cos: np.ndarray, sin: np.ndarray, cfg: Any, acc: Accum,
+               fp8_nope: bool = False) -> Iv:
+    inv = inv_rms(v, cfg, acc)
+
+    def normed(cols: slice) -> Iv:
+        n = mul(v[..., cols], inv)
+        return n if gamma_ is None else mul(n, gamma_[..., cols])
+    nope = rbf16(normed(slice(None, cfg.nope)), cfg.cast)
+    pe = normed(slice(cfg.nope, None))
+    if cfg.rope_preround:
+        pe = rbf16(pe, cfg.cast)
+    if fp8_nope:
+        nope = fp8_qdq_blocks(nope, cfg.cast)
+    return concat([nope, _v4_rotate(pe, cos, sin, cfg)])
+
+
+def _v4_proj(x: Iv, w: np.ndarray, cfg: Any, acc: Accum) -> Iv:
+    y = dot(x, w, acc)
+    return rbf16(y, cfg.cast) if getattr(cfg, "proj_out", "fp32") == "bf16" else y
+
+
+def quant_int8(v: Iv, form: str = "div") -> tuple[Iv, Iv]:
+    """dsref.quant.quant_int8: ``amax = max(max|v|, 1e-4)``, ``sq = 127/amax`` (``mul_recip``:
+    ``127·fl(1/amax)``), ``scale = 1/sq``, ``codes = int8_codes(fl(v·sq))``."""
+    amax = maximum(row_max(absolute(v)), AMAX_FLOOR)
+    if form == "div":
+        sq = div(127.0, amax)
+    elif form == "mul_recip":
+        sq = mul(127.0, div(1.0, amax))
+    else:
+        raise Unmodelled(f"qr_scale_form={form!r}")
+    return int8_codes(mul(v, sq)), div(1.0, sq)
+
+
+def v4_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapping) -> dict:
+    if stage == "attn_norm":
+        x = ins["x"]
+        t = x.shape[0] * x.shape[1]
+        return {"tok": rms_norm(x.reshape(t, -1), ins["norm_w"], cfg, acc)}
+    if stage == "qr_proj_matmul":
+        return {"qr32": _v4_proj(ins["tok"], raw["wq_a"], cfg, acc)}
+    if stage == "qr_rms":
+        v = ins["qr32"]
+        qrn = mul(mul(v, inv_rms(v, cfg, acc)), ins["gamma_cq"])
+        return {"qr_norm": rbf16(qrn, cfg.cast) if cfg.qr_prequant_round else qrn}
+    if stage == "qr_quant":
+        codes, scale = quant_int8(ins["qr_norm"], getattr(cfg, "qr_scale_form", "div"))
+        return {"qr": codes, "qr_scale": scale}
+    if stage == "qproj_matmul":
+        qr = ins["qr"]
+        a = idot(qr, raw["wq_b"])
+        if qr.shape[-1] * 128 * 128 > 2**24:
+            a = _mono(_r32, a)
+        return {"qf": mul(mul(a, ins["qr_scale"]), ins["wq_b_scale"][None, :])}
+    if stage == "q_head_rms_rope":
+        qf = ins["qf"]
+        v = qf.reshape(qf.shape[0], cfg.heads, cfg.head_dim)
+        if getattr(cfg, "q_head_norm", "fp32") == "bf16":
+            n = head_norm_bf16(rbf16(v, cfg.cast), cfg, acc)
+            q = concat([n[..., :cfg.nope], _v4_rotate(n[..., cfg.nope:], raw["rope_cos"],
+                                                        raw["rope_sin"], cfg)])
+        else:
+            q = _norm_rope(v, None, raw["rope_cos"], raw["rope_sin"], cfg, acc)
+        return {"q": q}
+    if stage == "kv_proj_matmul":
+        return {"kv32": _v4_proj(ins["tok"], raw["wkv"], cfg, acc)}
+    if stage == "kv_rms_rope":
+        return {"kv": _norm_rope(ins["kv32"], ins["gamma_ckv"], raw["rope_cos"], raw["rope_sin"],
+                                 cfg, acc, fp8_nope=getattr(cfg, "kv_nope_fp8", False))}
+    raise KeyError(stage)
+
+
+# ---- the stage table -----------------------------------------------------------------------------
+
+MODELS = {"v32.decode_front": v32_stage, "v4.qkv_proj_rope": v4_stage}
+
+#: stages with no reduction whose order a kernel chooses: bitwise for exact inputs
+EXACT_STAGES = {"q_rope", "decode_cache_write", "qr_quant", "qproj_matmul"}
+
+#: the tiling field that gives the width of a stage's exactly rounded partials (the K chunk of
+#: a projection, the column chunk of an RMSNorm's Σx²) in the kernels of lowering/kernels
+CHUNK_FIELD = {
+    "input_rmsnorm": "k", "q_lora_proj": "k", "q_lora_rmsnorm": "k", "q_head_proj": "k",
+    "kv_a_proj": "k", "kv_rmsnorm": "k", "attn_norm": "chunk", "qr_proj_matmul": "k",
+    "qr_rms": "chunk", "q_head_rms_rope": "chunk", "kv_proj_matmul": "k",
+    "kv_rms_rope": "chunk",
+}
+DOT_STAGES = {"q_lora_proj", "q_head_proj", "kv_a_proj", "qr_proj_matmul", "kv_proj_matmul"}
+
+#: the variant values whose semantics the interval formulas above implement
+MODELLED: dict[str, tuple[Any, ...]] = {
+    "rmsnorm": ("ds32", "hf"), "variance": ("mean", "mul_inv"), "cast": ("rne", "rhaz"),
+    "accumulate": ("exact", "fp32"), "rope_layout": ("half", "interleaved"),
+    "qr_prequant_round": (True, False), "rope_preround": (False, True),
+    "rope_table": ("pair", "element"), "q_norm_input": ("bf16", "fp32"),
+    "proj_out": ("fp32", "bf16"), "q_head_norm": ("fp32", "bf16"), "kv_nope_fp8": (False, True),
+    "rope_table_dtype": ("bf16", "fp32"), "qr_scale_form": ("div", "mul_recip"),
+}
+
+
+def accum_for(stage: str, tiling: Any) -> Accum:
+    """The accumulation model of an emulated kernel from its tiling (``any`` when the tiling
+    does not say)."""
+    width = getattr(tiling, CHUNK_FIELD.get(stage, ""), None)
+    return chunks(width) if isinstance(width, int) and width > 0 else ANY
+
+
+def check_modelled(stage: str, cfg: Any) -> None:
+    """Raise :class:`Unmodelled` when a variant that can change ``stage`` has a value (or is a
+    field) this module does not implement."""
+    import importlib
+
+    import dsref
+
+    dcfg = importlib.import_module("dsref.config")  # the module (dsref.config is a function)
+    relevant = getattr(dcfg, "STAGE_VARIANTS", {}).get(stage)
+    for key, value in dsref.variant_values(cfg).items():
+        if relevant is not None and key not in relevant:
+            continue
+        if value not in MODELLED.get(key, ()):
+            raise Unmodelled(f"{key}={value!r}")
+
+
+def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], acc: Accum, *,
+                 compute_exact: bool = False) -> dict[str, Iv | RowsIv | None]:
+    """Per output of ``stage``: the interval of every value a kernel following ``cfg`` may
+    produce from ``inputs`` (arrays, or :class:`Iv` for values known only within bounds),
+    accumulating per ``acc``; ``None`` where the output must equal dsref's bitwise (an exact
+    stage on exact inputs; ``compute_exact``: its point intervals all the same, for tests).
+    Raises :class:`Unmodelled` for semantics without a bound model."""
+    from dsref.model import STAGES
+
+    check_modelled(stage, cfg)
+    st = STAGES[stage]
+    if stage in EXACT_STAGES and not compute_exact and not any(
+            isinstance(v, Iv) and not v.is_point for v in inputs.values()):
+        return {n: None for n in st.outputs}
+    if stage in DOT_STAGES and cfg.accumulate == "fp32":
+        acc = ANY  # the reference itself sums in an unspecified fp32 order
+    ins = {n: _iv(v) for n, v in inputs.items()}
+    raw = {n: v for n, v in inputs.items() if not isinstance(v, Iv)}
+    out = MODELS[model](stage, cfg, ins, acc, raw)
+    return {n: out[n] for n in st.outputs}
