@@ -528,3 +528,27 @@ def test_pypto_language_names() -> None:
             lang.auto_chunk  # noqa: B018
         with pytest.raises(pypto_compat.UnsupportedAPI, match="pl.system.bar_v"):
             lang.system.bar_v  # noqa: B018
+
+
+# -- a pypto-lib style file through the harness -------------------------------------------------------
+
+
+def test_v4_style_file_through_the_harness() -> None:
+    pytest.importorskip("torch")
+    from pathlib import Path
+
+    from lowering.harness import FAIL, PASS, run_file
+
+    path = Path(__file__).parent / "pypto_kernels" / "scopes" / "v4_style.py"
+    ok = run_file(path)
+    assert ok.verdict == PASS, ok.reason
+    [case] = ok.cases
+    assert case.outputs[0].ok and not [f for f in case.findings if f.severity == "fail"]
+    assert any(b["scope"] == "proj_split_k" for b in case.budget)
+    plain = run_file(path, env={"SCOPES_BUG": "plain"})
+    assert plain.verdict == FAIL
+    msgs = [f.message for f in plain.cases[0].findings if f.check == "race"]
+    assert msgs and "pl.spmd loop 'block'" in msgs[0] and "tensor 'y'" in msgs[0]
+    dyn = run_file(path, env={"SCOPES_BUG": "dyn"})
+    assert dyn.verdict == FAIL and "DynamicDimMismatch" in dyn.reason
+    assert "tensor 'y'" in dyn.reason and "tensor 'x'" in dyn.reason

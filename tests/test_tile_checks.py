@@ -386,6 +386,26 @@ def test_budget_worst_entry_of_a_scope_in_a_loop() -> None:
     assert vec.where["a2a3"] == (("i", 1),)
 
 
+def test_budget_l0_operands_are_panels_of_at_most_l0_live_only_at_their_matmuls() -> None:
+    def kernel(a, w, v, y, z):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="mm"):
+            wt = w[:, :]  # [512,128] bf16: 128 KiB in L1, more than L0B's 64 KiB
+            vt = v[:, :]  # [256,64] bf16: 32 KiB, loaded while wt is still in L1
+            y[:, :] = pl.matmul(a[:, :], wt, out_dtype=pl.FP32)
+            z[:, :] = pl.matmul(a[:, 0:256], vt, out_dtype=pl.FP32)
+
+    a, w, v = (f32(16, 512).astype(BF16), f32(512, 128).astype(BF16),
+               f32(256, 64).astype(BF16))
+    r = run_kernel(kernel, inputs={"a": a, "w": w, "v": v},
+                   outputs={"y": ((16, 128), pl.FP32), "z": ((16, 64), pl.FP32)})
+    assert r.ok and not r.budget.over("a2a3"), r.summary()
+    right = r.budget.get("mm", "Right")
+    # wt's L0B share is capped at L0B (AutoTileMatmulL0 panels); vt's is only live at its own
+    # matmul, so the two never add up (their L1 copies do)
+    assert right.shape["a2a3"] == right.peak["a2a3"] == 65536
+    assert r.budget.get("mm", "Mat").peak["a2a3"] >= 131072 + 32768
+
+
 # -- layout ----------------------------------------------------------------------------------
 
 

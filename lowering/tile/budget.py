@@ -11,8 +11,6 @@ Memory-space model (decided when the scope entry ends, from how each buffer was 
   into L0 panels that fit and moves each in right before its MAD);
 - a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
   ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
-- a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
-  ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
 - a tile the kernel places (``pl.load(target_memory=...)``, ``pl.create_tile``,
   ``pl.create_l1``, ``pl.move``; ``Buf.origin`` '<kind>@<space>') lives in that space: Left /
   Right only there; Mat plus Left / Right when the cube reads it (the implied move) and Vec
@@ -47,7 +45,8 @@ accumulators ``roundup(rows, 32)`` rows.
 Reuse models (both reported): **shape** — a buffer is reused only by a later tile of identical
 shape, dtype and space whose lifetime does not overlap (per key: the maximum number of
 simultaneously live tiles × bytes, summed over keys); **peak** — the maximum over time of the
-bytes of simultaneously live tiles. A scope run many times (inside loops) reports its worst
+bytes of simultaneously live tiles. Left / Right report the peak under both models (an L0
+slot takes cube inputs of any shape). A scope run many times (inside loops) reports its worst
 entry.
 """
 
@@ -177,6 +176,10 @@ def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[st
             b, nb = items[members[0]][:2]
             shape_total += m * nb
             keys.append((m * nb, b, nb, m))
+        if sp in ("Left", "Right"):
+            # L0A / L0B slots are shared by cube inputs of any shape (pypto issue #1595):
+            # the per-shape sum would count each matmul's panel separately
+            shape_total = peak
         keys.sort(key=lambda t: -t[0])
         top_keys = [_describe(b, nb, m) for _, b, nb, m in keys[:5]]
         top_peak = sorted((items[k] for k in peak_live.tolist()), key=lambda t: -t[1])[:5]
@@ -210,14 +213,27 @@ class BudgetReport:
     def __init__(self) -> None:
         self.usage: dict[tuple[str, str], SpaceUsage] = {}
         self.scopes: list[str] = []
+        self._seen: dict[tuple, dict] = {}  # entry signature -> platform -> measure()
 
     def add_entry(self, entry: Any) -> None:
         if entry.name not in self.scopes:
             self.scopes.append(entry.name)
         if not entry.bufs:
             return
+        # the blocks of one pl.spmd (the iterations of a loop around a scope) usually make the
+        # same buffers at the same relative times: measure each distinct entry once
+        t0 = min(b.start for b in entry.bufs)
+        sig = (entry.name, tuple((b.shape, b.dtype, b.origin, b.vec, b.left, b.right, b.mult,
+                                  b.site, b.start - t0, b.last - t0,
+                                  b.cfirst - t0 if b.cfirst >= 0 else -1,
+                                  b.clast - t0 if b.clast >= 0 else -1) for b in entry.bufs))
+        measured = self._seen.get(sig)
+        if measured is None:
+            if len(self._seen) > 256:
+                self._seen.clear()
+            measured = self._seen[sig] = {p: measure(entry.bufs, p) for p in PLATFORMS}
         for plat in PLATFORMS:
-            for sp, (shape_b, peak_b, top_keys, top_peak) in measure(entry.bufs, plat).items():
+            for sp, (shape_b, peak_b, top_keys, top_peak) in measured[plat].items():
                 u = self.usage.get((entry.name, sp))
                 if u is None:
                     u = self.usage[(entry.name, sp)] = SpaceUsage(entry.name, sp)
