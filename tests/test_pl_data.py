@@ -578,3 +578,32 @@ def test_slice_drop_dims_and_pad_value() -> None:
     with pytest.raises(ValueError, match="fully valid unit axis"):
         run_kernel(bad, inputs={"x": x}, outputs={"y": ((2, 16), pl.FP32),
                                                   "z": ((1, 16), pl.FP32)})
+
+
+def test_assemble_of_a_gm_tensor_copies_it() -> None:
+    x = f32(2, 16)
+
+    def kernel(x, y):  # noqa: ANN001
+        row = pl.create_tensor([1, 16], dtype=pl.FP32)
+        for b in pl.range(2):
+            with pl.at(level=CG, name_hint="k"):
+                row[:, :] = pl.mul(x[b:b + 1, :], 3.0)
+            y = pl.assemble(y, row, [b, 0])
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((2, 16), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    np.testing.assert_array_equal(r.outputs["y"], x * np.float32(3))
+
+
+def test_assemble_of_a_higher_rank_tile_drops_leading_unit_axes() -> None:
+    x = f32(1, 4, 16)
+
+    def kernel(x, y):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="k"):
+            t = pl.slice(x, [1, 4, 16], [0, 0, 0], valid_shape=[1, 3, 16])
+            y = pl.assemble(y, t, [0, 0])
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((4, 16), pl.FP32)})
+    np.testing.assert_array_equal(r.outputs["y"][:3], x[0, :3])
+    cov = checks(r, "coverage")  # 3 valid rows moved: row 3 never written
+    assert len(cov) == 1 and "rows 3..3" in cov[0].message

@@ -177,10 +177,13 @@ def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int
     of the orders the device may use); an atomic add and a plain read or write do."""
     offset = _ints(offset)
     add = _atomic_add(atomic)
+    if isinstance(source, Tensor):  # a GM source is staged through a tile (a GM->GM copy)
+        source = _tile(rt, source, op="assemble")
     if not isinstance(source, Tile):
-        raise TypeError(f"pl.assemble: source must be a Tile, got {source!r}")
-    moved = ops_data.moved(source) if isinstance(target, Tensor) and not add else source.shape
-    sshape = (1,) * (len(target.shape) - source.ndim) + moved
+        raise TypeError(f"pl.assemble: source must be a Tile or Tensor, got {source!r}")
+    moved = ops_data.assemble_extent(source, len(target.shape),
+                                     isinstance(target, Tensor) and not add)
+    sshape = (1,) * (len(target.shape) - len(moved)) + moved
     if len(offset) != len(target.shape) or len(sshape) != len(target.shape):
         raise ValueError(f"pl.assemble of {source!r} into {target!r} at {list(offset)}: "
                          "rank mismatch")

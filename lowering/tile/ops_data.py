@@ -368,6 +368,22 @@ def moved(src: Tile) -> tuple[int, ...]:
     return valid_box(src)
 
 
+def assemble_extent(src: Tile, ndim: int, valid_only: bool) -> tuple[int, ...]:
+    """The extents ``pl.assemble`` writes into an ``ndim``-D target: the source's valid box
+    (``valid_only``: a store moves only it) or allocation; a source of higher rank drops its
+    leading unit axes (pypto flattens N-D tiles to 2-D; other leading axes are not
+    emulated)."""
+    ext = moved(src) if valid_only else src.shape
+    extra = len(ext) - ndim
+    if extra > 0:
+        if any(n != 1 for n in src.shape[:extra]):
+            raise NotImplementedError(f"pl.assemble of {src!r} into a {ndim}-D target: a source "
+                                      "of higher rank with non-unit leading axes is not "
+                                      f"emulated (at {fmt_site(core.caller_site())})")
+        ext = ext[extra:]
+    return tuple(ext)
+
+
 def check_store_nan(rt: Run, t: Tensor, lo: tuple, hi: tuple, data: Any, dtype: DType) -> None:
     """In a run that made padding: NaN stored from a float tile -> 'coverage' warning."""
     if rt not in _POISONED or not dtype.is_float or not rt.checks:
