@@ -93,14 +93,20 @@ def cast_scalar(rt: Run, value: Any, target_type: Any, mode: str | int) -> int |
     tensors are exact in those). int→int wraps (``trunci``), int→float and float→float round
     to nearest even (``sitofp`` / ``truncf``), float→int truncates toward zero (``fptosi``; a
     value outside the target range or NaN is undefined there and raises here); float↔INDEX is
-    rejected as by pypto. Only the default mode is accepted (pypto raises on others). The
-    result is a plain Python number: later scalar arithmetic is Python's, not the dtype's."""
+    rejected as by pypto. A Python bool is a scalar comparison's BOOL (i1) result: pypto's
+    codegen widens it with ``arith.extsi`` / ``index_cast`` / ``sitofp`` (BOOL is not an
+    unsigned type there), so True becomes -1 (-1.0; all ones for unsigned targets) — which is
+    why kernels square such a "bit". Only the default mode is accepted (pypto raises on
+    others). The result is a plain Python number: later scalar arithmetic is Python's, not the
+    dtype's."""
     if mode not in ("round", 2):
         raise TypeError(f"pl.cast: scalar inputs support only the default mode, got {mode!r} "
                         f"({_site()})")
-    if isinstance(value, bool):
-        raise TypeError(f"pl.cast does not accept bool, got {value!r} ({_site()})")
     dt = as_dtype(target_type)
+    if isinstance(value, bool):  # i1, sign-extended (pto_scalar_expr_codegen.cpp, Cast)
+        if dt == BOOL:
+            return value
+        value = -1 if value else 0
     if isinstance(value, numbers.Integral):
         v = int(value)
         if not -(1 << 63) <= v < (1 << 63):
