@@ -342,6 +342,23 @@ def test_two_ranks_writing_one_host_element_race_and_coverage_is_per_rank():
     assert "cols 32..63" in cov[0]
 
 
+def test_a_finding_every_rank_reports_alike_is_kept_once_naming_the_ranks():
+    def chip(x, y, me):
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="big"):
+            big = pl.full([256, 256], pl.FP32, 1.0)  # 256 KiB of Vec on every rank
+            pl.store(pl.add(pl.slice(big, [1, N], [0, 0]), pl.load(x, [0, 0], [1, N])),
+                     [0, 0], y)
+
+    def host(x, y):
+        for r in pl.range(3):
+            _on(r, chip, x[r], y[r], r)
+
+    run = _run(host, 3, _rows(3), (3, 1, N))
+    budget = _fails(run, "budget")
+    assert len(budget) == 1 and budget[0].startswith("kernel 't ranks 0, 1, 2', scope 'big'")
+    np.testing.assert_array_equal(run.outputs["y"], _rows(3) + 1)
+
+
 # -- contract violations and what is not modelled --------------------------------------------------
 
 

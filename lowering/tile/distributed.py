@@ -51,6 +51,7 @@ thread: a race between ``pl.spmd`` blocks of one rank is the rank run's own race
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import itertools
 import math
@@ -64,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from lowering.backends import get_backend
+from lowering.backends import NumpyBackend, get_backend
 from lowering.tile import core, ops
 from lowering.tile.budget import BudgetReport
 from lowering.tile.core import Tensor, Tile, fmt_box, fmt_site
@@ -376,8 +377,11 @@ class Rank:
                                   f"output on rank {self.index}")
         rt = self.run
         arr = np.ascontiguousarray(hv.data)
-        base = core.BaseTensor(hv.name, rt.bk.from_numpy(arr, hv.dtype.name), hv.dtype,
-                               hv.base.kind)
+        if hv.base.kind == "input" and isinstance(rt.bk, NumpyBackend):
+            data = arr  # read-only to the kernel (a store is a coverage FAIL): no copy per rank
+        else:
+            data = rt.bk.from_numpy(arr, hv.dtype.name)
+        base = core.BaseTensor(hv.name, data, hv.dtype, hv.base.kind)
         t = rt.add_base(base)
         self.views[key] = (hv, t)
         return t
@@ -1053,7 +1057,7 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
     prog = Program(world, kname, host.bk, schedule_seed)
     roots: dict[str, HostTensor] = {}
     for n, arr in inputs.items():
-        a = np.array(arr)
+        a = np.asarray(arr)
         roots[n] = HostTensor(core.BaseTensor(n, a, as_dtype(a.dtype), "input"))
     for n, (shape, dtype) in outputs.items():
         dt = as_dtype(dtype)
@@ -1103,10 +1107,30 @@ def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platfor
         _copy_back(prog, root, maps.get(id(root.base), []), unwritten)
     prog.sync.races(prog)
     prog.sync.check_waits(prog)
-    findings = [f for r in prog.ranks for f in r.run.findings] + prog.findings
+    findings = _rank_findings(prog) + prog.findings
     outs = {n: r.base.data for n, r in roots.items() if r.base.kind in ("output", "inout")}
     budget = _merge_budgets([r.run.budget for r in prog.ranks])
     return KernelRun(prog.name, platform, outs, findings, budget)
+
+
+def _rank_findings(prog: Program) -> list[Finding]:
+    """Every rank's findings; one finding that several ranks report alike (a budget, a layout
+    warning of shared code) is kept once, naming the ranks."""
+    groups: dict[tuple, tuple[Finding, list[int]]] = {}
+    for rank in prog.ranks:
+        tag = f"kernel '{prog.name} rank {rank.index}'"
+        for f in rank.run.findings:
+            key = (f.check, f.severity, f.scope, f.loop_indices, f.tensor,
+                   f.message.replace(tag, "\0"))
+            groups.setdefault(key, (f, []))[1].append(rank.index)
+    out = []
+    for key, (f, ranks) in groups.items():
+        if len(ranks) > 1:
+            who = f"ranks {', '.join(map(str, ranks))}"
+            f = dataclasses.replace(f, kernel=f"{prog.name} {who}",
+                                    message=key[-1].replace("\0", f"kernel '{prog.name} {who}'"))
+        out.append(f)
+    return out
 
 
 def _copy_back(prog: Program, root: HostTensor, maps: list, unwritten: str) -> None:
