@@ -83,7 +83,7 @@ def test_official_v4_tables_are_fp32_inputs():
 def test_pr134_q_norm_moves_about_one_percent_of_qr_out_at_full_dims():
     """The documented divergence (~0.9% of qr_out), now a selectable variant. QL = 1536."""
     cfg = dsref.config("v32")
-    ins = dsref.make_inputs(V32, cfg, batch=16, seed=0)
+    ins = dsref.make_inputs(V32, cfg, batch=8, seed=0)
     (normed,) = dsref.run_stage("input_rmsnorm", cfg, ins["hidden_states"], ins["input_rms_weight"])
     pr = dsref.with_variants(cfg, q_norm_input="fp32")
     (qr32,) = dsref.run_stage("q_lora_proj", pr, normed, ins["wq_a"])
@@ -133,19 +133,13 @@ def test_fp8_scale_formulas_agree_for_every_bf16_amax():
     amax = amax[amax >= np.float32(1e-4)]
     bits = (amax * np.float32(1 / 448)).astype(np.float32).view(np.uint32)
     official = ((bits >> 23) & 0xFF).astype(np.int64) - 127 + ((bits & 0x7FFFFF) != 0)
-    exact = np.array([_ceil_log2_exact(float(a)) for a in amax])
-    assert np.array_equal(official, exact)
-
-
-def _ceil_log2_exact(a: float) -> int:
-    from fractions import Fraction
-
-    r, e = Fraction(a) / 448, 0
-    while Fraction(2) ** e < r:
-        e += 1
-    while Fraction(2) ** (e - 1) >= r:
-        e -= 1
-    return e
+    # the smallest k with 448·2**k >= amax, by exact float64 comparisons (448·2**k is exact)
+    a64 = amax.astype(np.float64)
+    k = np.ceil(np.log2(a64 / 448)).astype(np.int64)
+    k = np.where(np.ldexp(448.0, k) < a64, k + 1, k)
+    k = np.where(np.ldexp(448.0, k - 1) >= a64, k - 1, k)
+    assert np.all(np.ldexp(448.0, k) >= a64) and np.all(np.ldexp(448.0, k - 1) < a64)
+    assert np.array_equal(official, k)
 
 
 def test_a_floor_scale_would_be_caught():
