@@ -11,6 +11,7 @@ the verdicts; ``notebooks/03_bug_hunt.ipynb`` shows them. Nothing here is a prod
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,4 +234,153 @@ BUGS: dict[str, Bug] = {b.name: b for b in (
         "FLASH dims, T = 128: Vec over a2a3's 184 KiB", "budget", hunt_budget),
     Bug("round_cast", "PyPTO precision guide", "a bf16 cast left at pl.cast's default mode "
         "'round' (ties away) instead of 'rint'", "diff", hunt_round_cast),
+)}
+
+
+# ---- planted single-point bugs: the production kernels / emulator with one thing wrong -----------
+#
+# Each is a context manager that patches one thing for the duration of a `lowering.diff` run
+# (tests/test_verdicts.py, benchmarks/verdicts.py --planted), with the region and output the
+# default verdict must FAIL. `probe(cfg, batch, seq, seed)` builds the inputs the bug needs to be
+# visible, where random inputs cannot show it (docs/verdicts.md, "Sensitivity").
+
+
+@dataclass(frozen=True)
+class Planted:
+    name: str
+    model: str
+    what: str
+    fails: dict[str, list[str]]  # region -> outputs the default verdict fails
+    patch: Callable[[], Any] = field(repr=False)  # () -> context manager
+    probe: Callable[..., dict] | None = field(default=None, repr=False)
+
+
+class _Patches:
+    """Set attributes for the duration of a ``with`` block, restoring them afterwards."""
+
+    def __init__(self, *targets: tuple[Any, str, Any]) -> None:
+        self.targets = targets
+        self.saved: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> _Patches:
+        for obj, name, value in self.targets:
+            self.saved.append((obj, name, getattr(obj, name)))
+            setattr(obj, name, value)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for obj, name, value in reversed(self.saved):
+            setattr(obj, name, value)
+
+
+class _PlWith:
+    """The ``pl`` module with ``cast`` replaced (a kernel module's view of the language)."""
+
+    def __init__(self, cast: Callable) -> None:
+        self.cast = cast
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(pl, name)
+
+
+def _fp32_matmul() -> _Patches:
+    from lowering.backends import numpy_backend as nb
+
+    def matmul(self, a, b, out_dtype):
+        if out_dtype == "INT32":
+            return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int32)
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(nb._NATIVE[out_dtype])
+    return _Patches((nb.NumpyBackend, "matmul", matmul))
+
+
+def _int8_clamp_126() -> _Patches:
+    from lowering.kernels.v4 import qr_quant
+
+    def cast(x, target_type=None, mode="round", **kw):
+        if target_type == pl.INT32:  # the quant pass: v·sq clamped to ±126 first
+            x = pl.minimum(pl.maximum(x, -126.0), 126.0)
+        return pl.cast(x, target_type=target_type, mode=mode, **kw)
+    return _Patches((qr_quant, "pl", _PlWith(cast)))
+
+
+def _rope_trunc() -> _Patches:
+    """In the V4 RMS + RoPE blocks, every bf16 cast of a sum or difference — the rotated halves
+    ``y_e = e·c − o·s``, ``y_o = e·s + o·c`` (the blocks' other sums are never cast to bf16) —
+    truncates."""
+    from lowering.kernels.v4 import _blocks
+
+    rotated: weakref.WeakSet = weakref.WeakSet()
+
+    def cast(x, target_type=None, mode="round", **kw):
+        if target_type == pl.BF16 and x in rotated:
+            mode = "trunc"
+        return pl.cast(x, target_type=target_type, mode=mode, **kw)
+
+    class Pl(_PlWith):
+        def sub(self, a, b):
+            r = pl.sub(a, b)
+            rotated.add(r)
+            return r
+
+        def add(self, a, b):
+            r = pl.add(a, b)
+            rotated.add(r)
+            return r
+    return _Patches((_blocks, "pl", Pl(cast)))
+
+
+def _variance_mul_inv() -> _Patches:
+    from lowering.kernels.v4 import _blocks, attn_norm, qr_rms
+
+    real = _blocks.inv_rms_rows
+
+    def mul_inv_always(*a, **kw):
+        return real(*a, **{**kw, "variance": "mul_inv"})
+    return _Patches(*((m, "inv_rms_rows", mul_inv_always) for m in (_blocks, attn_norm, qr_rms)))
+
+
+def _round_cast() -> _Patches:
+    from lowering.kernels.v4 import attn_norm
+
+    real = attn_norm.make_tiling
+    return _Patches((attn_norm, "make_tiling",
+                     lambda cfg, shapes: dataclasses.replace(real(cfg, shapes), mode="round")))
+
+
+def exact_sum_probe(cfg: Any, batch: int, seq: int, seed: int = 0) -> dict:
+    """V4 inputs where attn_norm's Σx² is exact in any order and its outputs are bf16 ties:
+    rows of ±1024 with 9-bit tie weights, four entries per row replaced by ±2048, 0, 0, ±16
+    (Σx² = D·2**20 + 256). For D = 1536, ``Σx²/D`` rounds to 2**20·(1 + 2**-23) and
+    ``Σx²·f32(1/D)`` to 2**20·(1 + 2**-22): inv_rms is exactly 2**-10 under ``mean`` and one
+    ulp below under ``mul_inv``, so every tie breaks the other way. (For a power-of-two D the
+    two variances are equal and the bug does not exist.)"""
+    if cfg.hidden != 1536:
+        raise ValueError(f"exact_sum_probe: worked out for D = 1536, not {cfg.hidden}")
+    ins = dsref.make_inputs(V4, cfg, batch=batch, seq=seq, seed=seed, ties=True)
+    rng = np.random.default_rng(seed)
+    t, d = batch * seq, cfg.hidden
+    x = np.where(rng.random((t, d)) < 0.5, -1024.0, 1024.0)
+    for row in x:
+        p = rng.permutation(d)[:4]
+        row[p] = np.sign(row[p]) * np.array([2048.0, 0.0, 0.0, 16.0])
+    ins["x"] = x.reshape(batch, seq, d).astype(np.float32).astype(dsref.inputs.BF16)
+    return ins
+
+
+def _ties(cfg: Any, batch: int, seq: int, seed: int = 0) -> dict:
+    return dsref.make_inputs(V4, cfg, batch=batch, seq=seq, seed=seed, ties=True)
+
+
+PLANTED: dict[str, Planted] = {p.name: p for p in (
+    Planted("fp32_matmul", V4, "the emulator's matmul accumulating in float32 (BLAS order) "
+            "instead of exactly", {"qr_proj_matmul": ["qr32"], "kv_proj_matmul": ["kv32"]},
+            _fp32_matmul),
+    Planted("int8_clamp_126", V4, "qr_quant clamping v·sq to ±126 before the cast chain",
+            {"qr_quant": ["qr"]}, _int8_clamp_126),
+    Planted("rope_trunc", V4, "the rotated halves cast to bf16 by truncation",
+            {"q_head_rms_rope": ["q"], "kv_rms_rope": ["kv"]}, _rope_trunc),
+    Planted("variance_mul_inv", V4, "the RMS kernels always using Σx²·(1/N) where the config "
+            "says variance=mean", {"attn_norm": ["tok"]}, _variance_mul_inv, exact_sum_probe),
+    Planted("round_cast", V4, "attn_norm's bf16 cast left at pl.cast's default 'round'",
+            {"attn_norm": ["tok"]}, _round_cast, _ties),
 )}
