@@ -552,3 +552,23 @@ def test_v4_style_file_through_the_harness() -> None:
     dyn = run_file(path, env={"SCOPES_BUG": "dyn"})
     assert dyn.verdict == FAIL and "DynamicDimMismatch" in dyn.reason
     assert "tensor 'y'" in dyn.reason and "tensor 'x'" in dyn.reason
+
+
+def test_program_incore_function_is_a_scope() -> None:
+    from lowering.pypto_compat import language as lpl
+
+    @lpl.program
+    class Prog:
+        @lpl.function(type=lpl.FunctionType.InCore)
+        def scale(self, x, y):  # noqa: ANN001
+            y[:, :] = pl.mul(x[:, :], 4.0)
+
+        @lpl.function(type=lpl.FunctionType.Orchestration)
+        def main(self, x, y):  # noqa: ANN001
+            self.scale(x, y)
+
+    x = f32(4, 32)
+    r = run_kernel(Prog().main, inputs={"x": x}, outputs={"y": ((4, 32), pl.FP32)})
+    assert r.ok and r.budget.get("scale", "Vec") is not None, r.summary()
+    assert r.budget.get("(outside in-core scopes)", "Vec") is None
+    np.testing.assert_array_equal(r.outputs["y"], x * np.float32(4))

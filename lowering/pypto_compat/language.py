@@ -14,6 +14,7 @@ namespaces whose unknown names fail with the kernel's line. Any other name is an
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -118,9 +119,25 @@ JITFunction, jit = _jit.JITFunction, _jit.jit
 
 def _mark(fn: Callable, kind: str, ftype: Any = None) -> Callable:
     fn = _rewrite(fn)
+    if getattr(ftype, "name", "") in ("InCore", "AIC", "AIV"):
+        fn = _incore(fn)
     fn.__pl_kind__ = kind
     fn.__pl_type__ = ftype
     return fn
+
+
+def _incore(inner: Callable) -> Callable:
+    """An InCore / AIC / AIV ``@pl.function``: a call from orchestration code is an in-core
+    scope (budget entry) named after the function."""
+
+    @functools.wraps(inner)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if _core.current().scope is not None:
+            return inner(*args, **kwargs)
+        with _core.AtScope(_tpl.Level.CORE_GROUP, inner.__name__, _core.caller_site()):
+            return inner(*args, **kwargs)
+
+    return call
 
 
 def function(fn: Callable | None = None, *, type: Any = None, **_kw: Any) -> Any:  # noqa: A002
