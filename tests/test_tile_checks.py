@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lowering.tile import pl, run_kernel
+from lowering.tile.core import DslError
 
 BF16 = ml_dtypes.bfloat16
 RNG = np.random.default_rng(7)
@@ -237,6 +238,13 @@ def test_atomic_add_of_ones_twice_is_two() -> None:
     bf = run_kernel(kernel, inputs={"x": np.full((2, 8), 1.5, BF16)},
                     outputs={"y": ((2, 8), pl.BF16)}, zero_outputs=True)
     assert bf.outputs["y"].dtype == BF16 and (bf.outputs["y"] == BF16(3.0)).all()
+
+    with pytest.raises(DslError, match="not on a5"):
+        run_kernel(kernel, inputs={"x": np.full((2, 8), 1.5, BF16)},
+                   outputs={"y": ((2, 8), pl.BF16)}, zero_outputs=True, platform="a5")
+    with pytest.raises(DslError, match="INT64"):
+        run_kernel(kernel, inputs={"x": np.ones((2, 8), np.int64)},
+                   outputs={"y": ((2, 8), pl.INT64)}, zero_outputs=True)
 
     def into_tile(x):  # noqa: ANN001
         with pl.at(level=CG, name_hint="t"):

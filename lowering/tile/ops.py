@@ -221,6 +221,11 @@ def _atomic_store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
     if src.dtype != t.dtype:
         raise TypeError(f"atomic add of a {src.dtype.name} tile {src!r} into {t.dtype.name} "
                         f"tensor {t.name!r}: cast first")
+    if t.dtype.name not in ("FP32", "BF16", "FP16", "INT32", "INT16", "INT8") or (
+            t.dtype == BF16 and rt.platform == "a5"):
+        raise core.DslError(f"atomic add into {t.dtype.name} tensor {t.name!r} on {rt.platform} "
+                            f"({fmt_site(core.caller_site())}): the hardware atomic adds fp32 / "
+                            "bf16 (not on a5) / fp16 / int32 / int16 / int8")
     rt.use(src, "vec")
     box = core.box_key(lo, hi)
     old = rt.bk.read(t.data, box)
