@@ -607,3 +607,24 @@ def test_assemble_of_a_higher_rank_tile_drops_leading_unit_axes() -> None:
     np.testing.assert_array_equal(r.outputs["y"][:3], x[0, :3])
     cov = checks(r, "coverage")  # 3 valid rows moved: row 3 never written
     assert len(cov) == 1 and "rows 3..3" in cov[0].message
+
+
+def test_fillpad_expand_and_inplace() -> None:
+    x = f32(3, 5)
+
+    def kernel(x, y, z):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="k"):
+            t = pl.slice(x, [4, 8], [0, 0], valid_shape=[3, 5])
+            y[:, :] = pl.fillpad_expand(t, [8, 16], pad_value=pl.PadValue.min)
+            u = pl.tile.fillpad_inplace(t, pad_value=0.0)
+            z[:, :] = pl.add(u, t)  # t's buffer was filled too
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((8, 16), pl.FP32),
+                                                     "z": ((4, 8), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    want = np.full((8, 16), -np.inf, np.float32)
+    want[:3, :5] = x
+    np.testing.assert_array_equal(r.outputs["y"], want)
+    wz = np.zeros((4, 8), np.float32)
+    wz[:3, :5] = x * np.float32(2)
+    np.testing.assert_array_equal(r.outputs["z"], wz)

@@ -393,8 +393,9 @@ def check_store_nan(rt: Run, t: Tensor, lo: tuple, hi: tuple, data: Any, dtype: 
         site = core.caller_site()
         rt.report("coverage", "warning",
                   f"store at {fmt_site(site)} writes {n} NaN values into "
-                  f"{core.fmt_box(t.name, lo, hi)}: padding of a partially valid tile or an "
-                  "uninitialized tile was read as data (or the kernel computes NaN)",
+                  f"{core.fmt_box(t.name, lo, hi)}: undefined data (padding of a partially "
+                  "valid tile, an uninitialized tile or GM tensor) reached the store — harmless "
+                  "only if nothing uses those elements (or the kernel computes NaN)",
                   tensor=t.name, once=("nan-store", site))
 
 
@@ -650,6 +651,42 @@ def fillpad(x: Any, pad_value: Any = PadValue.zero) -> Tile:
     region, and ``pad_value`` (zero; max/min: ±inf for floats, the dtype's max/min for ints;
     also spelled 0, math.inf, -math.inf) in its padding."""
     return ops.apply("fillpad", x, pad_value)
+
+
+@ops.rule("fillpad_expand")
+def _fillpad_expand(rt: Run, x: Any, shape: Sequence[int], pad_value: Any = PadValue.zero) -> Tile:
+    t = ops._tile(rt, x, op="fillpad_expand")
+    shp = _ints(shape)
+    if len(shp) != t.ndim or any(n < e for n, e in zip(shp, t.shape, strict=True)):
+        raise ValueError(f"pl.fillpad_expand: shape {list(shp)} must have {t.ndim} dims, each at "
+                         f"least {list(t.shape)} of {t!r}")
+    if getattr(pad_value, "name", None) == "null":
+        raise ValueError("pl.fillpad_expand: pad_value cannot be PadValue.null")
+    data = rt.bk.full(shp, t.dtype.name, _pad_scalar(pad_value, t.dtype))
+    ext = valid_box(t)
+    if all(ext):
+        rt.bk.write(data, box(ext), rt.bk.read(t.data, box(ext)))
+    return rt.new_tile(data, t.dtype)
+
+
+@export("fillpad_expand")
+def fillpad_expand(x: Any, shape: Sequence[int], pad_value: Any = PadValue.zero) -> Tile:
+    """``pl.fillpad_expand(x, shape, pad_value=zero)``: a new fully valid tile of the larger
+    ``shape``: ``x``'s valid region at the origin, ``pad_value`` everywhere else."""
+    return ops.apply("fillpad_expand", x, shape, pad_value)
+
+
+@export("fillpad_inplace", spaces=("tile",))
+def fillpad_inplace(x: Tile, pad_value: Any = PadValue.zero) -> Tile:
+    """``pl.tile.fillpad_inplace(tile, pad_value)``: ``pl.fillpad`` writing into ``tile``'s own
+    buffer (the result aliases it)."""
+    out = ops.apply("fillpad", x, pad_value)
+    if isinstance(x, Tile):
+        rt = core.current()
+        rt.bk.write(x.data, box(x.shape), out.data)
+        out = rt.new_tile(x.data, x.dtype, share=x.buf)
+        x.valid = None
+    return out
 
 
 @ops.rule("set_validshape")
