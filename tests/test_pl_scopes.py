@@ -572,3 +572,29 @@ def test_program_incore_function_is_a_scope() -> None:
     assert r.ok and r.budget.get("scale", "Vec") is not None, r.summary()
     assert r.budget.get("(outside in-core scopes)", "Vec") is None
     np.testing.assert_array_equal(r.outputs["y"], x * np.float32(4))
+
+
+# -- manual scopes: dependencies only from deps= -------------------------------------------------------
+
+
+@pl.jit(auto_scope=False)
+def two_stage(x, mid, y, *, linked: bool):
+    with pl.manual_scope():
+        with pl.spmd(2, name_hint="produce") as t0:
+            b = pl.tile.get_block_idx()
+            mid[b:b + 1, :] = pl.mul(x[b:b + 1, :], 2.0)
+        gate = pl.system.task_dummy(deps=[t0] if linked else [])
+        with pl.at(level=CG, name_hint="consume", deps=[gate]):
+            y[:, :] = pl.add(mid[:, :], 1.0)
+
+
+def test_manual_scope_needs_a_deps_path_between_conflicting_tasks() -> None:
+    x = f32(2, 32)
+    kw = {"inputs": {"x": x}, "outputs": {"mid": ((2, 32), pl.FP32), "y": ((2, 32), pl.FP32)}}
+    good = run_kernel(two_stage, kwargs={"linked": True}, **kw)
+    assert good.ok and not good.findings, good.summary()
+    np.testing.assert_array_equal(good.outputs["y"], x * 2 + 1)
+    bad = run_kernel(two_stage, kwargs={"linked": False}, **kw)
+    [msg] = races(bad)
+    assert "task 'produce'" in msg and "writes mid[0, 0:32]" in msg
+    assert "later task 'consume'" in msg and "reads mid[0:2, 0:32]" in msg and "no deps=" in msg

@@ -23,6 +23,7 @@ from typing import Any
 from lowering.tile import core as _core
 from lowering.tile import jit as _jit
 from lowering.tile import pl as _tpl
+from lowering.tile.control import new_task as _new_task
 from lowering.tile.dtypes import DType
 from lowering.tile.rewrite import rewrite as _rewrite
 
@@ -134,7 +135,8 @@ def _incore(inner: Callable) -> Callable:
     def call(*args: Any, **kwargs: Any) -> Any:
         if _core.current().scope is not None:
             return inner(*args, **kwargs)
-        with _core.AtScope(_tpl.Level.CORE_GROUP, inner.__name__, _core.caller_site()):
+        with _core.AtScope(_tpl.Level.CORE_GROUP, inner.__name__, _core.caller_site(),
+                           _new_task(inner.__name__)):
             return inner(*args, **kwargs)
 
     return call

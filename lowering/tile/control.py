@@ -30,6 +30,7 @@ soft ``syncall``, ``pl.while_``, ``pl.aic_gather``, ...).
 
 from __future__ import annotations
 
+import builtins
 import enum
 import operator
 from collections.abc import Iterator
@@ -149,12 +150,16 @@ class TaskId:
     tid``, ``with pl.spmd(...) as tid``, ``pl.system.task_dummy``, ``pl.submit``). Used only
     as a dependency edge; ``TaskId.INVALID`` is ``pl.system.task_invalid()``."""
 
-    __slots__ = ("serial", "what")
+    __slots__ = ("serial", "what", "deps", "log", "site")
     INVALID: TaskId
 
-    def __init__(self, serial: int, what: str) -> None:
+    def __init__(self, serial: int, what: str, deps: tuple = (), site: tuple = ("?", 0)
+                 ) -> None:
         self.serial = serial
         self.what = what
+        self.deps = deps  # the task ids it waits for (deps=)
+        self.log: dict | None = None  # its GM accesses, when started in a manual scope
+        self.site = site
 
     def __repr__(self) -> str:
         return "TaskId(invalid)" if self.serial < 0 else f"TaskId#{self.serial}({self.what})"
@@ -166,10 +171,11 @@ class TaskId:
 TaskId.INVALID = TaskId(-1, "invalid")
 
 
-def new_task(what: str) -> TaskId:
+def new_task(what: str, deps: Any = None) -> TaskId:
+    """A new task id named ``what`` that waits for ``deps`` (checked as ``deps=``)."""
     rt = core.current()
     rt.next_task += 1
-    return TaskId(rt.next_task, what)
+    return TaskId(rt.next_task, what, tuple(_deps(deps, what)), caller_site())
 
 
 _UNSET = object()
@@ -303,12 +309,11 @@ def at(level: Any = Level.CORE_GROUP, role: Any = None, *, optimizations: Any = 
         raise DslError(f"pl.at(name_hint={name_hint!r}) must be a valid identifier "
                        f"({fmt_site(site)})")
     _optimizations(optimizations, "pl.at")
-    _deps(deps, "pl.at")
     for t in list(no_dep_args or []) + list(dumps or []):
         if not isinstance(t, Tensor):
             raise TypeError(f"pl.at(no_dep_args= / dumps=): {t!r} is not a tensor "
                             f"({fmt_site(site)})")
-    return core.AtScope(level, name_hint, site, new_task(name_hint or "pl.at"))
+    return core.AtScope(level, name_hint, site, new_task(name_hint or "pl.at", deps))
 
 
 class _Context:
@@ -350,7 +355,7 @@ def scope(mode: ScopeMode = ScopeMode.AUTO) -> _Context:
             raise DslError(f"pl.scope() (AUTO) in {fn.__name__} ({_here()}) needs "
                            f"@pl.jit...(auto_scope=False): with auto_scope the compiler places "
                            "AUTO scopes itself")
-    return _Context("manual" if mode == ScopeMode.MANUAL else "auto")
+    return _ManualScope(caller_site()) if mode == ScopeMode.MANUAL else _Context("auto")
 
 
 def manual_scope() -> _Context:
@@ -361,7 +366,89 @@ def manual_scope() -> _Context:
     if "manual" in rt.ctx:
         raise DslError(f"pl.manual_scope() nested in another ({_here()}): the runtime "
                        "forbids it")
-    return _Context("manual")
+    return _ManualScope(caller_site())
+
+
+class _ManualScope(_Context):
+    """A MANUAL runtime scope: the device orders its tasks only by ``deps=`` edges. On exit,
+    two of its in-core tasks that touch one GM element (one writing, not both atomic adds)
+    with no chain of ``deps=`` from the earlier to the later are reported as a race: the
+    device may run them in either order, or together."""
+
+    def __init__(self, site: tuple[str, int]) -> None:
+        super().__init__("manual")
+        self.site = site
+
+    def __enter__(self) -> Any:
+        core.current().manual.append([])
+        return super().__enter__()
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        super().__exit__(exc_type, *exc)
+        rt = core.current()
+        tasks = rt.manual.pop() if rt.manual else []
+        if exc_type is None and rt.checks:
+            _check_manual(rt, tasks, self.site)
+
+
+def _ancestors(t: TaskId, memo: dict[int, set[int]]) -> set[int]:
+    got = memo.get(t.serial)
+    if got is None:
+        got = memo[t.serial] = set()
+        for d in t.deps:
+            got.add(d.serial)
+            got |= _ancestors(d, memo)
+    return got
+
+
+def _accesses(t: TaskId) -> dict[int, tuple]:
+    """bid -> (kinds, lo, hi) arrays of a task's logged GM accesses."""
+    per: dict[int, list] = {}
+    for bid, kind, lo, hi in t.log or ():
+        per.setdefault(bid, []).append((kind, lo, hi))
+    return {b: (np.array([r[0] for r in v], np.int8), np.array([r[1] for r in v], np.int64),
+                np.array([r[2] for r in v], np.int64)) for b, v in per.items()}
+
+
+def _conflict(a: tuple, b: tuple) -> tuple[int, int] | None:
+    ka, la, ha = a
+    kb, lb, hb = b
+    ov = np.all((la[:, None, :] < hb[None, :, :]) & (lb[None, :, :] < ha[:, None, :]), axis=2)
+    ov &= (ka[:, None] != core.READ) | (kb[None, :] != core.READ)
+    ov &= (ka[:, None] != core.ATOMIC) | (kb[None, :] != core.ATOMIC)
+    if not ov.any():
+        return None
+    i, j = np.argwhere(ov)[0]
+    return int(i), int(j)
+
+
+def _check_manual(rt: core.Run, tasks: list[TaskId], site: tuple[str, int]) -> None:
+    memo: dict[int, set[int]] = {}
+    acc = [_accesses(t) for t in tasks]
+    for j in builtins.range(1, len(tasks)):
+        before = _ancestors(tasks[j], memo)
+        for i in builtins.range(j):
+            if tasks[i].serial in before:
+                continue
+            for bid in acc[i].keys() & acc[j].keys():
+                hit = _conflict(acc[i][bid], acc[j][bid])
+                if hit is None:
+                    continue
+                base = rt.bases.get(bid)
+                name = base.name if base is not None else "?"
+                (ka, la, ha), (kb, lb, hb) = acc[i][bid], acc[j][bid]
+                p, q = hit
+                rt.report(
+                    "race", "fail",
+                    f"in pl.manual_scope ({fmt_site(site)}) task {tasks[i].what!r} "
+                    f"({fmt_site(tasks[i].site)}) {core.VERBS[int(ka[p])]} "
+                    f"{core.fmt_box(name, la[p].tolist(), ha[p].tolist())} and the later task "
+                    f"{tasks[j].what!r} ({fmt_site(tasks[j].site)}) {core.VERBS[int(kb[q])]} "
+                    f"{core.fmt_box(name, lb[q].tolist(), hb[q].tolist())}, with no deps= path "
+                    "from the first to the second: the device may run them in any order",
+                    tensor=name, indices=(), scope=None, once=("manual", tasks[i].serial,
+                                                              tasks[j].serial))
+                break
 
 
 def _runtime_scope_check(rt: core.Run, what: str) -> None:
@@ -460,29 +547,29 @@ class SpmdContext:
                            f"({fmt_site(site)})")
         self.hint = name_hint
         self.deps = deps
-        _deps(deps, "pl.spmd")
         _optimizations(optimizations, "pl.spmd")
         if allow_early_resolve and "cluster" in core.current().ctx:
             raise DslError(f"pl.spmd(allow_early_resolve=True) inside pl.cluster() "
                            f"({fmt_site(site)}): pypto rejects it (the hint would be lost)")
         self.site = site
-        self.task = new_task(name_hint or "pl.spmd")
+        self.task = new_task(name_hint or "pl.spmd", deps)
 
     def __iter__(self) -> Iterator[int]:
         if self.deps is not None:
             raise DslError(f"pl.spmd(deps=...) ({fmt_site(self.site)}) is accepted only in the "
                            "`with pl.spmd(...) as tid:` form")
-        return core.loop("spmd", (self.n,), hint=self.hint)
+        return core.loop("spmd", (self.n,), hint=self.hint, task=self.task)
 
     def __pl_blocks__(self, has_as: bool) -> Iterator[Any]:
         if self.deps is not None and not has_as:
             raise DslError(f"pl.spmd(deps=...) ({fmt_site(self.site)}) is accepted only in the "
                            "`with pl.spmd(...) as tid:` form")
-        return core.loop("spmd", (self.n,), hint=self.hint, emit=self.task, name="block")
+        return core.loop("spmd", (self.n,), hint=self.hint, emit=self.task, name="block",
+                         task=self.task)
 
     def __pl_phased__(self, body: Any, with_index: bool, env: dict) -> TaskId:
         core.run_phased(self.n, self.hint, self.site, lambda b: body(b, env), True,
-                        "block" if not with_index else _loop_name(self.site, "block"))
+                        "block" if not with_index else _loop_name(self.site, "block"), self.task)
         return self.task
 
     def __enter__(self) -> Any:
@@ -576,8 +663,14 @@ def submit(kernel: Any, *args: Any, deps: Any = None, allow_early_resolve: bool 
     its result and a new task id."""
     if predicate is not None:
         raise _unmodelled("pl.submit(predicate=...)", "the dispatch-time comparison")
-    _deps(deps, "pl.submit")
-    return kernel(*args), new_task(getattr(kernel, "__name__", "task"))
+    tid = new_task(getattr(kernel, "__name__", "task"), deps)
+    rt = core.current()
+    started = rt.begin_task(tid)
+    try:
+        return kernel(*args), tid
+    finally:
+        if started:
+            rt.task = None
 
 
 def spmd_submit(kernel: Any, *args: Any, core_num: int, sync_start: bool = False,
@@ -588,12 +681,12 @@ def spmd_submit(kernel: Any, *args: Any, core_num: int, sync_start: bool = False
     task id."""
     if predicate is not None:
         raise _unmodelled("pl.spmd_submit(predicate=...)", "the dispatch-time comparison")
-    _deps(deps, "pl.spmd_submit")
     name = getattr(kernel, "__name__", "spmd_submit")
+    tid = new_task(name, deps)
     out = None
-    for _ in core.loop("spmd", (core_num,), hint=name, name="block"):
+    for _ in core.loop("spmd", (core_num,), hint=name, name="block", task=tid):
         out = kernel(*args)
-    return out, new_task(name)
+    return out, tid
 
 
 # -- pl.system -----------------------------------------------------------------------------------
@@ -605,8 +698,7 @@ class _System:
     @staticmethod
     def task_dummy(*, deps: Any) -> TaskId:
         """A task id ready once every one of ``deps`` is (no work; program order here)."""
-        _deps(deps, "pl.system.task_dummy")
-        return new_task("task_dummy")
+        return new_task("task_dummy", deps)
 
     @staticmethod
     def task_invalid() -> TaskId:

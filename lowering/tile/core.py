@@ -447,7 +447,7 @@ OUTSIDE = "(outside in-core scopes)"
 PARALLEL_KINDS = ("parallel", "spmd", "split_aiv")
 #: access kinds in the race logs
 READ, WRITE, ATOMIC = 0, 1, 2
-_VERB = {READ: "reads", WRITE: "writes", ATOMIC: "atomically adds into"}
+VERBS = _VERB = {READ: "reads", WRITE: "writes", ATOMIC: "atomically adds into"}
 
 
 class ScopeEntry:
@@ -527,7 +527,20 @@ class Run:
         self.calls: list[Any] = []  # decorated functions being called (lowering.tile.jit)
         self.ctx: list[str] = []  # open pl.scope / manual_scope / cluster: 'auto'|'manual'|'cluster'
         self.next_task = 0
+        self.task: Any = None  # the in-core task running (a control.TaskId), or None
+        self.manual: list[list] = []  # per open manual scope: the tasks started in it
         self._once: set = set()
+
+    def begin_task(self, task: Any) -> bool:
+        """An in-core task starts (unless one is running: nested scopes belong to it). In a
+        manual scope its GM accesses are logged for the dependency check. True if started."""
+        if self.task is not None or task is None:
+            return False
+        if self.manual and self.checks:
+            task.log = {}  # (bid, kind, lo, hi) -> None, in program order
+            self.manual[-1].append(task)
+        self.task = task
+        return True
 
     def finish(self) -> None:
         """End of the kernel: the budget of tiles made outside every in-core scope."""
@@ -716,6 +729,10 @@ class Run:
         boxes = view.to_base(lo, hi)
         bid = id(base)
         kind = ATOMIC if atomic else WRITE if write else READ
+        task = self.task
+        if task is not None and task.log is not None:
+            for blo, bhi in boxes:
+                task.log[(bid, kind, blo, bhi)] = None
         if self.par:
             scope = self.scope.name if self.scope is not None else None
             for fr in self.par:
@@ -830,7 +847,7 @@ class AtScope:
         self.name = name_hint or f"scope@{fmt_site(site)}"
         self.site = site
         self.task = task
-        self.opened = False
+        self.opened = self.started = False
 
     def __enter__(self) -> Any:
         rt = current()
@@ -838,10 +855,13 @@ class AtScope:
         self.opened = self.incore and rt.scope is None
         if self.opened:
             rt.scope = ScopeEntry(self.name, rt.indices(), len(rt.loops), self.site)
+            self.started = rt.begin_task(self.task)
         return self.task
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         rt = current()
+        if self.started:
+            rt.task = None
         entry = rt.scope
         rt.scope = rt.scope_stack.pop()
         if self.opened and exc_type is None and rt.checks and entry is not None:
@@ -849,7 +869,7 @@ class AtScope:
 
 
 def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple | None = None,
-         emit: Any = None, name: str | None = None) -> Iterator[Any]:
+         emit: Any = None, name: str | None = None, task: Any = None) -> Iterator[Any]:
     """The iterator behind pl.range / parallel / pipeline / unroll / spmd / split_aiv.
 
     ``args``: (stop) | (start, stop) | (start, stop, step), ints (or ``__index__`` objects:
@@ -865,7 +885,7 @@ def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple
         ints.append(1)
     site = caller_site()
     name = name or source_name(site, "loop") or f"{kind}@{fmt_site(site)}"
-    return _iterate(current(), kind, range(*ints), name, stage, site, hint, carry, emit)
+    return _iterate(current(), kind, range(*ints), name, stage, site, hint, carry, emit, task)
 
 
 def _same_kind(a: Any, b: Any) -> bool:
@@ -897,7 +917,7 @@ def _next_carry(frame: LoopFrame) -> tuple:
 
 def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
              site: tuple[str, int], hint: str = "", carry: tuple | None = None,
-             emit: Any = None) -> Iterator[Any]:
+             emit: Any = None, task: Any = None) -> Iterator[Any]:
     frame = LoopFrame(kind, name, stage, site)
     parallel = kind in PARALLEL_KINDS
     frame.count = len(values)
@@ -914,6 +934,7 @@ def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
     if parallel:
         rt.par.append(frame)
     frame.loop_seq = 2 * rt.seq + 2
+    started = own and rt.begin_task(task)  # the blocks of a pl.spmd are one task
     try:
         for v in vals:
             frame.value = v
@@ -939,6 +960,8 @@ def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
             _race_check(rt, frame)
         frame = None
     finally:
+        if started:
+            rt.task = None
         if frame is not None:  # left early (break / exception)
             if entry is not None and rt.scope is entry:
                 rt.scope = rt.scope_stack.pop()
@@ -957,7 +980,7 @@ def innermost(kind: str) -> LoopFrame | None:
 
 
 def run_phased(n: int, hint: str, site: tuple[str, int], body: Any, with_index: bool,
-               name: str) -> None:
+               name: str, task: Any = None) -> None:
     """Run the ``n`` blocks of a ``pl.spmd`` whose body has ``pl.system.syncall`` barriers.
 
     ``body`` is the block body as a generator function (``lowering.tile.rewrite`` turned
@@ -983,6 +1006,7 @@ def run_phased(n: int, hint: str, site: tuple[str, int], body: Any, with_index: 
     frame.loop_seq = 2 * rt.seq + 2
     lbase, pbase, sbase = len(rt.loops), len(rt.par), len(rt.scope_stack)
     state: dict[int, list] = {}
+    started = own and rt.begin_task(task)
     try:
         for b in order:
             frame.value = b
@@ -1031,6 +1055,8 @@ def run_phased(n: int, hint: str, site: tuple[str, int], body: Any, with_index: 
         _race_check(rt, frame)
         frame = None
     finally:
+        if started:
+            rt.task = None
         if frame is not None:
             del rt.loops[lbase - 1:], rt.par[pbase - 1:], rt.scope_stack[sbase:]
             rt.scope = outer_scope

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lowering.tile import core
-from lowering.tile.control import Array, TaskId
+from lowering.tile.control import Array, TaskId, new_task
 from lowering.tile.core import DslError, DynVar, caller_site, fmt_site
 from lowering.tile.dtypes import DType, Level
 from lowering.tile.rewrite import rewrite
@@ -243,7 +243,8 @@ class JITFunction:
         rt.calls.append(self)
         try:
             if self.kind == "incore" and rt.scope is None:
-                with core.AtScope(Level.CORE_GROUP, self.__name__, caller_site()):
+                with core.AtScope(Level.CORE_GROUP, self.__name__, caller_site(),
+                                  new_task(self.__name__)):
                     return self.fn(*args, **kwargs)
             return self.fn(*args, **kwargs)
         finally:
