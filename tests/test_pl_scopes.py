@@ -598,3 +598,27 @@ def test_manual_scope_needs_a_deps_path_between_conflicting_tasks() -> None:
     [msg] = races(bad)
     assert "task 'produce'" in msg and "writes mid[0, 0:32]" in msg
     assert "later task 'consume'" in msg and "reads mid[0:2, 0:32]" in msg and "no deps=" in msg
+
+
+R = pl.dynamic("R")  # module level: annotations are strings, evaluated in the module
+
+
+def test_dynamic_dims_bind_per_call_of_a_decorated_function() -> None:
+    @pl.jit.inline
+    def double(a: pl.Tensor[[R, 32], pl.FP32], b: pl.Tensor[[R, 32], pl.FP32]):
+        with pl.at(level=CG, name_hint="d"):
+            for i in pl.range(R):  # R is this call's size
+                b[i:i + 1, :] = pl.mul(a[i:i + 1, :], 2.0)
+
+    def kernel(x, y, u, v):  # noqa: ANN001
+        double(x, y)  # R = 2
+        double(u, v)  # R = 3: a second specialization, not a clash
+
+    x, u = f32(2, 32), f32(3, 32)
+    r = run_kernel(kernel, inputs={"x": x, "u": u},
+                   outputs={"y": ((2, 32), pl.FP32), "v": ((3, 32), pl.FP32)})
+    assert r.ok, r.summary()
+    np.testing.assert_array_equal(r.outputs["v"], u * 2)
+    with pytest.raises(DynamicDimMismatch, match="parameter 'b' of double"):  # within one call
+        run_kernel(lambda x, y: double(x, y), inputs={"x": x},
+                   outputs={"y": ((3, 32), pl.FP32)})

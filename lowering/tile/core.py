@@ -245,9 +245,10 @@ class Tensor:
 
     def bind_dynamic(self, axis: int, var: Any) -> None:
         """``t.bind_dynamic(axis, M)`` with ``M = pl.dynamic("M")``: dimension ``axis`` of this
-        GM tensor is the dynamic dim ``M``. Values are untouched; the run binds ``M`` to this
-        size — one size per name per run, so another tensor (or annotated parameter) bound to
-        ``M`` with a different size raises :class:`DynamicDimMismatch` naming both."""
+        GM tensor is the dynamic dim ``M``. Values are untouched; the running function binds
+        ``M`` to this size — one size per name per function call, so another tensor (or
+        annotated parameter of the call) bound to ``M`` with a different size raises
+        :class:`DynamicDimMismatch` naming both."""
         if not isinstance(var, DynVar):
             raise TypeError(f"{self!r}.bind_dynamic({axis!r}, {var!r}): the second argument "
                             "must be a pl.dynamic(...) variable")
@@ -279,7 +280,7 @@ class Tensor:
 
 
 class DynamicDimMismatch(KernelDefect, ValueError):
-    """Two tensors bound to one ``pl.dynamic`` name have different sizes in one run."""
+    """Two tensors bound to one ``pl.dynamic`` name have different sizes in one call."""
 
 
 class DynamicDimUnbound(KernelDefect, ValueError):
@@ -524,6 +525,7 @@ class Run:
         self.bases: dict[int, BaseTensor] = {}
         self.created: dict[tuple, BaseTensor] = {}
         self.dyn: dict[str, tuple[int, str]] = {}  # pl.dynamic name -> (size, bound by)
+        self.dyn_outer: list[dict] = []  # the callers' bindings (see push_dyn)
         self.calls: list[Any] = []  # decorated functions being called (lowering.tile.jit)
         self.ctx: list[str] = []  # open pl.scope / manual_scope / cluster: 'auto'|'manual'|'cluster'
         self.next_task = 0
@@ -549,18 +551,33 @@ class Run:
             self.outside = None
 
     # -- dynamic dims ------------------------------------------------------------------
+    def push_dyn(self) -> None:
+        """A decorated function is called: its ``pl.dynamic`` names bind afresh (an inline
+        function called with two sizes is specialized twice); pop_dyn restores the caller's."""
+        self.dyn_outer.append(self.dyn)
+        self.dyn = {}
+
+    def pop_dyn(self) -> None:
+        self.dyn = self.dyn_outer.pop()
+
     def bind_dyn(self, name: str, size: int, who: str) -> None:
-        """Bind ``pl.dynamic(name)`` to ``size`` (``who``: what bound it, for messages)."""
+        """Bind ``pl.dynamic(name)`` to ``size`` in the running function (``who``: what bound
+        it, for messages): one size per name per function call."""
         seen = self.dyn.get(name)
         if seen is None:
             self.dyn[name] = (int(size), who)
         elif seen[0] != size:
             raise DynamicDimMismatch(
                 f"dynamic dim {name}: {who} has size {size} but {seen[1]} has size {seen[0]} "
-                "(one size per pl.dynamic name in a run)")
+                "(one size per pl.dynamic name in a function call)")
 
     def dyn_size(self, name: str) -> int:
+        """The size bound to ``name`` in the running function, else in its callers."""
         seen = self.dyn.get(name)
+        for frame in reversed(self.dyn_outer):
+            if seen is not None:
+                break
+            seen = frame.get(name)
         if seen is None:
             raise DynamicDimUnbound(
                 f"pl.dynamic({name!r}) used as a value ({fmt_site(caller_site())}) before any "

@@ -2,7 +2,8 @@
 
 Annotations record what pypto's parser would type-check: ``pl.Tensor[[B, D], pl.BF16]`` /
 ``pl.Tile[...]`` (a ``pl.dynamic`` dim binds to the argument's size, one size per name per
-run), ``pl.Out[...]`` / ``pl.InOut[...]`` (direction), ``pl.Scalar[pl.INT32]`` (a number;
+call: an inline function called with two sizes is specialized twice, as pypto's jit does),
+``pl.Out[...]`` / ``pl.InOut[...]`` (direction), ``pl.Scalar[pl.INT32]`` (a number;
 ``pl.Scalar[pl.TASK_ID]``: a task id or None), ``pl.Array[n, dtype]``. Calling a decorated
 function checks its arguments against them — a wrong shape, dtype or kind raises
 :class:`core.DslError` naming the parameter; a dynamic-dim clash raises
@@ -239,7 +240,12 @@ class JITFunction:
                                       f"{fmt_site(caller_site())}): an external C++ kernel is "
                                       "not emulated")
         rt = core.current()
-        self._check(rt, args, kwargs)
+        rt.push_dyn()
+        try:
+            self._check(rt, args, kwargs)
+        except BaseException:
+            rt.pop_dyn()
+            raise
         rt.calls.append(self)
         try:
             if self.kind == "incore" and rt.scope is None:
@@ -249,6 +255,7 @@ class JITFunction:
             return self.fn(*args, **kwargs)
         finally:
             rt.calls.pop()
+            rt.pop_dyn()
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
