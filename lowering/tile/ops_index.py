@@ -10,6 +10,11 @@ code on tiles), so where the two levels differ the *unified* ``pl.<op>`` follows
 level (``pl.cmp``: 0/1 values) and ``pl.tile.<op>`` the tile level (``pl.tile.cmp``: a packed
 bit mask). Operands that break an instruction's stated constraint raise ``OpConstraint``, a
 kernel defect.
+
+Numerics: sorts, merges, gathers, compares, selects and arg-reductions are exact (data
+movement and comparisons); ``fmod`` and the exp-diff expands are compositions of the emulator's
+elementwise ops in the hardware's order (see each docstring), whose ``exp`` is the float64
+value rounded once — deterministic, not the hardware's approximation.
 """
 
 from __future__ import annotations
@@ -574,7 +579,9 @@ def _expdif_rule(name: str, axis: str) -> None:
 
     api.__name__ = api.__qualname__ = name
     api.__doc__ = (f"``exp(x - v)`` with ``v`` one value per {axis} "
-                   "(T*EXPANDEXPDIF: vsub then vexp, i.e. pl.sub then pl.exp, two roundings)")
+                   "(T*EXPANDEXPDIF: vsub then vexp, i.e. pl.sub then pl.exp: an fp32 "
+                   "subtraction, then the float64 exp rounded once — deterministic; the "
+                   "hardware's vexp approximation may differ in the last bit)")
     export(name, spaces=("pl", "tensor", "tile"))(api)
 
 
