@@ -112,7 +112,7 @@ def test_unsupported_api_names_call_and_line(capsys):
                "--model", "v32.decode_front", "--batch", "16", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "pl.sort32 is not supported by the emulator" in err
+    assert "pl.bitonic_sort is not supported by the emulator" in err
     assert "unsupported_api.py:13" in err
 
 
