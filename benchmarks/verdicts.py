@@ -79,31 +79,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def planted(args: argparse.Namespace) -> int:
+    """Each planted bug at every shape of its model (V4 Flash at T = 128 and T = 32: K chunks
+    of 128 and 512). Exit 0 when every bug FAILs exactly its regions at one shape at least;
+    where a bug is within legitimate rounding at a shape, the line says "not caught"."""
     from lowering.bugs import PLANTED
 
+    shapes = list(TINY if args.quick else FULL)
+    if not args.quick:
+        shapes.append(("v4.qkv_proj_rope", "v4-flash", 16, 2))
     rows = []
     for name, bug in PLANTED.items():
-        model, config, batch, seq = next(r for r in (TINY if args.quick else FULL)
-                                         if r[0] == bug.model)
-        cfg = dsref.config(config)
-        try:
-            ins = (bug.probe or _random)(cfg, batch, seq, 0)
-        except ValueError as e:  # a probe worked out for other dims
-            print(f"{name:18s} {config:9s} skipped: {e}")
-            rows.append({"bug": name, "config": config, "skipped": str(e)})
-            continue
-        t0 = time.perf_counter()
-        with bug.patch():
-            rep = lowering.diff(model, cfg, ins)
-        failed = {r.name: [o.name for o in r.outputs if not o.ok] for r in rep.regions
-                  if r.status == "FAIL"}
-        ok = failed == bug.fails
-        print(f"{name:18s} {config:9s} {rep.verdict:5s} {'as expected' if ok else 'UNEXPECTED'} "
-              f"{failed} {time.perf_counter() - t0:.1f} s", flush=True)
-        rows.append({"bug": name, "config": config, "verdict": rep.verdict, "failed": failed,
-                     "expected": bug.fails, "ok": ok})
+        for model, config, batch, seq in (r for r in shapes if r[0] == bug.model):
+            rows.append(_planted_run(name, bug, model, config, batch, seq))
     Path(args.out).write_text(json.dumps({"quick": args.quick, "planted": rows}, indent=1))
-    return 0 if all(r.get("ok", True) for r in rows) else 1
+    caught = {r["bug"] for r in rows if r.get("ok")}
+    return 0 if caught >= {r["bug"] for r in rows if "skipped" not in r} else 1
+
+
+def _planted_run(name: str, bug, model: str, config: str, batch: int, seq: int) -> dict:
+    cfg = dsref.config(config)
+    where = f"{name:18s} {config:9s} T={batch * seq:<4d}"
+    try:
+        ins = (bug.probe or _random)(cfg, batch, seq, 0)
+    except ValueError as e:  # a probe worked out for other dims
+        print(f"{where} skipped: {e}")
+        return {"bug": name, "config": config, "tokens": batch * seq, "skipped": str(e)}
+    t0 = time.perf_counter()
+    with bug.patch():
+        rep = lowering.diff(model, cfg, ins)
+    failed = {r.name: [o.name for o in r.outputs if not o.ok] for r in rep.regions
+              if r.status == "FAIL"}
+    ok = failed == bug.fails
+    status = "as expected" if ok else ("not caught" if not failed else "UNEXPECTED")
+    print(f"{where} {rep.verdict:5s} {status} {failed} {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    return {"bug": name, "config": config, "tokens": batch * seq, "verdict": rep.verdict,
+            "failed": failed, "expected": bug.fails, "ok": ok}
 
 
 def _random(cfg, batch: int, seq: int, seed: int) -> dict:

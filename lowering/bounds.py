@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from lowering.backends import _rounding
-from lowering.tolerances import U64, gamma
+from lowering.tolerances import U32, U64, gamma
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F8 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -59,21 +59,24 @@ class Accum:
     ``any``: fp32 additions of the terms in any order and grouping (hardware, torch goldens,
     kernel files whose tiling is unknown). ``chunks``: partials of ``width`` consecutive terms,
     each the exact partial rounded once to fp32 (the emulator's ``row_sum`` / ``matmul`` of one
-    tile), combined by fp32 additions in any order (``matmul_acc``, chunked ``add``).
+    tile), combined by fp32 additions in any order. ``ordered``: the same partials added in
+    index order, ``acc = fl(acc + p_j)`` — what a ``matmul`` → ``matmul_acc`` chain or an
+    ``acc = add(acc, row_sum(chunk))`` loop does (each step needs the previous accumulator).
     ``reference``: the exact sum rounded once (dsref itself; the zero-slack self-test)."""
 
     kind: str = "any"
     width: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("any", "chunks", "reference"):
+        if self.kind not in ("any", "chunks", "ordered", "reference"):
             raise ValueError(f"accumulation: {self.kind!r}")
-        if self.kind == "chunks" and self.width < 1:
+        if self.kind in ("chunks", "ordered") and self.width < 1:
             raise ValueError(f"accumulation chunks of {self.width}")
 
     def describe(self) -> str:
-        return {"any": "fp32, any order", "reference": "exact, rounded once"}.get(
-            self.kind, f"fp32 over {self.width}-wide exact partials")
+        return {"any": "fp32, any order", "reference": "exact, rounded once",
+                "chunks": f"fp32 over {self.width}-wide exact partials, any order"}.get(
+            self.kind, f"fp32 over {self.width}-wide exact partials, in order")
 
 
 ANY = Accum("any")
@@ -82,6 +85,10 @@ REFERENCE = Accum("reference")
 
 def chunks(width: int) -> Accum:
     return Accum("chunks", int(width))
+
+
+def ordered(width: int) -> Accum:
+    return Accum("ordered", int(width))
 
 
 # ---- intervals -------------------------------------------------------------------------------
@@ -309,9 +316,14 @@ def _exact_rows(lsb_min: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
 
 
 def _finish(s_lo: np.ndarray, s_hi: np.ndarray, k: int, parts: np.ndarray, slack: np.ndarray,
-            acc: Accum, exact: np.ndarray | None) -> Iv:
+            acc: Accum, exact: np.ndarray | None, prefix: np.ndarray | None = None) -> Iv:
     """The fp32 values a summation can return, given the float64 sums ``s_lo..s_hi`` of the
-    terms (their own error at most ``slack``), ``k`` partials of magnitude sum ``parts``."""
+    terms (their own error at most ``slack``), ``k`` partials of magnitude sum ``parts`` and,
+    for ``ordered``, the magnitude sum ``prefix`` of the running sums ``S_2 .. S_k``.
+
+    ``ordered``: ``ŝ_j = fl(ŝ_{j−1} + fl(P_j))`` errs by ``e_j = e_{j−1} + (fl(P_j) − P_j) +
+    ε_j(ŝ_{j−1} + fl(P_j))``, so ``|e_k| ≤ u(1+u)Σ|P_j| + u Σ_{j≥2}(|S_j| + |e_{j−1}|)``, and
+    with ``|e_{j−1}| ≤ |e|_max``: ``|e_k| ≤ (u(1+u)Σ|P_j| + uΣ_{j≥2}|S_j|) / (1 − (k−1)u)``."""
     # our float64 sum and the emulator's each err by at most `slack`; "reference" is the
     # zero-slack model of dsref's own float64 sum rounded once (the self-test's bitwise mode)
     e = 0.0 if acc.kind == "reference" else 2.0 * slack
@@ -319,7 +331,10 @@ def _finish(s_lo: np.ndarray, s_hi: np.ndarray, k: int, parts: np.ndarray, slack
         # one exactly rounded partial added to 0: the correctly rounded sum (± float64 slack)
         lo, hi = _r32(s_lo - e), _r32(s_hi + e)
     else:
-        d = gamma(k) * (parts + e) + e
+        if acc.kind == "ordered" and prefix is not None:
+            d = (U32 * (1 + U32) * (parts + e) + U32 * (prefix + k * e)) / (1 - k * U32) + e
+        else:
+            d = gamma(k) * (parts + e) + e
         lo, hi = _up32(s_lo - d), _down32(s_hi + d)
     if exact is not None and exact.any():
         lo = np.where(exact, s_lo, lo)
@@ -340,22 +355,28 @@ def fsum(t: Iv, acc: Accum) -> Iv:
     mag_t = np.maximum(np.abs(t.lo), np.abs(t.hi))
     mag = np.sum(mag_t, axis=-1, keepdims=True)
     slack = gamma(n + 2, U64) * mag
-    if acc.kind == "chunks":
+    prefix = None
+    if acc.kind in ("chunks", "ordered"):
         w = min(acc.width, n)
         k = -(-n // w)
         pad = [(0, 0)] * (t.lo.ndim - 1) + [(0, k * w - n)]
 
         def part(x):
             return np.sum(np.pad(x, pad).reshape(*x.shape[:-1], k, w), axis=-1)
-        p = np.abs(part(t.lo)) if t.is_point else np.maximum(np.abs(part(t.lo)), np.abs(part(t.hi)))
-        parts = np.sum(p, axis=-1, keepdims=True)
+        plo = part(t.lo)
+        phi = plo if t.is_point else part(t.hi)
+        parts = np.sum(np.maximum(np.abs(plo), np.abs(phi)), axis=-1, keepdims=True)
+        if acc.kind == "ordered":  # running sums S_2 .. S_k lie in [Σ lo, Σ hi] of each prefix
+            clo, chi = np.cumsum(plo, axis=-1), np.cumsum(phi, axis=-1)
+            prefix = np.sum(np.maximum(np.abs(clo), np.abs(chi))[..., 1:], axis=-1,
+                            keepdims=True)
     else:
         k, parts = (n if acc.kind == "any" else 1), mag
     exact = None
     if t.is_point:
         lsb = np.min(lsb_exponent(t.lo), axis=-1, keepdims=True)
         exact = _exact_rows(lsb, mag)
-    return _finish(s_lo, s_hi, k, parts, slack, acc, exact)
+    return _finish(s_lo, s_hi, k, parts, slack, acc, exact, prefix)
 
 
 def _split(x: Iv) -> tuple[np.ndarray, np.ndarray | None]:
@@ -376,11 +397,12 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
     m, kdim = a.shape
     mid, rad = _split(a)
     amag = np.maximum(np.abs(a.lo), np.abs(a.hi))
-    width = kdim if acc.kind != "chunks" else min(acc.width, kdim)
+    width = min(acc.width, kdim) if acc.kind in ("chunks", "ordered") else kdim
     k = -(-kdim // width)
     s = np.zeros((m, w.shape[1]))
     r = np.zeros_like(s) if rad is not None else None
     parts = np.zeros_like(s)
+    prefix = np.zeros_like(s)  # Σ_{j≥2} |S_j|, the running sums after each chunk
     cs = np.zeros_like(s)  # Σ over chunks of ‖a_chunk‖·‖w_chunk‖ >= Σ|a_j·w_j|
     lsb_w = np.full((1, w.shape[1]), np.inf)
     w_bits = np.asarray(w).dtype == BF16
@@ -394,6 +416,8 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
             r += rc
             part += rc
         parts += part
+        if c0 > 0:
+            prefix += np.abs(s) if r is None else np.abs(s) + r
         na = np.sqrt(np.sum(amag[:, c0:c0 + width] ** 2, axis=1, keepdims=True))
         cs += na * np.sqrt(np.einsum("ij,ij->j", wc, wc))[None, :]
         if rad is None:
@@ -411,7 +435,7 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
         exact = _exact_rows(lsb_a + lsb_w, np.minimum(cs, parts if acc.kind == "any" else cs))
     if r is None:
         s_hi = s_lo
-    return _finish(s_lo, s_hi, k, parts, slack, acc, exact)
+    return _finish(s_lo, s_hi, k, parts, slack, acc, exact, prefix)
 
 
 def idot(a: Iv, w: np.ndarray) -> Iv:
@@ -683,10 +707,11 @@ MODELLED: dict[str, tuple[Any, ...]] = {
 
 
 def accum_for(stage: str, tiling: Any) -> Accum:
-    """The accumulation model of an emulated kernel from its tiling (``any`` when the tiling
-    does not say)."""
+    """The accumulation model of an emulated kernel from its tiling: ``ordered`` partials of the
+    tiling's chunk width (the kernels of lowering/kernels accumulate their chunks in a
+    data-dependent chain), ``any`` when the tiling does not say."""
     width = getattr(tiling, CHUNK_FIELD.get(stage, ""), None)
-    return chunks(width) if isinstance(width, int) and width > 0 else ANY
+    return ordered(width) if isinstance(width, int) and width > 0 else ANY
 
 
 def check_modelled(stage: str, cfg: Any) -> None:

@@ -103,6 +103,11 @@ def test_chunked_sum_bound_holds_for_every_chunk_order_and_is_tight():
     half_width = (iv.hi - iv.lo).reshape(-1) / 2 / s
     assert half_width.max() <= gamma(5) * 1.01  # the derived γ_k·Σ|P|, not γ_n
     assert not _inside(iv, _ulps_out(iv.hi.reshape(-1), 2)).any()
+    # in index order (a matmul_acc / acc = add(acc, ·) chain): tighter, and still holds
+    ordered = bd.fsum(bd.point(t), bd.ordered(32))
+    assert _inside(ordered, _seq_sum(p32, range(5))).all()
+    assert (ordered.hi - ordered.lo <= iv.hi - iv.lo).all()
+    assert ((ordered.hi - ordered.lo) < (iv.hi - iv.lo)).mean() > 0.5
 
 
 def test_dot_bounds_hold_for_every_order_and_the_chunked_one_sees_fp32_accumulation():
@@ -111,6 +116,7 @@ def test_dot_bounds_hold_for_every_order_and_the_chunked_one_sees_fp32_accumulat
     w = (rng.standard_normal((1536, 24)) / 40).astype(F32).astype(BF16)
     a64, w64 = a.astype(np.float64), w.astype(np.float64)
     chunked = bd.dot(bd.point(a), w, bd.chunks(512))
+    inorder = bd.dot(bd.point(a), w, bd.ordered(512))
     anyord = bd.dot(bd.point(a), w, bd.ANY)
     parts = np.stack([a64[:, c:c + 512] @ w64[c:c + 512] for c in range(0, 1536, 512)])
     p32 = parts.astype(F32)  # each partial exactly rounded once (the emulator's pl.matmul)
@@ -119,6 +125,8 @@ def test_dot_bounds_hold_for_every_order_and_the_chunked_one_sees_fp32_accumulat
         for i in order:
             acc = (acc + p32[i]).astype(F32)
         assert _inside(chunked, acc).all() and _inside(anyord, acc).all()
+        if order == [0, 1, 2]:
+            assert _inside(inorder, acc).all()
     prods = (a64[:, :, None] * w64[None, :, :]).astype(F32)  # exact in fp32 (bf16 × bf16)
     seq = np.zeros((16, 24), F32)
     for k in rng.permutation(1536):  # every product added in fp32, in a random order
@@ -126,7 +134,7 @@ def test_dot_bounds_hold_for_every_order_and_the_chunked_one_sees_fp32_accumulat
     assert _inside(anyord, seq).all()
     # the same sequential fp32 accumulation is not what the chunked kernel may do: some
     # elements leave the chunked bound (the emulator's "matmul in float32" bug shows)
-    assert not _inside(chunked, seq).all()
+    assert not _inside(chunked, seq).all() and not _inside(inorder, seq).all()
 
 
 def test_exact_sums_are_points_in_any_order():
