@@ -324,7 +324,8 @@ class Harness:
             run_host, world=world, schedule_seed=self.seed if self.permute_parallel else None)
         run = runner(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
                      platform=self.platform, name=case.label, seed=self.seed,
-                     permute_parallel=self.permute_parallel, zero_outputs=True)
+                     permute_parallel=self.permute_parallel, zero_outputs=True,
+                               budget_model="peak")
         case.emulator_s = time.perf_counter() - t0
         case.findings = list(run.findings)
         case.budget = run.budget.as_dicts()

@@ -1098,7 +1098,7 @@ def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platfor
         tensors = {t.base.name: t for _hv, t in rank.views.values()}
         outs = {n: bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
-        _final_checks(rank.run, tensors, outs, unwritten)
+        _final_checks(rank.run, tensors, outs, unwritten, "peak")  # as the harness judges
         for hv, t in rank.views.values():
             if t.base.kind in ("output", "inout"):
                 maps.setdefault(id(hv.base), []).append(

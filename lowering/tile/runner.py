@@ -67,6 +67,7 @@ def run_kernel(
     seed: int = 0,
     permute_parallel: bool = False,
     zero_outputs: bool = False,
+    budget_model: str = "shape",
 ) -> KernelRun:
     """Run ``kernel_fn(**tensors, **kwargs)`` on the tile emulator.
 
@@ -80,6 +81,10 @@ def run_kernel(
     zero_outputs: outputs start as zeros, as pypto-lib's harness allocates them (split-K
     atomic adds rely on it); an element never written is then a coverage *warning*, and the
     comparison with the golden decides.
+    budget_model: the reuse model whose overflow fails ('shape' or 'peak'); an overflow of
+    the shape model alone is then a warning. pypto-lib files at HEAD are judged on 'peak', the
+    floor any allocator reaches: the shape model is an estimate of an older allocator, and a
+    file that compiles cannot need more than its peak.
     """
     kname = name or getattr(kernel_fn, "__name__", "kernel")
     rt = core.Run(backend, platform, kname, seed, permute_parallel)
@@ -106,7 +111,7 @@ def run_kernel(
         rt.finish()  # budget of tiles made outside every in-core scope
         outs = {n: rt.bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
-        _final_checks(rt, tensors, outs, "warning" if zero_outputs else "fail")
+        _final_checks(rt, tensors, outs, "warning" if zero_outputs else "fail", budget_model)
     finally:
         core.activate(prev)
     return KernelRun(kname, platform, outs, rt.findings, rt.budget)
@@ -124,7 +129,7 @@ def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor], outs: dict[str, np.ndarray],
-                  unwritten: str = "fail") -> None:
+                  unwritten: str = "fail", budget_model: str = "shape") -> None:
     """Coverage of outputs and in/outs (``outs``: their final values), dead writes, budgets.
     ``unwritten``: the severity of output elements never written."""
     for n, t in tensors.items():
@@ -163,7 +168,8 @@ def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor], outs: dict[str,
     for u in rt.budget.over(rt.platform):
         used = u.shape[rt.platform]
         lim = LIMITS[rt.platform][u.space]
-        rt.report("budget", "fail",
+        severity = "fail" if budget_model == "shape" or u.over(rt.platform, "peak") else "warning"
+        rt.report("budget", severity,
                   f"{u.space} needs {used} B ({used / 1024:.1f} KiB, shape model; peak model "
                   f"{u.peak.get(rt.platform, 0)} B) > {lim} B ({lim // 1024} KiB) on "
                   f"{rt.platform}; largest buffers: {'; '.join(u.top.get(rt.platform, []))}",
