@@ -325,7 +325,7 @@ class Harness:
         run = runner(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
                      platform=self.platform, name=case.label, seed=self.seed,
                      permute_parallel=self.permute_parallel, zero_outputs=True,
-                               budget_model="peak")
+                               budget_model="peak", input_store="warning")
         case.emulator_s = time.perf_counter() - t0
         case.findings = list(run.findings)
         case.budget = run.budget.as_dicts()

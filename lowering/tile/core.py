@@ -509,6 +509,7 @@ class Run:
             raise ValueError(f"unknown platform {platform!r} (known: {_budget.PLATFORMS})")
         self.bk = get_backend(backend)
         self.platform = platform
+        self.input_store = "fail"  # severity of a store into an input tensor (see run_kernel)
         self.kernel = kernel
         self.rng = np.random.default_rng(seed)
         self.permute_parallel = permute_parallel
@@ -766,8 +767,10 @@ class Run:
             key = box_key(blo, bhi)
             if kind != READ:
                 if base.kind == "input":
-                    self.report("coverage", "fail",
-                                f"store into input tensor {fmt_box(base.name, blo, bhi)}",
+                    self.report("coverage", self.input_store,
+                                f"store into input tensor {fmt_box(base.name, blo, bhi)} "
+                                "(declared without pl.Out / pl.InOut: the write is invisible "
+                                "to pypto's dependency tracking)",
                                 tensor=base.name, once=("input-write", bid))
                     continue
                 base.written[key] = True

@@ -1084,6 +1084,7 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
                 "emulated")
     for r in range(world):
         run = RankRun(host.bk, platform, f"{kname} rank {r}", seed, permute_parallel)
+        run.input_store = "warning" if zero_outputs else "fail"  # as run_kernel's harness runs
         prog.ranks.append(Rank(prog, r, run))
     prog.sched.run(_rank_body)
     return _finish(prog, roots, "warning" if zero_outputs else "fail", platform)

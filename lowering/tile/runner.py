@@ -68,6 +68,7 @@ def run_kernel(
     permute_parallel: bool = False,
     zero_outputs: bool = False,
     budget_model: str = "shape",
+    input_store: str = "fail",
 ) -> KernelRun:
     """Run ``kernel_fn(**tensors, **kwargs)`` on the tile emulator.
 
@@ -85,9 +86,13 @@ def run_kernel(
     the shape model alone is then a warning. pypto-lib files at HEAD are judged on 'peak', the
     floor any allocator reaches: the shape model is an estimate of an older allocator, and a
     file that compiles cannot need more than its peak.
+    input_store: the severity of a store into a tensor passed as an input ('fail' for our own
+    kernels; pypto-lib files run as 'warning': what the device's dependency tracking makes of
+    such a write is not modelled, and the comparison with the golden judges the values).
     """
     kname = name or getattr(kernel_fn, "__name__", "kernel")
     rt = core.Run(backend, platform, kname, seed, permute_parallel)
+    rt.input_store = input_store
     prev = core.activate(rt)
     try:
         tensors: dict[str, core.Tensor] = {}
