@@ -434,3 +434,17 @@ def test_a_files_missing_notify_is_a_fail_and_an_unmodelled_config_a_cannot_run(
     (tmp_path / "workers.py").write_text(src.replace("num_sub_workers=0", "num_sub_workers=2"))
     res = run_file(tmp_path / "workers.py")
     assert res.verdict == CANNOT_RUN and "num_sub_workers=2" in res.reason
+
+
+def test_a_host_programs_specs_bind_by_name_not_by_position(tmp_path):
+    """pypto-lib's L3 runner orders the specs by the host program's parameter names."""
+    pytest.importorskip("torch")
+    from lowering.harness import PASS, run_file
+
+    src = (TOY / "allgather.py").read_text()
+    swapped = src.replace("    return [TensorSpec(\"x\"", "    return [*reversed([TensorSpec(\"x\"")
+    swapped = swapped.replace("is_output=True)]", "is_output=True)])]")
+    assert swapped.count("reversed") == 1 and "is_output=True)])]" in swapped
+    (tmp_path / "swapped.py").write_text(swapped)
+    res = run_file(tmp_path / "swapped.py")
+    assert res.verdict == PASS, res.reason

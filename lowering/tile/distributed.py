@@ -1028,14 +1028,22 @@ def launch(fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     prog.tasks[d].append(Task(fn, tuple(args), kwargs, core.caller_site()))
 
 
+def _call_at(site: tuple[str, int], fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """``fn(*args, **kwargs)`` from a frame at ``site``, the host program's dispatch line: the
+    chip program's tracebacks (and a failed argument check's message) start where the host
+    called it, as they would had the host called it directly."""
+    code = compile("\n" * (site[1] - 1) + "_fn(*_args, **_kwargs)", site[0], "exec")
+    exec(code, {"_fn": fn, "_args": args, "_kwargs": kwargs})  # noqa: S102 - our own call
+
+
 def _rank_body(rank: Rank) -> None:
     rt = rank.run
     for buf in rank.program.buffers:
         for b in buf.bases:
             rt.bases[id(b)] = b
     for task in rank.program.tasks[rank.index]:
-        task.fn(*(rank.arg(a) for a in task.args),
-                **{k: rank.arg(v) for k, v in task.kwargs.items()})
+        _call_at(task.site, task.fn, tuple(rank.arg(a) for a in task.args),
+                 {k: rank.arg(v) for k, v in task.kwargs.items()})
     finish = getattr(rt, "finish", None)
     if finish is not None:
         finish()
@@ -1047,11 +1055,13 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
              kwargs: dict[str, Any] | None = None, platform: str = "a2a3",
              backend: Any = "numpy", name: str | None = None, seed: int = 0,
              permute_parallel: bool = False, zero_outputs: bool = True,
+             budget_model: str = "shape", input_store: str = "fail",
              schedule_seed: int | None = None) -> KernelRun:
     """Run the host program ``host_fn(**host tensors, **kwargs)`` on ``world`` ranks (see the
     module docstring); arguments as :func:`lowering.tile.run_kernel`'s (in/outs: no owned-rows
-    contract). ``outputs`` are the host tensors after every rank's writes are copied back;
-    ``findings``: every rank's (their messages name the rank) and the cross-rank checks'."""
+    contract; ``budget_model`` / ``input_store`` apply to every rank's run). ``outputs`` are
+    the host tensors after every rank's writes are copied back; ``findings``: every rank's
+    (their messages name the rank) and the cross-rank checks'."""
     kname = name or getattr(host_fn, "__name__", "host")
     host = HostRun(backend, platform, f"{kname} host", seed, checks=False)
     prog = Program(world, kname, host.bk, schedule_seed)
@@ -1084,14 +1094,14 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
                 "emulated")
     for r in range(world):
         run = RankRun(host.bk, platform, f"{kname} rank {r}", seed, permute_parallel)
-        run.input_store = "warning" if zero_outputs else "fail"  # as run_kernel's harness runs
+        run.input_store = input_store
         prog.ranks.append(Rank(prog, r, run))
     prog.sched.run(_rank_body)
-    return _finish(prog, roots, "warning" if zero_outputs else "fail", platform)
+    return _finish(prog, roots, "warning" if zero_outputs else "fail", platform, budget_model)
 
 
-def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platform: str
-            ) -> KernelRun:
+def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platform: str,
+            budget_model: str) -> KernelRun:
     """Every rank's own final checks, the copy-back of host views, the cross-rank checks."""
     bk = prog.bk
     maps: dict[int, list[tuple[int, HostTensor, np.ndarray, np.ndarray]]] = {}
@@ -1099,7 +1109,7 @@ def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platfor
         tensors = {t.base.name: t for _hv, t in rank.views.values()}
         outs = {n: bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
-        _final_checks(rank.run, tensors, outs, unwritten, "peak")  # as the harness judges
+        _final_checks(rank.run, tensors, outs, unwritten, budget_model)
         for hv, t in rank.views.values():
             if t.base.kind in ("output", "inout"):
                 maps.setdefault(id(hv.base), []).append(
