@@ -667,6 +667,10 @@ def _peer_view(rank: Rank, t: Tensor, peer: Any, what: str) -> Tensor:
 
 
 def _box(t: Tensor, offsets: Any, shape: Sequence[int], what: str) -> tuple[tuple, tuple]:
+    if any(isinstance(o, Tile) for o in (offsets if isinstance(offsets, list | tuple) else ())):
+        # pypto reads ``t[i]`` of a 1-D tensor as a scalar; the emulator has a 0-d tile there
+        raise _unmodelled(f"{what} with a tile among its offsets {list(offsets)} (an element "
+                          "read as a tile, where pypto has a scalar)")
     lo = ops._ints(offsets)
     if len(lo) != t.ndim or len(shape) != t.ndim:
         raise DistributedDefect(f"{what}: offsets {list(lo)} / shape {list(shape)} need "
