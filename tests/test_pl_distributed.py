@@ -391,6 +391,8 @@ def test_what_is_not_modelled_raises_naming_it_and_the_line():
         _one_rank(lambda x, sig: pld.tensor.allreduce(sig))
     with pytest.raises(NotImplementedError, match=r"pld\.system\.defer_wait"):
         _one_rank(lambda x, sig: pld.system.defer_wait(sig, [0, 0], 1, cmp=GE))
+    with pytest.raises(NotImplementedError, match="a tile among its offsets"):
+        _one_rank(lambda x, sig: pld.notify(sig, 0, [x[0, 0], 0], 1, op=ADD))  # a 0-d tile
 
     def host(x, y):  # a window given to rank 0 only: a comm domain smaller than the world
         buf = pld.alloc_window_buffer([1, 1], dtype=pl.INT32)
