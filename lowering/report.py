@@ -72,7 +72,8 @@ class Report:
     unrecognised: list[str] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. inputs a diff-files run ignored
-    tolerance: str = "bound"  # how outputs were judged: "bound" | "pypto-lib" (docs/verdicts.md)
+    tolerance: str = ""  # how outputs were judged: "bound" | "pypto-lib" (docs/verdicts.md);
+    # "" where the comparators are not ours (run-kernel FILE: the file's own golden)
 
     @property
     def verdict(self) -> str:
@@ -193,7 +194,8 @@ def render(reports: list[Report], console: Any = None) -> None:
     console = console or make_console()
     for rep in reports:
         title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  mode={rep.mode}"
-                 f"  backend={rep.backend}  platform={rep.platform}  tolerance={rep.tolerance}")
+                 f"  backend={rep.backend}  platform={rep.platform}"
+                 + (f"  tolerance={rep.tolerance}" if rep.tolerance else ""))
         t = Table(title=title, title_justify="left")
         for col in _COLUMNS:
             t.add_column(col, justify="left" if col in ("region", "status", "output", "check") else "right")
