@@ -1,6 +1,6 @@
 """dsref — an executable numerical spec of the DeepSeek V3.2 / V4 attention front.
 
-Pure functional JAX references with every rounding point pinned (SEMANTICS.md)::
+Pure functional JAX references with every rounding point pinned (``dsref spec NAME``)::
 
     import dsref
     cfg = dsref.config("v32-tiny")

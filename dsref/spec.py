@@ -2,11 +2,11 @@
 
 ``dsref.spec(name)`` returns a :class:`Spec` for a stage (``q_rope``), a helper op
 (``rms_norm``) or a model (``v32.decode_front``): summary, formula in plain math, dtype flow
-with every rounding point, shapes for a config, sources (SEMANTICS.md "Sources"), the known
-divergences of other implementations (SEMANTICS.md "Known divergences") and the variants that
+with every rounding point, shapes for a config, public sources, the known
+divergences of other implementations (measured against their code) and the variants that
 apply. Looking a spec up does no JAX work; :meth:`Spec.jaxpr` and :meth:`Spec.shapes` trace.
 
-Notation (SEMANTICS.md): ``f32(v)`` widen to fp32 (exact); ``bf16(v)`` round fp32 → bf16, RNE
+Notation: ``f32(v)`` widen to fp32 (exact); ``bf16(v)`` round fp32 → bf16, RNE
 unless ``cast="rhaz"``; ``sum`` the exact sum rounded once to fp32; ``@`` products summed
 exactly and rounded once to fp32 (int32 for int8, exact); every other fp32 op one correctly
 rounded IEEE operation, in the order written. eps = 1e-6.
@@ -86,7 +86,7 @@ class Variant:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources, divergences and variants (SEMANTICS.md)
+# Sources, divergences and variants
 # ---------------------------------------------------------------------------------------------
 
 _DS32_REPO, _DS32_FILE = "deepseek-ai/DeepSeek-V3.2-Exp", "inference/model.py"
@@ -105,9 +105,9 @@ PR134_HEAD = Source("hw-native-sys/pypto-lib", "models/deepseek_v3_2/decode_fron
                     "(variant q_norm_input=fp32)")
 PR134 = Source("hw-native-sys/pypto-lib", "models/deepseek/v3_2/deepseek_v3_2_decode_front.py",
                "decode front, scope 1",
-               "PR #134 kernel and its torch golden (seeds/000): layout, tensor names, half RoPE")
+               "PR #134 kernel and its torch golden: layout, tensor names, half RoPE")
 PR332 = Source("hw-native-sys/pypto-lib", "models/deepseek/v4-flash/qkv_proj_rope.py",
-               "qkv_proj_rope", "PR #332 kernel and its torch golden (seeds/001): default V4 semantics")
+               "qkv_proj_rope", "PR #332 kernel and its torch golden: default V4 semantics")
 PR556 = Source("hw-native-sys/pypto-lib", "models/deepseek/v4-flash/qkv_proj_rope.py",
                "qkv_proj_rope", "after PR #556: qr quantised from fp32")
 HF_V3 = Source("huggingface/transformers",
@@ -115,7 +115,7 @@ HF_V3 = Source("huggingface/transformers",
                "two-rounding RMSNorm (variant rmsnorm=hf)")
 CANN = Source("hicann/cann-recipes-infer", "mla_prolog reference", "mla_prolog",
               "CANN: qr quantised from fp32, bf16 before RoPE, element-wise tables")
-PINNING = Source("dsref", "SEMANTICS.md", "Pinning the rounding points",
+PINNING = Source("dsref", "dsref/numerics.py", "Pinning the rounding points",
                  "values carried in float64, reduce_precision after every fp32 op")
 
 DIV_PR134_QNORM = Divergence(
@@ -173,7 +173,7 @@ V_VARIANCE = Variant("variance", "pypto-lib kernels (PR #134, PR #332)",
                      "N = 7168 / 1536 on 55% / 33% of rows, never for powers of two")
 V_CAST = Variant("cast", "PyPTO's default pl.cast mode, used by the PR #134 kernel",
                  "rhaz: every bf16 rounding ties away from zero (moves exact ties only)")
-V_ACCUMULATE = Variant("accumulate", "SEMANTICS.md: fp32 sums and dots",
+V_ACCUMULATE = Variant("accumulate", "dsref/numerics.py: fp32 sums and dots",
                        "fp32: XLA's native fp32-accumulated dot, order unspecified (faster, not bitwise "
                        "portable; ~90% of a bf16 matmul's fp32 results differ from the exact rounding)")
 V_ROPE_LAYOUT = Variant("rope_layout", "ds32 inference/model.py apply_rotary_emb",
@@ -202,7 +202,7 @@ V_KV_NOPE_FP8 = Variant(
     "True: kv's bf16 nope dims through FP8 e4m3 per 64-column block, scale "
     "2^ceil(log2(max(amax, 1e-4)·f32(1/448))), y = bf16(e4m3(clamp(x/s, ±448))·s)")
 V_QR_SCALE_FORM = Variant(
-    "qr_scale_form", "pypto-lib PR #332 torch golden (seeds/001) of qkv_proj_rope.py",
+    "qr_scale_form", "pypto-lib PR #332 torch golden of qkv_proj_rope.py",
     "mul_recip: sq = 127 · f32(1/amax) (two roundings) instead of 127 / amax; qr_scale 1 fp32 "
     "ulp off on ~22% of rows, a code only where v·sq crosses a rounding boundary")
 V_ROPE_TABLE_DTYPE = Variant(

@@ -1,7 +1,7 @@
 """DeepSeek V3.2 decode front, scope 1 (``v32.decode_front``): ds32 math, pypto-lib layout.
 
 Stages, in order: input_rmsnorm → q_lora_proj → q_lora_rmsnorm → q_head_proj → kv_a_proj →
-q_rope → kv_rmsnorm → decode_cache_write. SEMANTICS.md gives each formula; the stage
+q_rope → kv_rmsnorm → decode_cache_write. ``dsref spec STAGE`` gives each formula; the stage
 docstrings repeat it with the rounding points.
 """
 

@@ -1,4 +1,4 @@
-"""Independent numpy + ml_dtypes oracle of SEMANTICS.md, written apart from dsref.
+"""Independent numpy + ml_dtypes oracle of dsref's semantics, written apart from dsref.
 
 Arithmetic is plain numpy float32 (each ufunc one correctly rounded IEEE op, never fused);
 sums and dots accumulate in float64 and round once to float32; bf16 rounding is ml_dtypes'

@@ -139,7 +139,7 @@ def test_quant_matches_oracle_and_dequant_inverts():
 
 
 def test_division_is_not_rewritten_to_a_reciprocal_multiply():
-    # x / 7168 and x * (1/7168) differ on about half of all fp32 values (SEMANTICS.md)
+    # x / 7168 and x * (1/7168) differ on about half of all fp32 values (measured)
     x = np.random.default_rng(0).uniform(1, 1000, 4096).astype(np.float32)
     with x64():
         got = np.asarray(jax.jit(lambda v: numerics.div(v, 7168.0))(jnp.asarray(x, jnp.float64)))

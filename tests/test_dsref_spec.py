@@ -114,7 +114,7 @@ def test_op_jaxpr_follows_the_config_variants():
 
 
 def test_semantics_content_is_recorded():
-    """Concrete facts from SEMANTICS.md land in the specs they belong to."""
+    """Concrete facts of the semantics land in the specs they belong to."""
     divs = lambda n: " ".join(f"{d.who} {d.what} {d.elements}" for d in dsref.spec(n).divergences)  # noqa: E731
     assert "~0.9% of qr_out" in divs("q_lora_rmsnorm")
     assert "~22% of rows" in divs("qr_quant") and "127·(1/amax)" in divs("qr_quant")

@@ -121,7 +121,7 @@ def test_variant_model_outputs(envs, model, key, value):
 
 
 def test_qr_prequant_round_moves_some_codes_and_most_scales():
-    """SEMANTICS.md: quantising qrn from fp32 changes ~3.7% of codes and every row's scale."""
+    """Measured: quantising qrn from fp32 changes ~3.7% of codes and every row's scale."""
     cfg = dsref.config("v4-flash")
     ins = dsref.make_inputs(V4, cfg, batch=8, seq=1, seed=0)
     stages = {n: STAGES[n] for n in ("attn_norm", "qr_proj_matmul")}
@@ -150,7 +150,7 @@ def test_variance_forms_differ_only_off_powers_of_two():
 
 
 def test_hf_rmsnorm_moves_about_a_quarter_of_elements_by_one_ulp():
-    """SEMANTICS.md: HF's two-rounding RMSNorm differs from ds32 on ~24% of elements by 1 ulp
+    """Measured: HF's two-rounding RMSNorm differs from ds32 on ~24% of elements by 1 ulp
     (norm weights on the bf16 grid, as checkpoints store them)."""
     cfg = dsref.config("v32-tiny")
     ins = dsref.make_inputs(V32, cfg, batch=16, seed=0)

@@ -1,5 +1,5 @@
 """V4 qkv_proj_rope kernels (PR #332 tiling): every region against dsref on the emulator, at
-odd token counts, under each V4 variant, and their FLASH budgets against TILE_OPS.md."""
+odd token counts, under each V4 variant, and their FLASH budgets against published lifetime-model estimates."""
 
 
 import pytest
@@ -72,7 +72,7 @@ def test_rms_t_tiles_cover_every_token_count(tokens):
     assert (t.tiles, t.t_tile) == ((2, 64) if tokens == 128 else (1, tokens))
 
 
-# TILE_OPS.md: FLASH, T = 128, a2a3, shape model (KiB)
+# published estimates: FLASH, T = 128, a2a3, shape model (KiB)
 @pytest.mark.parametrize("stage,scope,tiles,want", [
     ("q_head_rms_rope", "q_head_rms_rope", None, 109), ("q_head_rms_rope", "q_head_rms_rope", 1, 217),
     ("kv_rms_rope", "kv_rms_rope", None, 101), ("kv_rms_rope", "kv_rms_rope", 1, 202),

@@ -54,7 +54,7 @@ def test_presets_cite_public_sources_and_use_real_variants():
     for sem in SEMANTICS.values():
         assert sem.sources and sem.variants
         for src in sem.sources:
-            assert "SEMANTICS.md" not in src and "../shared" not in src
+            assert "../" not in src and not src.endswith(".md")
             assert src.split(" ")[0].count("/") == 1  # owner/repo first
         for model, values in sem.variants.items():
             for k, v in values.items():

@@ -33,7 +33,7 @@ loop of the scope count F times (ping-pong copies).
 Calibration: on the pypto-lib PR #332 V4 qkv_proj_rope kernel (FLASH dims, T = 128) this
 model gives attn_norm 165.0 KiB, q_head_rms_rope 220.5 / 110.2 KiB and kv_rms 205.1 /
 102.9 KiB without / with RMS_T_TILES = 2 (shape model) against the ≈162, 217 / 109 and
-202 / 101 KiB estimates in TILE_OPS.md.
+202 / 101 KiB published lifetime-model estimates.
 
 A tile nothing reads (e.g. a ``pl.create_tensor`` placeholder rebound before use) takes no
 space: the compiler removes it.
