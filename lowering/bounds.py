@@ -11,7 +11,12 @@ kernel can produce is bounded by evaluating dsref's own formula in **interval ar
   (:func:`fsum`, :func:`dot`), from the operands' actual magnitudes and the accumulation model
   (:class:`Accum`): ``|ŝ − S| ≤ γ_k · Σ|P_i|`` for k exactly rounded partials ``P_i`` combined
   in fp32 in any order, ``γ_{n}·Σ|t_j|`` for n terms in any order, and exactly ``S`` when every
-  partial sum in any order is representable (:func:`_exact_rows`);
+  partial sum in any order is representable (:func:`_exact_rows`). Where the order is the
+  program's (``ordered``: the emulated kernels' ``matmul`` → ``matmul_acc`` and
+  ``acc = add(acc, row_sum(chunk))`` chains) and the operands are points, the sum is the one
+  value ``fl(…fl(fl(P_1) + fl(P_2))…)``: each ``fl(P_j)`` from our float64 partial, then fp32
+  adds in chunk order — an interval only where a partial lies within float64 slack of an fp32
+  rounding boundary;
 - every later op maps intervals to intervals with the op's own rounding at each end
   (monotone ops: the image of ``[lo, hi]`` is ``[f(lo), f(hi)]``; products and differences take
   the extreme combinations). Where no reduction is involved the interval is a point: the stage
@@ -20,7 +25,9 @@ kernel can produce is bounded by evaluating dsref's own formula in **interval ar
 Inputs may themselves be intervals (an intermediate nobody stored, e.g. ``normed`` under
 ``diff-files``): the same arithmetic carries them through. dsref's own output is one legitimate
 evaluation, so it always lies inside — :mod:`lowering.diff` checks that on every judgement, which
-keeps this module in step with dsref (and the tests compare both bitwise with zero slack).
+keeps this module in step with dsref (and the tests compare both bitwise with zero slack). Under
+the kernel's own order dsref (exact sum, rounded once) is a different order: there the check is
+against each output's ``envelope``, the ordered chunk bound (``Accum.relaxed``).
 
 Values are float64 arrays holding numbers on the fp32 (or a narrower) grid, as in dsref.
 """
@@ -61,11 +68,15 @@ class Accum:
     each the exact partial rounded once to fp32 (the emulator's ``row_sum`` / ``matmul`` of one
     tile), combined by fp32 additions in any order. ``ordered``: the same partials added in
     index order, ``acc = fl(acc + p_j)`` — what a ``matmul`` → ``matmul_acc`` chain or an
-    ``acc = add(acc, row_sum(chunk))`` loop does (each step needs the previous accumulator).
+    ``acc = add(acc, row_sum(chunk))`` loop does (each step needs the previous accumulator):
+    over point operands the one value that chain gives (:func:`_partial32`,
+    :func:`_chain_add`); ``interval=True`` (or interval operands): the ordered chunk bound of
+    :func:`_finish`, which also holds for dsref's single rounding (the envelope).
     ``reference``: the exact sum rounded once (dsref itself; the zero-slack self-test)."""
 
     kind: str = "any"
     width: int = 0
+    interval: bool = False  # ordered only: the chunk bound instead of the order's one value
 
     def __post_init__(self) -> None:
         if self.kind not in ("any", "chunks", "ordered", "reference"):
@@ -76,7 +87,18 @@ class Accum:
     def describe(self) -> str:
         return {"any": "fp32, any order", "reference": "exact, rounded once",
                 "chunks": f"fp32 over {self.width}-wide exact partials, any order"}.get(
-            self.kind, f"fp32 over {self.width}-wide exact partials, in order")
+            self.kind, f"fp32 over {self.width}-wide exact partials, in order"
+            + (" (bound)" if self.interval else " (the order's value)"))
+
+    @property
+    def sequential(self) -> bool:
+        """``ordered`` evaluated as the one fp32 value the order gives (point operands)."""
+        return self.kind == "ordered" and not self.interval
+
+    def relaxed(self) -> Accum:
+        """The interval model of the same order: every value the ordered chain can return
+        under the chunk bound (:func:`_finish`) — the envelope dsref's own output lies in."""
+        return Accum(self.kind, self.width, True) if self.kind == "ordered" else self
 
 
 ANY = Accum("any")
@@ -87,21 +109,27 @@ def chunks(width: int) -> Accum:
     return Accum("chunks", int(width))
 
 
-def ordered(width: int) -> Accum:
-    return Accum("ordered", int(width))
+def ordered(width: int, interval: bool = False) -> Accum:
+    return Accum("ordered", int(width), interval)
 
 
 # ---- intervals -------------------------------------------------------------------------------
 
 
 class Iv:
-    """Per-element closed intervals ``[lo, hi]`` (float64 arrays); a point has ``hi is lo``."""
+    """Per-element closed intervals ``[lo, hi]`` (float64 arrays); a point has ``hi is lo``.
 
-    __slots__ = ("lo", "hi")
+    ``envelope`` (set by :func:`stage_bounds` on a stage output under a sequential ``ordered``
+    accumulation): the interval of every value any summation order with the same chunks may
+    produce — it contains dsref's own output (which rounds the exact sum once) where
+    ``[lo, hi]``, the kernel's order, need not; :mod:`lowering.diff` self-checks against it."""
+
+    __slots__ = ("lo", "hi", "envelope")
 
     def __init__(self, lo: Any, hi: Any = None) -> None:
         self.lo = np.asarray(lo, dtype=np.float64)
         self.hi = self.lo if hi is None else np.asarray(hi, dtype=np.float64)
+        self.envelope: Iv | None = None
 
     @property
     def is_point(self) -> bool:
@@ -306,13 +334,42 @@ def lsb_exponent(x: np.ndarray) -> np.ndarray:
     return np.where((mant == 0) | ~np.isfinite(x), np.inf, out)
 
 
-def _exact_rows(lsb_min: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
+def _exact_rows(lsb_min: np.ndarray, magnitude: np.ndarray, bits: int = 24) -> np.ndarray:
     """True where every partial sum of the terms, in any order and grouping, is representable
     in fp32 (then every summation is exact): all terms are multiples of ``2**lsb_min`` and
-    ``Σ|t| <= 2**(24 + lsb_min)`` — each partial sum is ``m·2**lsb_min`` with ``|m| <= 2**24``."""
+    ``Σ|t| <= 2**(24 + lsb_min)`` — each partial sum is ``m·2**lsb_min`` with ``|m| <= 2**24``.
+    ``bits=53``: the same test for float64 (our sums and the emulator's)."""
     with np.errstate(over="ignore"):
-        limit = np.ldexp(1.0, np.clip(24 + lsb_min, -1100, 1100).astype(np.int64))
+        limit = np.ldexp(1.0, np.clip(bits + lsb_min, -1100, 1100).astype(np.int64))
     return np.isfinite(lsb_min) & (magnitude <= limit)
+
+
+def _partial32(p: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ends of every fp32 value ``fl(P)`` of a chunk partial can take, given our float64
+    partial ``p`` within ``err`` of the exact ``P`` (0 where float64 is exact): the emulator's
+    own float64 sum is within ``err`` of ``P`` too, so it lies in ``[p − 2·err, p + 2·err]``
+    (those ends rounded outward in float64), and RNE to fp32 is monotone. One value unless
+    ``P`` is within ``2·err`` (≈ 2⁻⁴⁵·|P|) of an fp32 rounding boundary."""
+    e = 2.0 * err
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo = np.where(e > 0, np.nextafter(p - e, -np.inf), p)
+        hi = np.where(e > 0, np.nextafter(p + e, np.inf), p)
+    return _r32(lo), _r32(hi)
+
+
+def _chain_add(acc: tuple[np.ndarray, np.ndarray] | None, part: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One step ``acc = fl(acc + p_j)`` of the kernel's in-order chain, on both ends: fp32
+    addition is monotone in each argument, so the low ends added in order bound every chain
+    from below and the high ends from above (the first step, ``fl(0 + p_1) = p_1``)."""
+    if acc is None:
+        return part
+    return _r32(acc[0] + part[0]), _r32(acc[1] + part[1])
+
+
+def _chain_iv(acc: tuple[np.ndarray, np.ndarray]) -> Iv:
+    lo, hi = acc
+    return Iv(lo) if np.array_equal(lo, hi) else Iv(lo, hi)
 
 
 def _finish(s_lo: np.ndarray, s_hi: np.ndarray, k: int, parts: np.ndarray, slack: np.ndarray,
@@ -364,6 +421,8 @@ def fsum(t: Iv, acc: Accum) -> Iv:
         def part(x):
             return np.sum(np.pad(x, pad).reshape(*x.shape[:-1], k, w), axis=-1)
         plo = part(t.lo)
+        if acc.sequential and t.is_point:
+            return _fsum_chain(t.lo, plo, w, k, part)
         phi = plo if t.is_point else part(t.hi)
         parts = np.sum(np.maximum(np.abs(plo), np.abs(phi)), axis=-1, keepdims=True)
         if acc.kind == "ordered":  # running sums S_2 .. S_k lie in [Σ lo, Σ hi] of each prefix
@@ -377,6 +436,23 @@ def fsum(t: Iv, acc: Accum) -> Iv:
         lsb = np.min(lsb_exponent(t.lo), axis=-1, keepdims=True)
         exact = _exact_rows(lsb, mag)
     return _finish(s_lo, s_hi, k, parts, slack, acc, exact, prefix)
+
+
+def _fsum_chain(t: np.ndarray, parts: np.ndarray, w: int, k: int,
+                part: Callable[[np.ndarray], np.ndarray]) -> Iv:
+    """``ordered`` over point terms: the kernel's one value ``fl(…fl(fl(P_1) + fl(P_2))…)``.
+    ``parts[..., j]`` are our float64 chunk sums; each errs by at most ``γ^{(53)}_{w+2}·Σ|t|``
+    over its chunk, and by nothing where the chunk passes the float64 lowest-set-bit test."""
+    mag = part(np.abs(t))
+    lsb = lsb_exponent(t)
+    pad = [(0, 0)] * (t.ndim - 1) + [(0, k * w - t.shape[-1])]
+    lsb_c = np.min(np.pad(lsb, pad, constant_values=np.inf).reshape(*t.shape[:-1], k, w),
+                   axis=-1)
+    err = np.where(_exact_rows(lsb_c, mag, 53), 0.0, gamma(w + 2, U64) * mag)
+    acc = None
+    for j in range(k):
+        acc = _chain_add(acc, _partial32(parts[..., j:j + 1], err[..., j:j + 1]))
+    return _chain_iv(acc)
 
 
 def _split(x: Iv) -> tuple[np.ndarray, np.ndarray | None]:
@@ -406,6 +482,7 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
     cs = np.zeros_like(s)  # Σ over chunks of ‖a_chunk‖·‖w_chunk‖ >= Σ|a_j·w_j|
     lsb_w = np.full((1, w.shape[1]), np.inf)
     w_bits = np.asarray(w).dtype == BF16
+    chain = None  # the kernel's in-order fp32 accumulator (sequential ``ordered``, point ``a``)
     for c0 in range(0, kdim, width):
         wc = np.asarray(w[c0:c0 + width]).astype(np.float64)
         p = mid[:, c0:c0 + width] @ wc
@@ -419,10 +496,19 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
         if c0 > 0:
             prefix += np.abs(s) if r is None else np.abs(s) + r
         na = np.sqrt(np.sum(amag[:, c0:c0 + width] ** 2, axis=1, keepdims=True))
-        cs += na * np.sqrt(np.einsum("ij,ij->j", wc, wc))[None, :]
+        csc = na * np.sqrt(np.einsum("ij,ij->j", wc, wc))[None, :]
+        cs += csc
         if rad is None:
             lsb = _lsb_bf16(w[c0:c0 + width]) if w_bits else lsb_exponent(wc)
-            lsb_w = np.minimum(lsb_w, np.min(lsb, axis=0, keepdims=True))
+            lsb_wc = np.min(lsb, axis=0, keepdims=True)
+            lsb_w = np.minimum(lsb_w, lsb_wc)
+            if acc.sequential:  # this chunk's partial: exact in float64, or within err of it
+                lsb_c = np.min(lsb_exponent(mid[:, c0:c0 + width]), axis=1, keepdims=True)
+                err = np.where(_exact_rows(lsb_c + lsb_wc, csc, 53), 0.0,
+                               gamma(width + 4, U64) * 2.0 * csc)
+                chain = _chain_add(chain, _partial32(p, err))
+    if chain is not None:
+        return _chain_iv(chain)
     slack = gamma(kdim + 4, U64) * 4.0 * cs
     s_lo, s_hi = (s, s) if r is None else (s - r, s + r)
     if acc.kind == "any":
@@ -709,7 +795,9 @@ MODELLED: dict[str, tuple[Any, ...]] = {
 def accum_for(stage: str, tiling: Any) -> Accum:
     """The accumulation model of an emulated kernel from its tiling: ``ordered`` partials of the
     tiling's chunk width (the kernels of lowering/kernels accumulate their chunks in a
-    data-dependent chain), ``any`` when the tiling does not say."""
+    data-dependent chain starting at chunk 0: ``lowering.kernels.blocks.sum_squares`` /
+    ``project_block``, ``v4._blocks.inv_rms_rows``, ``v4.qr_proj_matmul``), so the kernel's
+    value itself; ``any`` when the tiling does not say."""
     width = getattr(tiling, CHUNK_FIELD.get(stage, ""), None)
     return ordered(width) if isinstance(width, int) and width > 0 else ANY
 
@@ -736,6 +824,8 @@ def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], ac
     produce from ``inputs`` (arrays, or :class:`Iv` for values known only within bounds),
     accumulating per ``acc``; ``None`` where the output must equal dsref's bitwise (an exact
     stage on exact inputs; ``compute_exact``: its point intervals all the same, for tests).
+    Under a sequential ``ordered`` ``acc`` each output also carries its ``envelope`` (the same
+    stage under ``acc.relaxed()``), which must contain dsref's own output.
     Raises :class:`Unmodelled` for semantics without a bound model."""
     from dsref.model import STAGES
 
@@ -749,4 +839,17 @@ def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], ac
     ins = {n: _iv(v) for n, v in inputs.items()}
     raw = {n: v for n, v in inputs.items() if not isinstance(v, Iv)}
     out = MODELS[model](stage, cfg, ins, acc, raw)
+    if acc.sequential:
+        # the kernel's order pins each sum to one value; dsref rounds the exact sum once, so its
+        # output is checked against the interval of the same chunks in order instead
+        env = MODELS[model](stage, cfg, ins, acc.relaxed(), raw)
+        for n in st.outputs:
+            _with_envelope(out[n], env[n])
     return {n: out[n] for n in st.outputs}
+
+
+def _with_envelope(b: Iv | RowsIv, env: Iv | RowsIv) -> None:
+    if isinstance(b, RowsIv):
+        b.iv.envelope = env.iv
+    else:
+        b.envelope = env

@@ -199,10 +199,15 @@ def test_set_validshape_narrows_store_and_widens_back() -> None:
     np.testing.assert_array_equal(r.outputs["a"], x[:2])
     np.testing.assert_array_equal(r.outputs["b"], x[:2, :16] + np.float32(1))
     np.testing.assert_array_equal(r.outputs["c"], x)
+
+    def too_wide(x, a, b, c):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="k"):
+            pl.set_validshape(x[:, :], 5, 32)
+
     with pytest.raises(OutOfBounds):
-        run_kernel(lambda x, a, b, c: pl.set_validshape(x[:, :], 5, 32), inputs={"x": x},
-                   outputs={"a": ((2, 32), pl.FP32), "b": ((2, 16), pl.FP32),
-                            "c": ((4, 32), pl.FP32)})
+        run_kernel(too_wide, inputs={"x": x}, outputs={"a": ((2, 32), pl.FP32),
+                                                       "b": ((2, 16), pl.FP32),
+                                                       "c": ((4, 32), pl.FP32)})
 
 
 def test_slice_padding_contributes_poison_to_a_wider_operand() -> None:

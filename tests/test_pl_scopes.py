@@ -388,6 +388,55 @@ def test_tiles_outside_every_in_core_scope_are_budgeted() -> None:
     assert r.budget.get("(outside in-core scopes)", "Vec").shape["a2a3"] == 512
 
 
+@pl.jit
+def scale_node(buf: pl.Tensor[[2, 8, 256], pl.FP32], y: pl.Out[pl.Tensor[[8, 256], pl.FP32]]):
+    win = pl.slice(buf, [1, 8, 256], [1, 0, 0])  # GM views outside every scope: no tile
+    flat = pl.reshape(win, [8, 256])
+    for c in pl.parallel(0, 256, 64):
+        with pl.at(level=CG, name_hint="scale"):
+            y[:, c:c + 64] = pl.mul(pl.slice(flat, [8, 64], [0, c]), 2.0)
+
+
+def test_gm_slice_and_reshape_outside_scopes_are_views_not_tiles() -> None:
+    """pypto keeps ``tensor.slice`` / ``tensor.reshape`` outside an in-core scope as GM views
+    (a 512 KiB window of a V3.2 ``combine_buf`` is not an on-chip tile): nothing is budgeted
+    outside, each scope budgets only the window it loads."""
+    buf = f32(2, 8, 256)
+    r = run_kernel(scale_node, inputs={"buf": buf}, outputs={"y": ((8, 256), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    np.testing.assert_array_equal(r.outputs["y"], buf[1] * np.float32(2))
+    assert r.budget.get("(outside in-core scopes)", "Vec") is None
+    # the [8, 64] load, its buffer reused by the product (same shape and dtype): not [8, 256]
+    assert r.budget.get("scale", "Vec").shape["a2a3"] == 8 * 64 * 4
+
+
+def _store_through_view(*, rows: int, same_cols: bool):
+    @pl.jit
+    def kernel(x: pl.Tensor[[8, 256], pl.FP32], y: pl.Out[pl.Tensor[[3, 8, 256], pl.FP32]]):
+        for i in pl.parallel(rows):
+            view = pl.reshape(y[1], [2, 4, 256])  # int index drops the axis; then a reshape
+            c = 0 if same_cols else 64 * i
+            with pl.at(level=CG, name_hint="put"):
+                view[1, :, c:c + 64] = pl.add(x[4:8, c:c + 64], 1.0)
+    return kernel
+
+
+def test_stores_through_gm_views_land_in_the_base_and_are_checked_there() -> None:
+    """A store through a window + reshape view writes the base tensor's elements (y[1, 4:8]);
+    coverage, and the race between two iterations storing one box through their own views,
+    are named in the base's coordinates."""
+    x = f32(8, 256)
+    outs = {"y": ((3, 8, 256), pl.FP32)}
+    r = run_kernel(_store_through_view(rows=4, same_cols=False), inputs={"x": x}, outputs=outs)
+    np.testing.assert_array_equal(r.outputs["y"][1, 4:8], x[4:8] + np.float32(1))
+    assert np.isnan(r.outputs["y"][1, :4]).all() and np.isnan(r.outputs["y"][0]).all()
+    assert not races(r)
+    cov = " ".join(f.message for f in r.by_check("coverage"))
+    assert "(5120 elements)" in cov, cov  # 3·8·256 less the 4·256 stored through the view
+    r = run_kernel(_store_through_view(rows=2, same_cols=True), inputs={"x": x}, outputs=outs)
+    assert races(r) and "overlap y[1, 4:8, 0:64]" in races(r)[0], races(r)
+
+
 # -- split_aiv ---------------------------------------------------------------------------------------
 
 

@@ -466,3 +466,91 @@ def test_tolerance_flag_on_lowering_diff(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([*argv, "--tolerance", "loose"])
     assert e.value.code == 2
+
+
+# ---- the kernel's order, bitwise (issue #14: fp32_matmul at V4 Flash T = 128) -------------------
+
+
+def _f32_of(q) -> F32:
+    """The fp32 value nearest the exact rational ``q`` (ties to even), with no double rounding:
+    the best of the fp32 neighbours of ``float(q)``, compared exactly."""
+    from fractions import Fraction
+
+    c = F32(float(q))
+    cands = [np.nextafter(c, F32(-np.inf)), c, np.nextafter(c, F32(np.inf))]
+    return min(cands, key=lambda x: (abs(Fraction(float(x)) - q),
+                                     int(np.array(x, F32).view(np.uint32)) & 1))
+
+
+def _chain_oracle(terms: np.ndarray, width: int) -> np.ndarray:
+    """The kernel's order over the last axis of ``terms [rows, cols, K]``: each ``width``-chunk
+    summed exactly (Fractions), rounded once to fp32, then added chunk by chunk with numpy
+    float32 adds, left to right."""
+    from fractions import Fraction
+
+    rows, cols, k = terms.shape
+    out = np.zeros((rows, cols), F32)
+    for i in range(rows):
+        for j in range(cols):
+            acc = F32(0.0)
+            for c0 in range(0, k, width):
+                p = _f32_of(sum(Fraction(float(x)) for x in terms[i, j, c0:c0 + width]))
+                acc = F32(acc + p)
+            out[i, j] = acc
+    return out
+
+
+def test_ordered_sum_is_the_kernels_value_bitwise():
+    """fp32 terms spanning 2⁻⁴⁰..2¹⁰ (float64 chunk sums inexact: the slack path) and bf16-like
+    terms (float64 exact: the lowest-set-bit path) — both equal the loop oracle bitwise."""
+    rng = np.random.default_rng(14)
+    wide = (rng.standard_normal((6, 96)) * np.exp2(rng.integers(-40, 10, (6, 96)))).astype(F32)
+    narrow = rng.standard_normal((6, 96)).astype(F32).astype(BF16).astype(F32)
+    for t in (wide, narrow):
+        iv = bd.fsum(bd.point(t), bd.ordered(32))
+        assert iv.is_point
+        assert np.array_equal(iv.lo[:, 0].astype(F32), _chain_oracle(t[:, None, :], 32)[:, 0])
+        rel = bd.fsum(bd.point(t), bd.ordered(32, interval=True))
+        assert _inside(rel, iv.lo).all()  # the kernel's value lies in the ordered bound
+
+
+def test_ordered_dot_is_bitwise_and_one_ulp_in_one_partial_fails_the_verdict():
+    """``qr_proj_matmul`` at a toy shape (K = 320 in 64-wide chunks): the bound is the kernel's
+    chain value (pinned 100%); the oracle's chain PASSes; the chain with one partial one ulp
+    off FAILs naming that element; dsref's own value (exact sum rounded once) FAILs where the
+    order gives another — and still lies in the envelope (no BoundModelError)."""
+    rng = np.random.default_rng(15)
+    tok = (rng.standard_normal((8, 320)) * np.exp2(rng.integers(-30, 1, (8, 320)))
+           ).astype(F32).astype(BF16)
+    wq_a = (rng.standard_normal((320, 6)) / 16).astype(F32).astype(BF16)
+    cfg = dsref.config("v4-tiny")
+    b = bd.stage_bounds(V4, "qr_proj_matmul", cfg, {"tok": tok, "wq_a": wq_a}, bd.ordered(64))
+    bound = b["qr32"]
+    assert bound.is_point and bound.envelope is not None and not bound.envelope.is_point
+    want = np.asarray(dsref.run_stage("qr_proj_matmul", cfg, tok, wq_a)[0])
+    terms = tok.astype(np.float64)[:, None, :] * wq_a.astype(np.float64).T[None, :, :]
+    oracle = _chain_oracle(terms, 64)
+    assert np.array_equal(bound.lo.astype(F32), oracle)
+    d = judge("qr32", oracle, want, bound)
+    assert d.ok and d.pinned == 1.0 and d.preset == "bound"
+    # one partial (chunk 2 of element [i, j]) one fp32 ulp up: the first element it moves
+    from fractions import Fraction
+    for i, j in np.ndindex(oracle.shape):
+        ps = [_f32_of(sum(Fraction(float(x)) for x in terms[i, j, c:c + 64]))
+              for c in range(0, 320, 64)]
+        ps[2] = np.nextafter(ps[2], F32(np.inf))
+        acc = F32(0.0)
+        for p in ps:
+            acc = F32(acc + p)
+        if acc != oracle[i, j]:
+            break
+    else:
+        raise AssertionError("no element moved by a one-ulp partial")
+    bad = oracle.copy()
+    bad[i, j] = acc
+    d = judge("qr32", bad, want, bound)
+    assert not d.ok and d.outside == 1 and d.first_mismatches == [(i, j)]
+    differs = oracle != want.astype(F32)
+    assert differs.any()  # the exact sum rounded once is not the kernel's order
+    d = judge("qr32", want, want, bound)
+    assert not d.ok and d.outside == int(differs.sum()) and d.bound_ratio == float("inf")

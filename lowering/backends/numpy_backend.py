@@ -104,6 +104,16 @@ class NumpyBackend:
         """A view of ``x`` with a new shape (same element order)."""
         return x.reshape(shape)
 
+    def reshape_view(self, x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+        """``x`` with a new shape, sharing its storage; a reshape that would need a copy (a
+        strided window whose elements are not evenly spaced in the new shape) is not a view:
+        NotImplementedError naming ``what``."""
+        y = x.reshape(shape)
+        if y.size and not np.may_share_memory(x, y):  # reshape copied: a fresh allocation
+            raise NotImplementedError(f"{what}: this GM window cannot be reshaped in place (its "
+                                      "elements are not evenly strided); not emulated")
+        return y
+
     def copy(self, x: np.ndarray) -> np.ndarray:
         return np.array(x, copy=True)
 

@@ -9,9 +9,9 @@ only when that sum lies within a float64 rounding error of an fp32 rounding boun
 - fp32 elementwise ops are torch float32 kernels (one IEEE operation each; ``add``/``sub``
   with alpha = 1 stay single-rounded even where torch uses a fused multiply-add); fp16/bf16 ops
   compute in float32 and round once with ``.to()`` (round to nearest even);
-- except ``div``, ``recip`` and ``sqrt``, whose torch CPU kernels are not correctly rounded on
-  every CPU (torch 2.13's vectorised fp32 ``sqrt`` is 1 ulp off on ~16% of elements on an
-  AVX2-only AMD EPYC): quotients are computed in float64 and rounded once (exact: 53 >= 2·24 +
+- except ``div``, ``recip`` and ``sqrt``, whose torch kernels are not correctly rounded on
+  every CPU (torch 2.13's fp32 ``sqrt`` is 1 ulp off on ~17% of random elements on an
+  AVX2-only AMD EPYC, AVX2 and scalar ATen kernels alike; docs/backends.md): quotients are computed in float64 and rounded once (exact: 53 >= 2·24 +
   2), square roots in float64, rounded, then corrected by an exact residual test against the
   two neighbouring midpoints — correctly rounded on any CPU, bitwise equal to numpy;
 - a Python-number operand is an fp32 *device* tensor, never a CPU scalar (torch's CUDA divide
@@ -110,6 +110,15 @@ class TorchBackend:
 
     def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
         return x.view(tuple(shape)) if x.is_contiguous() else x.reshape(tuple(shape))
+
+    def reshape_view(self, x: Any, shape: tuple[int, ...], what: str) -> Any:
+        """``x`` with a new shape, sharing its storage (``Tensor.view``); see the numpy
+        backend."""
+        try:
+            return x.view(tuple(shape))
+        except RuntimeError:
+            raise NotImplementedError(f"{what}: this GM window cannot be reshaped in place (its "
+                                      "elements are not evenly strided); not emulated") from None
 
     def copy(self, x: Any) -> Any:
         return x.clone()

@@ -207,21 +207,55 @@ class BaseTensor:
 
 
 class Tensor:
-    """A GM tensor as the kernel sees it: the base tensor or a ``pl.reshape`` view of it.
+    """A GM tensor as the kernel sees it: the base tensor or a view of it — a ``pl.reshape``
+    (``shape``), or a window ``[offset, offset + shape)`` of ``parent`` (``pl.slice`` or
+    ``t[a:b]`` of a GM tensor outside every in-core scope: pypto keeps those GM views; only
+    inside a scope does a slice become a load). Views chain: ``parent`` is the view this one
+    is made from (the base tensor when ``None``); ``data`` aliases the base's storage.
 
     ``t[a:b, c:d]`` inside a scope loads a tile (an int index drops that dimension);
     ``t[a:b, c:d] = tile`` stores one."""
 
-    __slots__ = ("base", "data", "shape", "dtype", "name", "_groups")
+    __slots__ = ("base", "data", "shape", "dtype", "name", "_groups", "_parent", "_offset")
 
-    def __init__(self, base: BaseTensor, shape: tuple[int, ...] | None = None) -> None:
+    def __init__(self, base: BaseTensor, shape: tuple[int, ...] | None = None, *,
+                 parent: Tensor | None = None, offset: tuple[int, ...] | None = None) -> None:
         self.base = base
-        self.shape = tuple(shape) if shape is not None else base.shape
         self.dtype = base.dtype
         self.name = base.name
-        self.data = base.data if shape is None else current().bk.reshape(base.data, self.shape)
-        self._groups = None if self.shape == base.shape else _reshape_groups(self.shape,
-                                                                             base.shape)
+        self._parent = parent
+        self._offset = None if offset is None else tuple(offset)
+        src_shape = parent.shape if parent is not None else base.shape
+        self.shape = tuple(shape) if shape is not None else src_shape
+        self._groups = None
+        if self._offset is not None:  # a window of the parent (same rank)
+            hi = tuple(o + n for o, n in zip(self._offset, self.shape, strict=True))
+            self.data = parent.data[box_key(self._offset, hi)]
+        elif parent is not None:
+            self.data = current().bk.reshape_view(parent.data, self.shape, f"pl.reshape of "
+                                                  f"{parent!r} to {list(self.shape)}")
+        else:
+            self.data = base.data if shape is None else current().bk.reshape(base.data,
+                                                                             self.shape)
+        if self._offset is None and self.shape != src_shape:
+            self._groups = _reshape_groups(self.shape, src_shape)
+
+    def window(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> Tensor:
+        """The GM view ``self[lo:hi]`` (same rank)."""
+        shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        return Tensor(self.base, shape, parent=self, offset=tuple(lo))
+
+    def reshaped(self, shape: tuple[int, ...]) -> Tensor:
+        """The GM view of ``self`` with another shape (same elements, C order)."""
+        if self._parent is None and self._offset is None:
+            return Tensor(self.base, tuple(shape))  # a reshape of the base itself
+        return Tensor(self.base, tuple(shape), parent=self)
+
+    def rebase(self, base: BaseTensor) -> Tensor:
+        """The same chain of views over another base of the same shape (a peer's window)."""
+        if self._parent is None:
+            return Tensor(base, None if self.shape == base.shape else self.shape)
+        return Tensor(base, self.shape, parent=self._parent.rebase(base), offset=self._offset)
 
     @property
     def ndim(self) -> int:
@@ -261,22 +295,31 @@ class Tensor:
 
     def to_base(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> list[tuple[tuple, tuple]]:
         """Boxes in base coordinates covering the view box [lo, hi)."""
+        parent = self._parent
+        if self._offset is not None:
+            return parent.to_base(tuple(a + o for a, o in zip(lo, self._offset, strict=True)),
+                                  tuple(b + o for b, o in zip(hi, self._offset, strict=True)))
         if self._groups is None:
-            return [(lo, hi)]
-        per_group = []
-        for vdims, bdims in self._groups:
-            vshape = [self.shape[d] for d in vdims]
-            bshape = [self.base.shape[d] for d in bdims]
+            boxes = [(tuple(lo), tuple(hi))]
+        else:
+            src_shape = parent.shape if parent is not None else self.base.shape
+            per_group = []
+            for vdims, bdims in self._groups:
+                vshape = [self.shape[d] for d in vdims]
+                bshape = [src_shape[d] for d in bdims]
+                gboxes = []
+                for a, b in _box_intervals([lo[d] for d in vdims], [hi[d] for d in vdims],
+                                           vshape):
+                    gboxes.extend(_interval_boxes(a, b, bshape))
+                per_group.append(gboxes)
             boxes = []
-            for a, b in _box_intervals([lo[d] for d in vdims], [hi[d] for d in vdims], vshape):
-                boxes.extend(_interval_boxes(a, b, bshape))
-            per_group.append(boxes)
-        out = []
-        for combo in itertools.product(*per_group):
-            blo = tuple(x for part in combo for x in part[0])
-            bhi = tuple(x for part in combo for x in part[1])
-            out.append((blo, bhi))
-        return out
+            for combo in itertools.product(*per_group):
+                blo = tuple(x for part in combo for x in part[0])
+                bhi = tuple(x for part in combo for x in part[1])
+                boxes.append((blo, bhi))
+        if parent is None:
+            return boxes
+        return [b for plo, phi in boxes for b in parent.to_base(plo, phi)]
 
 
 class DynamicDimMismatch(KernelDefect, ValueError):
@@ -514,6 +557,9 @@ class Run:
         self.rng = np.random.default_rng(seed)
         self.permute_parallel = permute_parallel
         self.checks = checks
+        # a slice of a GM tensor outside every in-core scope is a GM view (pypto); the detached
+        # run of single-op unit tests has no scopes at all and loads instead
+        self.gm_views = True
         self.seq = 0
         self.next_id = 0
         self.scope: ScopeEntry | None = None
@@ -825,6 +871,7 @@ def current() -> Run:
         return run
     if _detached is None:
         _detached = Run(checks=False, kernel="<detached>")
+        _detached.gm_views = False
     return _detached
 
 

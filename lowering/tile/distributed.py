@@ -662,8 +662,7 @@ def _peer_view(rank: Rank, t: Tensor, peer: Any, what: str) -> Tensor:
     if not 0 <= p < rank.program.world:
         raise DistributedDefect(f"{what}: peer {p} is not a rank of the world "
                                 f"(0..{rank.program.world - 1}) ({_here()})")
-    base = t.base.buffer.bases[p]
-    return Tensor(base, None if t.shape == base.shape else t.shape)
+    return t.rebase(t.base.buffer.bases[p])
 
 
 def _box(t: Tensor, offsets: Any, shape: Sequence[int], what: str) -> tuple[tuple, tuple]:

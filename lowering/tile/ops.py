@@ -108,6 +108,7 @@ def _load(rt: Run, t: Tensor, lo: Sequence[int], hi: Sequence[int], shape: Seque
 def _check_gm_align(rt: Run, t: Tensor, lo: Sequence[int], what: str) -> None:
     if not lo:
         return
+    lo = t.to_base(tuple(lo), tuple(a + 1 for a in lo))[0][0]  # the base's coordinates
     off = lo[-1] * t.dtype.itemsize
     if off % 32:
         site = core.caller_site()
@@ -135,10 +136,20 @@ def _store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
 # -- loads, stores, views --------------------------------------------------------------------
 
 
+def gm_view(rt: Run) -> bool:
+    """True where slicing a GM tensor makes a GM view, not a tile: outside every in-core
+    scope (pypto's ``tensor.slice`` / ``tensor.reshape`` in an orchestration or opaque body are
+    views of GM; ``ConvertTensorToTileOps`` makes a slice a ``tile.load`` only in-core)."""
+    return rt.scope is None and rt.gm_views
+
+
 @rule("slice_key")
-def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tile:
+def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile:
     lo, hi, shape = core.parse_key(src.shape, key, f"{src!r}")
     if isinstance(src, Tensor):
+        if gm_view(rt) and shape:  # every index an int: one element, read as a 0-d tile
+            view = src.window(lo, hi)
+            return view if view.shape == shape else view.reshaped(shape)  # ints drop dims
         return _load(rt, src, lo, hi, shape)
     return ops_data.tile_window(rt, src, lo, hi, drop=ops_data.int_axes(key, src.ndim))
 
@@ -246,7 +257,7 @@ def _reshape(rt: Run, x: Tensor | Tile, shape: Sequence[int]) -> Tensor | Tile:
     if math.prod(shape_t) != n:
         raise ValueError(f"pl.reshape of {x!r} to {list(shape_t)}: element counts differ")
     if isinstance(x, Tensor):
-        return Tensor(x.base, shape_t)
+        return x.reshaped(shape_t)
     rt.use(x)
     return rt.new_tile(rt.bk.reshape(x.data, shape_t), x.dtype, share=x.buf)
 

@@ -307,9 +307,12 @@ def _drop_dims(t: Tile, drop: Any) -> tuple[int, ...]:
 @ops.rule("slice")
 def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[int],
            valid_shape: Sequence[int] | None = None, drop_dims: Any = None,
-           pad_value: Any = None, clamp: bool = False) -> Tile:
+           pad_value: Any = None, clamp: bool = False) -> Tensor | Tile:
     """``pl.slice(x, shape, offset, valid_shape=None, drop_dims=None, pad_value=None,
-    clamp=False)``. A GM tensor: a load of the window (``gm_window`` bounds; a ``pad_value`` is
+    clamp=False)``. A GM tensor outside every in-core scope (no ``valid_shape`` / ``clamp``):
+    a GM view of the window (``Tensor.window``; pypto's orchestration ``tensor.slice``), loaded
+    where an in-core op uses it. A GM tensor in-core: a load of the window (``gm_window``
+    bounds; a ``pad_value`` is
     dropped as pypto's ``tile.load`` drops it — the padding stays undefined; use
     ``pl.fillpad``). A tile: ``tile_window`` (no ``clamp``; a ``pad_value`` only relabels the
     padding in pypto, the values stay undefined). ``drop_dims`` erases unit axes that are fully
@@ -317,6 +320,20 @@ def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[i
     shape, offset = _ints(shape), _ints(offset)
     if pad_value is not None:
         _pad_scalar(pad_value, None)  # validates the spelling
+    if isinstance(src, Tensor) and valid_shape is None and not clamp and ops.gm_view(rt):
+        if len(shape) != src.ndim or len(offset) != src.ndim:
+            raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset "
+                             f"{list(offset)} must have {src.ndim} entries")
+        hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
+        core.parse_key(src.shape, core.box_key(offset, hi), f"pl.slice of {src!r}")  # bounds
+        view = src.window(offset, hi)
+        if drop_dims:
+            keep = sorted(set(range(src.ndim)) - {int(d) % src.ndim for d in drop_dims})
+            if any(shape[d] != 1 for d in range(src.ndim) if d not in keep) or not keep:
+                raise ValueError(f"pl.slice of {src!r}: drop_dims {list(drop_dims)} must name "
+                                 "unit axes and leave at least one")
+            view = view.reshaped(tuple(shape[d] for d in keep))
+        return view
     if isinstance(src, Tensor):
         t = load_window(rt, src, shape, offset, valid_shape, bool(clamp), f"pl.slice of {src!r}")
     elif isinstance(src, Tile):
@@ -408,6 +425,8 @@ def _store_rule(rt: Run, tile: Tile, offsets: Sequence[int], output_tensor: Tens
         if shapes is not None:
             raise NotImplementedError("pl.store(shapes=..., atomic=...) is not emulated")
         return ops.RULES["assemble"](rt, output_tensor, tile, offsets, atomic=atomic)
+    if isinstance(tile, Tensor):  # a GM view made outside a scope: staged through a tile
+        tile = ops._tile(rt, tile, op="store")
     if not isinstance(tile, Tile) or not isinstance(output_tensor, Tensor):
         raise TypeError(f"pl.store(tile, offsets, tensor): got {tile!r}, {output_tensor!r}")
     if shapes is None:
