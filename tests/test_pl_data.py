@@ -210,6 +210,29 @@ def test_set_validshape_narrows_store_and_widens_back() -> None:
                                                        "c": ((4, 32), pl.FP32)})
 
 
+def test_subscript_store_window_may_pass_the_end_when_the_valid_box_fits() -> None:
+    """``dst[qt:qt + 8, :] = tile`` is pypto's ``assemble(dst, tile, [qt, 0])``: the window's
+    stop is not a bound, the moved box is (pypto-lib's V4 ``decode_o_proj.py`` pads the last
+    2 rows of 512 this way). A fully valid tile past the end is out of bounds."""
+    x = f32(8, 32)
+
+    def kernel(x, y, *, rows: int):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="k"):
+            t = pl.set_validshape(x[:, :], rows, 32)
+            y[6:14, :] = t  # stop 14 > 8
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((8, 32), pl.FP32)},
+                   kwargs={"rows": 2})
+    np.testing.assert_array_equal(r.outputs["y"][6:], x[:2])
+    assert np.isnan(r.outputs["y"][:6]).all()
+    with pytest.raises(OutOfBounds, match=r"y\[6:9, 0:32\]"):
+        run_kernel(kernel, inputs={"x": x}, outputs={"y": ((8, 32), pl.FP32)},
+                   kwargs={"rows": 3})
+    with pytest.raises(OutOfBounds, match=r"y\[6:14, 0:32\]"):
+        run_kernel(kernel, inputs={"x": x}, outputs={"y": ((8, 32), pl.FP32)},
+                   kwargs={"rows": 8})
+
+
 def test_slice_padding_contributes_poison_to_a_wider_operand() -> None:
     """An elementwise op computes over its first operand's valid region; a second operand with
     a smaller valid region contributes padding (NaN), as the hardware reads stale data."""

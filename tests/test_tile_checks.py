@@ -414,6 +414,37 @@ def test_budget_l0_operands_are_panels_of_at_most_l0_live_only_at_their_matmuls(
     assert r.budget.get("mm", "Mat").peak["a2a3"] >= 131072 + 32768
 
 
+def _qk_pv(a, k, v, o, *, placed: bool):  # noqa: ANN001
+    """The fused-attention pattern: per head block, QK with K^T then PV with V, both rhs
+    [128, 256] bf16 = 64 KiB each, resident in L1 across the loop."""
+    with pl.at(level=CG, name_hint="attn"):
+        kt = pl.load(k, [0, 0], [128, 256], target_memory=pl.MemorySpace.Mat)
+        vt = pl.load(v, [0, 0], [256, 128], target_memory=pl.MemorySpace.Mat)
+        if placed:  # the kernel pins K in L0B itself: whole, for its whole lifetime
+            kt = pl.move(kt, target_memory=pl.MemorySpace.Right)
+        for hb in pl.range(2):
+            s = pl.matmul(a[16 * hb:16 * hb + 16, :], kt, out_dtype=pl.FP32)
+            p = pl.cast(s, target_type=pl.BF16, mode="rint")
+            o[16 * hb:16 * hb + 16, :] = pl.matmul(p, vt, out_dtype=pl.FP32)
+
+
+def test_budget_l0_panels_of_successive_matmuls_share_the_slot() -> None:
+    """pypto's AutoTileMatmulL0 extracts each matmul's L0B panel right before it and
+    MemoryReuse aliases the panels of successive matmuls: L0B peak = max(QK, PV) = 64 KiB,
+    not their sum (a false budget FAIL of pypto-lib's V4 ``decode_sparse_attn_hca.py``). A
+    tile the kernel moves into L0B itself stays there: then the sum is over."""
+    a = f32(32, 128).astype(BF16)
+    k, v = f32(128, 256).astype(BF16), f32(256, 128).astype(BF16)
+    ins, outs = {"a": a, "k": k, "v": v}, {"o": ((32, 128), pl.FP32)}
+    r = run_kernel(_qk_pv, inputs=ins, outputs=outs, kwargs={"placed": False})
+    assert r.ok and not r.budget.over("a2a3"), r.summary()
+    assert r.budget.get("attn", "Right").peak["a2a3"] == 65536
+    bad = run_kernel(_qk_pv, inputs=ins, outputs=outs, kwargs={"placed": True})
+    over = [u for u in bad.budget.over("a2a3") if u.space == "Right"]
+    assert over and over[0].peak["a2a3"] == 2 * 65536, bad.summary()
+    np.testing.assert_array_equal(bad.outputs["o"], r.outputs["o"])
+
+
 # -- layout ----------------------------------------------------------------------------------
 
 

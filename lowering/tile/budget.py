@@ -6,9 +6,10 @@ Memory-space model (decided when the scope entry ends, from how each buffer was 
   scope: **Vec** if any vector op reads it (or nothing does); a load read only by the cube
   does not occupy Vec;
 - a matmul lhs additionally occupies **Mat** + **Left**, an rhs **Mat** + **Right** (GM ->
-  L1 -> L0A/L0B). L1 holds the whole operand for its lifetime; L0A/L0B only from its first
-  to its last matmul, at most the L0 capacity (pypto's AutoTileMatmulL0 cuts an L1 operand
-  into L0 panels that fit and moves each in right before its MAD);
+  L1 -> L0A/L0B). L1 holds the whole operand for its lifetime; L0A/L0B only during each
+  matmul that reads it, at most the L0 capacity (pypto's AutoTileMatmulL0 cuts an L1 operand
+  into L0 panels that fit, extracts each right before its MAD, and MemoryReuse lets the
+  panels of successive matmuls share the L0 slot);
 - a ``matmul`` result is an **Acc** tile; ``matmul_acc`` accumulates in place (same buffer);
   ``pl.reshape`` and ``pl.assemble`` into a tile reuse their input's buffer;
 - a tile the kernel places (``pl.load(target_memory=...)``, ``pl.create_tile``,
@@ -141,12 +142,13 @@ def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[st
             continue  # never read: dead code the compiler drops
         for sp in buf_spaces(b):
             nb = tile_bytes(sp, b.shape, b.dtype.itemsize, b.dtype.is_int, platform) * b.mult
-            if sp in ("Left", "Right") and b.cfirst >= 0 and not b.origin.endswith(sp):
-                # AutoTileMatmulL0 slices an L1 operand into L0 panels that fit, moved in
-                # right before the matmul: live from its first to its last matmul (a tile the
-                # kernel places in Left / Right itself is not cut: whole, whole lifetime)
-                per_space.setdefault(sp, []).append((b, min(nb, LIMITS[platform][sp]),
-                                                     b.cfirst, b.clast))
+            if sp in ("Left", "Right") and b.cuses and not b.origin.endswith(sp):
+                # AutoTileMatmulL0 slices an L1 operand into L0 panels that fit, extracted
+                # right before each matmul and free after it (MemoryReuse aliases the panels
+                # of successive matmuls: L0B peak = max(QK, PV), not the sum); a tile the
+                # kernel places in Left / Right itself is not cut: whole, whole lifetime
+                cut = min(nb, LIMITS[platform][sp])
+                per_space.setdefault(sp, []).extend((b, cut, t, t + 1) for t in b.cuses)
             else:
                 per_space.setdefault(sp, []).append((b, nb, b.start, b.last))
     out = {}
@@ -225,8 +227,7 @@ class BudgetReport:
         t0 = min(b.start for b in entry.bufs)
         sig = (entry.name, tuple((b.shape, b.dtype, b.origin, b.vec, b.left, b.right, b.mult,
                                   b.site, b.start - t0, b.last - t0,
-                                  b.cfirst - t0 if b.cfirst >= 0 else -1,
-                                  b.clast - t0 if b.clast >= 0 else -1) for b in entry.bufs))
+                                  tuple(t - t0 for t in b.cuses)) for b in entry.bufs))
         measured = self._seen.get(sig)
         if measured is None:
             if len(self._seen) > 256:

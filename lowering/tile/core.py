@@ -126,12 +126,12 @@ class Buf:
     """One on-chip buffer inside one scope entry (tiles of a reshape / in-place acc share it)."""
 
     __slots__ = ("entry", "start", "last", "shape", "dtype", "origin", "vec", "left", "right",
-                 "mult", "site", "home", "cfirst", "clast")
+                 "mult", "site", "home", "cuses")
 
     def __init__(self, entry: Any, seq: int, shape: tuple[int, ...], dtype: DType, origin: str,
                  mult: int, site: tuple[str, int], home: Buf | None = None) -> None:
         self.home = self if home is None else home  # the storage's first buffer (race keys)
-        self.cfirst = self.clast = -1  # first / last instant a matmul reads it (L0A / L0B)
+        self.cuses: list[int] = []  # the instants a matmul reads it (L0A / L0B panels)
         self.entry = entry
         self.start = seq
         self.last = seq
@@ -448,8 +448,11 @@ def _interval_boxes(a: int, b: int, shape: list[int]) -> list[tuple[tuple, tuple
     return out
 
 
-def parse_key(shape: tuple[int, ...], key: Any, what: str) -> tuple[tuple, tuple, tuple]:
-    """Subscript -> (lo, hi, result shape); ints drop their dimension. Bounds are checked."""
+def parse_key(shape: tuple[int, ...], key: Any, what: str, open_stop: bool = False
+              ) -> tuple[tuple, tuple, tuple]:
+    """Subscript -> (lo, hi, result shape); ints drop their dimension. Bounds are checked;
+    ``open_stop``: a slice's stop may pass the dimension (a subscript *write* is pypto's
+    ``assemble`` at the offsets: what it moves, the source's valid box, is checked instead)."""
     if not isinstance(key, tuple):
         key = (key,)
     if len(key) > len(shape):
@@ -462,7 +465,7 @@ def parse_key(shape: tuple[int, ...], key: Any, what: str) -> tuple[tuple, tuple
                 raise IndexError(f"{what}: strided slices are not tile loads (step {k.step})")
             a = 0 if k.start is None else operator.index(k.start)
             b = n if k.stop is None else operator.index(k.stop)
-            if not 0 <= a < b <= n:
+            if not 0 <= a < b <= (max(b, n) if open_stop else n):
                 raise OutOfBounds(f"{what}: slice {a}:{b} out of bounds for a dimension of {n}")
             lo.append(a)
             hi.append(b)
@@ -727,9 +730,8 @@ class Run:
                 buf.left = True
             else:
                 buf.right = True
-            if buf.cfirst < 0:
-                buf.cfirst = 2 * self.seq
-            buf.clast = 2 * self.seq
+            if not buf.cuses or buf.cuses[-1] != 2 * self.seq:
+                buf.cuses.append(2 * self.seq)
         if self.par:
             self._tile_log(buf, READ, None)
 

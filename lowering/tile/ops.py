@@ -127,6 +127,9 @@ def _store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
     rt.use(src, "vec")
     if data is None:
         return
+    if any(h > n for h, n in zip(hi, t.shape, strict=True)):
+        raise core.OutOfBounds(f"store of {src!r} into {t!r}: the moved box "
+                               f"{core.fmt_box(t.name, lo, hi)} is out of bounds")
     rt.bk.write(t.data, core.box_key(lo, hi), data)
     rt.access(t, lo, hi, write=True)
     _check_gm_align(rt, t, lo, "store")
@@ -156,8 +159,9 @@ def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile:
 
 @rule("store_key")
 def _store_key(rt: Run, dst: Tensor | Tile, key: Any, value: Tile) -> None:
-    lo, hi, _ = core.parse_key(dst.shape, key, f"{dst!r}")
-    if isinstance(dst, Tensor):
+    gm = isinstance(dst, Tensor)
+    lo, hi, _ = core.parse_key(dst.shape, key, f"{dst!r}", open_stop=gm)
+    if gm:
         _store(rt, dst, lo, hi, value)
         return
     _tile_write(rt, dst, lo, hi, value)
