@@ -61,15 +61,17 @@ class Bug:
 
 
 def q_head_rms_rope_shared_temps(qf, rope_cos, rope_sin, q, *, tiling):
-    """PR #332 as written: the rotated halves' temporaries are created inside
-    ``pl.parallel(H)`` without a head dimension — one GM buffer shared by every head."""
+    """The race the PR #332 review warned of: the rotated halves' temporaries have no head
+    dimension and are created once, before ``pl.parallel(H)`` — one GM buffer every head
+    writes and reads. (Created inside the loop body, as PR #332 does, they are not shared:
+    pypto allocates a body's tensors afresh for each iteration.)"""
     t = tiling
     tokens, heads, hd = q.shape
     q_flat = pl.reshape(q, [tokens, heads * hd])
     even_select, odd_select = rope_selects(t.rope_chunk)
+    q_rot_even_bf16 = pl.create_tensor([tokens, t.rope // 2], dtype=pl.BF16)
+    q_rot_odd_bf16 = pl.create_tensor([tokens, t.rope // 2], dtype=pl.BF16)
     for h in pl.parallel(heads):
-        q_rot_even_bf16 = pl.create_tensor([tokens, t.rope // 2], dtype=pl.BF16)
-        q_rot_odd_bf16 = pl.create_tensor([tokens, t.rope // 2], dtype=pl.BF16)
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_head_rms_rope"):
             for t0, rows in t_tiles(tokens, t.tiles, t.t_tile):
                 norm_rope_rows(qf, None, rope_cos, rope_sin, q_flat, q_rot_even_bf16,
@@ -225,7 +227,7 @@ def hunt_round_cast() -> Hunt:
 
 BUGS: dict[str, Bug] = {b.name: b for b in (
     Bug("race", "PR #332 review", "per-head temporaries q_rot_even_bf16 / q_rot_odd_bf16 "
-        "created inside pl.parallel(H) without a head dimension", "race", hunt_race),
+        "without a head dimension, created once before pl.parallel(H)", "race", hunt_race),
     Bug("odd_tail", "PR #332 review", "T_TILE = T // 2 with odd T: the last token is never "
         "normalised or rotated", "coverage", hunt_odd_tail),
     Bug("dead_write", "PR #134 review", "rotated q written back into the local q buffer that "

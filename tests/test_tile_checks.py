@@ -114,37 +114,45 @@ def test_race_cross_iteration_write() -> None:
     assert good.ok and not good.findings, good.summary()
 
 
-def rope_heads(q, out, *, per_head_tmp: bool):  # noqa: ANN001, ANN201
+def rope_heads(q, out, *, tmp_at: str):  # noqa: ANN001, ANN201
+    """``tmp_at``: 'inside' the head loop without a head dim (a fresh buffer per head),
+    'before' it without one (one buffer for all heads: the race), 'before' with one
+    ('per_head')."""
     T, HHD = q.shape
     H, HD = 4, HHD // 4
+    if tmp_at == "before":
+        tmp = pl.create_tensor([T, HD // 2], dtype=pl.FP32)
+    elif tmp_at == "per_head":
+        tmp = pl.create_tensor([H, T, HD // 2], dtype=pl.FP32)
     for h in pl.parallel(0, H, 1):
-        if per_head_tmp:
-            tmp = pl.create_tensor([H, T, HD // 2], dtype=pl.FP32)
-        else:
+        if tmp_at == "inside":
             tmp = pl.create_tensor([T, HD // 2], dtype=pl.FP32)
         with pl.at(level=CG, name_hint="even"):
             even = pl.tensor.gather(q[:, h * HD:(h + 1) * HD],
                                     mask_pattern=pl.tile.MaskPattern.P0101)
-            if per_head_tmp:
+            if tmp_at == "per_head":
                 tmp[h, :, :] = even
             else:
                 tmp[:, :] = even
         with pl.at(level=CG, name_hint="write"):
-            v = tmp[h, :, :] if per_head_tmp else tmp[:, :]
+            v = tmp[h, :, :] if tmp_at == "per_head" else tmp[:, :]
             out[:, h * HD // 2:(h + 1) * HD // 2] = v
 
 
-def test_race_shared_create_tensor_inside_parallel() -> None:
+def test_race_on_a_gm_temporary_shared_by_parallel_iterations() -> None:
+    """A GM temporary made before ``pl.parallel`` without the loop's dimension is one buffer
+    all iterations write and read: a race. Made inside the loop body it is not shared: pypto's
+    orchestration allocates a body's tensors at the body's entry, afresh per iteration."""
     q = f32(8, 4 * 16)
     kw = {"inputs": {"q": q}, "outputs": {"out": ((8, 32), pl.FP32)}}
-    bad = run_kernel(rope_heads, kwargs={"per_head_tmp": False}, **kw)
+    bad = run_kernel(rope_heads, kwargs={"tmp_at": "before"}, **kw)
     f = only(bad, "race")
     assert f.tensor == "tmp" and "h=0" in f.message and "h=1" in f.message
-    good = run_kernel(rope_heads, kwargs={"per_head_tmp": True}, **kw)
-    assert good.ok and not good.findings, good.summary()
-    np.testing.assert_array_equal(good.outputs["out"],
-                                  np.concatenate([q[:, h * 16:(h + 1) * 16:2] for h in range(4)],
-                                                 1))
+    want = np.concatenate([q[:, h * 16:(h + 1) * 16:2] for h in range(4)], 1)
+    for at in ("inside", "per_head"):
+        good = run_kernel(rope_heads, kwargs={"tmp_at": at}, **kw)
+        assert good.ok and not good.findings, good.summary()
+        np.testing.assert_array_equal(good.outputs["out"], want)
 
 
 def test_race_through_reshape_view_of_3d_tensor() -> None:

@@ -516,10 +516,10 @@ def _create_tensor(rt: Run, shape: Sequence[int], dtype: Any, layout: Any = None
                    manual_dep: bool = False, init_value: float | int | None = None) -> Any:
     """``pl.create_tensor(shape, dtype, layout=ND, manual_dep=False, init_value=None)``.
 
-    Outside a scope: a kernel-internal GM tensor, one buffer per source statement shared by all
-    loop iterations, starting as NaN / the int dtype's minimum; ``init_value`` refills it at
-    every execution of the statement (the runtime pre-fills each fresh buffer; pypto rejects a
-    non-zero fill of FP16/BF16). ``manual_dep=True`` opts the tensor out of the runtime's
+    Outside a scope: a kernel-internal GM tensor, a fresh buffer at every execution of the
+    statement (pypto allocates a scope's tensors at the scope's entry: each iteration of a
+    loop body gets its own), starting as NaN / the int dtype's minimum or ``init_value`` (the
+    runtime pre-fills the buffer; pypto rejects a non-zero fill of FP16/BF16). ``manual_dep=True`` opts the tensor out of the runtime's
     automatic task dependencies; the emulator runs tasks in program order, so it changes no
     value here (it is recorded in ``MANUAL_DEP`` for the task-ordering checks). Inside a scope:
     a Vec tile (filled with ``init_value`` or poison)."""
@@ -533,20 +533,14 @@ def _create_tensor(rt: Run, shape: Sequence[int], dtype: Any, layout: Any = None
     if rt.scope is not None:
         fill = poison_value(dt) if init_value is None else init_value
         return rt.new_tile(rt.bk.full(shape_t, dt.name, fill), dt)
-    stack = core.call_stack()
-    site = stack[0]
-    key = (stack, shape_t, dt)
-    base = rt.created.get(key)
-    if base is None:  # one GM buffer per source statement, shared by all loop iterations
-        name = core.source_name(site, "assign") or f"tensor@{fmt_site(site)}"
-        fill = rt.fill_value(dt) if init_value is None else init_value
-        base = core.BaseTensor(name, rt.bk.full(shape_t, dt.name, fill), dt, "internal", site)
-        rt.created[key] = base
-        out = rt.add_base(base)
-    else:
-        if init_value is not None:
-            rt.bk.write(base.data, box(shape_t), rt.bk.full(shape_t, dt.name, init_value))
-        out = Tensor(base)
+    # pypto's orchestration codegen batches the tensor.create calls of a scope (function, for
+    # or if body) into one alloc_tensors() at that scope's entry: a fresh runtime buffer each
+    # time the body runs, so each iteration of a loop has its own
+    site = core.caller_site()
+    name = core.source_name(site, "assign") or f"tensor@{fmt_site(site)}"
+    fill = rt.fill_value(dt) if init_value is None else init_value
+    base = core.BaseTensor(name, rt.bk.full(shape_t, dt.name, fill), dt, "internal", site)
+    out = rt.add_base(base)
     if manual_dep:
         MANUAL_DEP.setdefault(rt, set()).add(id(base))
     return out

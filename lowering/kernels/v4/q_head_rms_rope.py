@@ -19,9 +19,10 @@ Tiling: heads independent (``pl.parallel(H)``); per head one in-core RMS scope o
 ``tiles`` (PR #332's RMS_T_TILES) sequential T tiles of ``ceil(T / tiles)`` rows — any T,
 the last tile shorter; ``tiles`` keeps a tile ≤ 64 rows (≈110 KiB of Vec at FLASH dims,
 T = 128; one 128-row tile needs ≈217 KiB > a2a3's 184 KiB). The rotated halves cross to the
-cube through GM temporaries ``[T, H·R/2]`` with a head dimension (PR #332's per-head
-``[T, R/2]`` temporaries inside ``pl.parallel(H)`` raced across heads), then one
-re-interleave scope per head writes the rope columns of q.
+cube through GM temporaries ``[T, H·R/2]`` with a head dimension, made once (PR #332
+makes per-head ``[T, R/2]`` temporaries inside ``pl.parallel(H)``, which pypto allocates
+afresh for each head; made once before the loop without the head dimension, the heads would
+race — ``lowering.bugs``), then one re-interleave scope per head writes the rope columns of q.
 """
 
 from __future__ import annotations

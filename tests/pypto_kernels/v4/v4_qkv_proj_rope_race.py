@@ -1,5 +1,7 @@
-"""BROKEN COPY (race): per-head temporary ``q_rot_bf16`` created inside ``pl.parallel(H)``
-without a head dimension, so all heads share one GM buffer (the PR #332 review finding).
+"""BROKEN COPY (race): the per-head temporary ``q_rot_bf16`` is created once, before
+``pl.parallel(H)``, without a head dimension, so all heads share one GM buffer (the race the
+PR #332 review warned of; pypto allocates a tensor created *inside* a loop body afresh for each
+iteration, so the hazard is the hoisted buffer).
 
 DeepSeek V4 qkv_proj_rope in the pypto-lib ``@pl.jit.inline`` style (test kernel).
 
@@ -103,9 +105,9 @@ def qr_rms_quant(qr32, gamma_cq_view, qr_view, qr_scale):
 def q_head_rms_rope(qr_view, qr_scale, wq_b, wq_b_scale_view, rope_cos, rope_sin, q_flat,
                     t_dim):
     t_tile = (t_dim + RMS_T_TILES - 1) // RMS_T_TILES
+    q_rot_bf16 = pl.create_tensor([t_dim, ROPE_DIM], dtype=pl.BF16)  # BUG: one for all heads
     for h in pl.parallel(0, NUM_HEADS, 1):
         h0 = h * HEAD_DIM
-        q_rot_bf16 = pl.create_tensor([t_dim, ROPE_DIM], dtype=pl.BF16)
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_head_rms_rope"):
             for tt in pl.range(RMS_T_TILES):
                 t0 = tt * t_tile
