@@ -2,6 +2,10 @@
 
     python benchmarks/sweep.py PYPTO_LIB_DIR [--commit SHA] [--jobs N] [--timeout S]
                                [--out benchmarks/sweep_results.json]
+    python benchmarks/sweep.py PYPTO_LIB_DIR --from-json SWEEP.json [--commit SHA]
+
+``--from-json``: no new run — the figures of a finished ``lowering sweep DIR --json SWEEP.json``
+(its wall time, jobs and per-file seconds), so one sweep gives both the table and the benchmark.
 
 Writes JSON and prints a summary: the machine (CPU model, cores), the checkout's commit (from
 ``git rev-parse`` when DIR is a git checkout, else ``--commit``), the wall time of the whole
@@ -25,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lowering.sweep import VERDICTS, summary, sweep  # noqa: E402
+from lowering.sweep import VERDICTS, SweepRow, summary, sweep  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -55,12 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=0, help="files at a time (default: cores)")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--out", default=str(Path(__file__).with_name("sweep_results.json")))
+    p.add_argument("--from-json", metavar="SWEEP_JSON",
+                   help="a finished `lowering sweep --json` result instead of a new run")
     args = p.parse_args(argv)
     root = Path(args.dir).resolve()
     jobs = args.jobs or len(os.sched_getaffinity(0))
-    t0 = time.perf_counter()
-    rows = sweep(root, jobs=jobs, timeout=args.timeout)
-    wall = time.perf_counter() - t0
+    if args.from_json:
+        done = json.loads(Path(args.from_json).read_text())
+        rows = [SweepRow(f["file"], f["verdict"], f["seconds"], f.get("reason", ""),
+                         f.get("emulator_s", 0.0), f.get("golden_s", 0.0))
+                for f in done["files"]]
+        wall = float(done["seconds"])
+        jobs = int(done.get("jobs", jobs))
+        args.timeout = float(done.get("timeout_s", args.timeout))
+    else:
+        t0 = time.perf_counter()
+        rows = sweep(root, jobs=jobs, timeout=args.timeout)
+        wall = time.perf_counter() - t0
     per_file = []
     for r in rows:
         ratio = r.emulator_s / r.golden_s if r.golden_s > 0 else None

@@ -160,8 +160,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"[{done}/{total}] {row.verdict:<10} {row.seconds:6.1f}s  {row.file}",
                   file=sys.stderr, flush=True)
 
-    rows = sweep(root, jobs=args.jobs or len(os.sched_getaffinity(0)), timeout=args.timeout,
-                 seed=args.seed, platform=args.platform, progress=progress)
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    rows = sweep(root, jobs=jobs, timeout=args.timeout, seed=args.seed, platform=args.platform,
+                 progress=progress)
     wall = time.perf_counter() - t0
     if not rows:
         print(f"lowering: error: sweep {args.dir}: no kernel files (@pl.jit / @pl.program)",
@@ -176,7 +177,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"root": str(root.resolve()), "seconds": round(wall, 1), "seed": args.seed,
-             "platform": args.platform, "summary": {d: dict(c) for d, c in summary(rows).items()},
+             "platform": args.platform, "jobs": jobs, "timeout_s": args.timeout, "summary": {d: dict(c) for d, c in summary(rows).items()},
              "files": [r.to_dict() for r in rows]}, indent=1, default=str))
     return 0 if counts.get(PASS, 0) == len(rows) else 1
 

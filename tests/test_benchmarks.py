@@ -24,3 +24,29 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
         assert set(m["prepared"]) == set(m["prepared_over_floor"]) == {"exact", "fp32"}
         assert all(p["call_s"] > 0 for p in m["prepared"].values())
     assert "reference/floor" in capsys.readouterr().out
+
+
+def test_sweep_benchmark_from_a_finished_sweep(tmp_path, capsys):
+    """benchmarks/sweep.py --from-json turns a `lowering sweep --json` result into the
+    benchmark record: files per minute from its wall time, counts per directory, per-file
+    emulator ÷ golden (none where the golden took no time)."""
+    spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "benchmarks" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    done = {"seconds": 120.0, "jobs": 2, "timeout_s": 60.0, "files": [
+        {"file": "examples/a.py", "verdict": "PASS", "seconds": 3.0, "emulator_s": 2.0,
+         "golden_s": 0.5},
+        {"file": "models/x/b.py", "verdict": "FAIL", "seconds": 9.0, "reason": "race",
+         "emulator_s": 6.0, "golden_s": 0.0},
+        {"file": "models/x/c.py", "verdict": "TIMEOUT", "seconds": 60.0}]}
+    src, out = tmp_path / "sweep.json", tmp_path / "bench.json"
+    src.write_text(json.dumps(done))
+    assert mod.main([str(tmp_path), "--from-json", str(src), "--commit", "abc",
+                     "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["files"] == 3 and res["files_per_minute"] == 1.5 and res["jobs"] == 2
+    assert res["commit"] == "abc" and res["timeout_s"] == 60.0
+    assert res["summary"]["models/x"] == {"PASS": 0, "FAIL": 1, "CANNOT RUN": 0, "TIMEOUT": 1}
+    ratios = {f["file"]: f["emulator_over_golden"] for f in res["per_file"]}
+    assert ratios == {"examples/a.py": 4.0, "models/x/b.py": None, "models/x/c.py": None}
+    assert "1.5 files/min" in capsys.readouterr().out

@@ -3,6 +3,7 @@ each construct with a known answer (numpy written here), and the check it carrie
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -456,12 +457,42 @@ def test_split_aiv_none_runs_both_lanes_and_checks_them() -> None:
     bad = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((4, 32), pl.FP32)},
                      kwargs={"bug": True})
     assert any("pl.split_aiv loop 'lane'" in m for m in races(bad))
-    with pytest.raises(NotImplementedError, match="UP_DOWN"):
-        pl.split_aiv(2, mode=pl.SplitMode.UP_DOWN)
     with pytest.raises(ValueError):
         pl.split_aiv(4, mode=pl.SplitMode.NONE)
     with pytest.raises(DslError, match="aiv_shard outside"):
         run_kernel(lambda x: pl.aiv_shard(x), inputs={"x": f32(2, 8)}, outputs={})
+
+
+@pytest.mark.parametrize("mode", ["UP_DOWN", "LEFT_RIGHT"])
+def test_split_aiv_halving_modes_hand_each_lane_its_half(mode: str) -> None:
+    """``pl.aiv_shard`` in a data-parallel region is the lane's half of the cube value (rows
+    for UP_DOWN, columns for LEFT_RIGHT), as pypto-lib's V4 ``lm_head.py`` stores it; a lane
+    that stores its half at the other lane's place races (and leaves a half unwritten)."""
+    up = mode == "UP_DOWN"
+
+    def kernel(a, b, y, *, bug: bool):  # noqa: ANN001
+        with pl.at(level=CG, name_hint="mm"):
+            acc = pl.matmul(a[:, :], b[:, :], out_dtype=pl.FP32)
+            for lane in pl.split_aiv(2, mode=getattr(pl.SplitMode, mode)):
+                half = pl.mul(pl.aiv_shard(acc), 2.0)
+                at = 0 if bug else lane
+                if up:
+                    y[8 * at:8 * at + 8, :] = half
+                else:
+                    y[:, 16 * at:16 * at + 16] = half
+
+    a, b = f32(16, 32).astype(ml_dtypes.bfloat16), f32(32, 32).astype(ml_dtypes.bfloat16)
+    want = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32) * np.float32(2)
+    kw = {"inputs": {"a": a, "b": b}, "outputs": {"y": ((16, 32), pl.FP32)}}
+    r = run_kernel(kernel, kwargs={"bug": False}, **kw)
+    assert r.ok and not r.findings, r.summary()
+    np.testing.assert_array_equal(r.outputs["y"], want)
+    bad = run_kernel(kernel, kwargs={"bug": True}, **kw)
+    assert races(bad) and bad.by_check("coverage"), bad.summary()
+    with pytest.raises(NotImplementedError, match="aic_gather"):
+        run_kernel(lambda a, b, y: [pl.aic_gather(a[:, :]) for _ in
+                                    pl.split_aiv(2, mode=pl.SplitMode.UP_DOWN)],
+                   kwargs={}, **kw)
 
 
 # -- carried values -------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ What the emulator does with each construct (pypto's meaning in brackets):
   blocks 0..n-1 in order (race-checked like ``pl.parallel``); each block is an in-core scope
   named by ``name_hint`` (budget); ``pl.tile.get_block_idx()`` / ``get_block_num()`` read the
   innermost block [one kernel launched on n blocks];
-- ``pl.split_aiv(2, mode=pl.SplitMode.NONE)`` — lanes 0 and 1 run the full body
-  (race-checked), ``get_subblock_idx()`` is the lane [both AIV lanes run it];
+- ``pl.split_aiv(2, mode=...)`` — lanes 0 and 1 run the body (race-checked),
+  ``get_subblock_idx()`` is the lane; ``NONE``: the full body on each lane, ``UP_DOWN`` /
+  ``LEFT_RIGHT``: ``pl.aiv_shard`` gives each lane its half of the cube value [both AIV
+  lanes run it];
 - dependency and scheduling hints — ``deps=``, task ids, ``pl.system.task_dummy``,
   ``allow_early_resolve``, ``no_dep_args``, ``pl.no_dep``, ``sync_start``, ``pl.scope`` /
   ``pl.manual_scope``, ``pl.cluster``, ``pl.prefetch.*``, ``cross_core_slot``: they order or
@@ -24,7 +26,7 @@ What the emulator does with each construct (pypto's meaning in brackets):
   (see ``core.run_phased``).
 
 Constructs whose effect on values cannot be modelled exactly raise ``NotImplementedError``
-naming the construct and the kernel's line (``split_aiv`` halving modes, ``predicate=``,
+naming the construct and the kernel's line (``pl.aic_gather``, ``predicate=``,
 soft ``syncall``, ``pl.while_``, ``pl.aic_gather``, ...).
 """
 
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from lowering.tile import core
+from lowering.tile import core, ops
 from lowering.tile.core import DslError, DynVar, Tensor, caller_site, fmt_site
 from lowering.tile.dtypes import DType, Level, as_dtype
 
@@ -601,34 +603,46 @@ def spmd(core_num: Any, *, sync_start: bool = False, name_hint: str = "",
 
 
 class _SplitAiv:
-    def __init__(self, site: tuple[str, int]) -> None:
+    def __init__(self, mode: SplitMode, site: tuple[str, int]) -> None:
+        self.mode = mode
         self.site = site
 
     def __iter__(self) -> Iterator[int]:
-        return core.loop("split_aiv", (2,))
+        return core.loop("split_aiv", (2,), tag=self.mode)
 
 
 def split_aiv(n: int, *, mode: SplitMode) -> _SplitAiv:
-    """``for aiv_id in pl.split_aiv(2, mode=pl.SplitMode.NONE)``: both AIV lanes run the full
-    body (lane 0, then lane 1; race-checked as independent). The halving modes (UP_DOWN /
-    LEFT_RIGHT split every vector op of the region between the lanes) raise."""
+    """``for aiv_id in pl.split_aiv(2, mode=...)``: lane 0, then lane 1 run the body
+    (race-checked as independent). ``NONE``: both lanes run the full body. ``UP_DOWN`` /
+    ``LEFT_RIGHT`` (data-parallel): ``pl.aiv_shard(x)`` hands each lane its half of the cube
+    value ``x`` — rows (UP_DOWN) or columns (LEFT_RIGHT) ``[lane·n/2, (lane+1)·n/2)`` — and the
+    vector work on it is the lane's half; ``pl.aic_gather`` (rejoining the halves) raises."""
     if isinstance(n, bool) or not isinstance(n, int) or n != 2:
         raise ValueError(f"pl.split_aiv(n): n must be the integer 2, got {n!r}")
     if not isinstance(mode, SplitMode):
         raise ValueError(f"pl.split_aiv(mode=...): mode must be a pl.SplitMode, got {mode!r}")
-    if mode != SplitMode.NONE:
-        raise _unmodelled(f"pl.split_aiv(mode=pl.SplitMode.{mode.name})", "halving every vector "
-                          "op of the region between the lanes")
-    return _SplitAiv(caller_site())
+    return _SplitAiv(mode, caller_site())
 
 
 def aiv_shard(x: Any) -> Any:
-    """``pl.aiv_shard(x)`` in a ``mode=NONE`` region: the cube value crosses to the vector
-    lane unchanged."""
-    if core.innermost("split_aiv") is None:
+    """``pl.aiv_shard(x)``: the cube value ``x`` crosses to the vector lane — whole in a
+    ``mode=NONE`` region, this lane's half along the split axis in ``UP_DOWN`` (rows) /
+    ``LEFT_RIGHT`` (columns)."""
+    fr = core.innermost("split_aiv")
+    if fr is None:
         raise DslError(f"pl.aiv_shard outside a `for aiv_id in pl.split_aiv(...)` loop "
                        f"({_here()})")
-    return x
+    if fr.tag in (None, SplitMode.NONE):
+        return x
+    axis = x.ndim - 2 if fr.tag == SplitMode.UP_DOWN else x.ndim - 1
+    n = x.shape[axis]
+    if x.ndim < 2 or n % 2:
+        raise DslError(f"pl.aiv_shard({x!r}) in a {fr.tag.name} region ({_here()}): the split "
+                       f"axis must be even, got {n}")
+    shape, offset = list(x.shape), [0] * x.ndim
+    shape[axis] = n // 2
+    offset[axis] = fr.value * (n // 2)
+    return ops.apply("slice", x, shape, offset)
 
 
 def aic_gather(x: Any) -> Any:

@@ -523,7 +523,7 @@ class LoopFrame:
 
     __slots__ = ("kind", "name", "value", "stage", "site", "log", "seen", "count", "incore",
                  "loop_seq", "iter_seq", "epoch", "carry", "yielded", "tiles", "phased",
-                 "barriers", "block")
+                 "barriers", "block", "tag")
 
     def __init__(self, kind: str, name: str, stage: int, site: tuple[str, int]) -> None:
         self.kind = kind
@@ -544,6 +544,7 @@ class LoopFrame:
         self.phased = False
         self.barriers = 0
         self.block: ScopeEntry | None = None  # phased pl.spmd: the running block's entry
+        self.tag: Any = None  # what the loop kind needs besides (pl.split_aiv: its SplitMode)
 
 
 class Run:
@@ -937,7 +938,8 @@ class AtScope:
 
 
 def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple | None = None,
-         emit: Any = None, name: str | None = None, task: Any = None) -> Iterator[Any]:
+         emit: Any = None, name: str | None = None, task: Any = None, tag: Any = None
+         ) -> Iterator[Any]:
     """The iterator behind pl.range / parallel / pipeline / unroll / spmd / split_aiv.
 
     ``args``: (stop) | (start, stop) | (start, stop, step), ints (or ``__index__`` objects:
@@ -953,7 +955,8 @@ def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple
         ints.append(1)
     site = caller_site()
     name = name or source_name(site, "loop") or f"{kind}@{fmt_site(site)}"
-    return _iterate(current(), kind, range(*ints), name, stage, site, hint, carry, emit, task)
+    return _iterate(current(), kind, range(*ints), name, stage, site, hint, carry, emit, task,
+                    tag)
 
 
 def _same_kind(a: Any, b: Any) -> bool:
@@ -985,8 +988,9 @@ def _next_carry(frame: LoopFrame) -> tuple:
 
 def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
              site: tuple[str, int], hint: str = "", carry: tuple | None = None,
-             emit: Any = None, task: Any = None) -> Iterator[Any]:
+             emit: Any = None, task: Any = None, tag: Any = None) -> Iterator[Any]:
     frame = LoopFrame(kind, name, stage, site)
+    frame.tag = tag
     parallel = kind in PARALLEL_KINDS
     frame.count = len(values)
     frame.incore = rt.scope is not None
