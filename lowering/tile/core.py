@@ -1150,6 +1150,10 @@ def _race_check(rt: Run, frame: LoopFrame) -> None:
         kind = np.fromiter((r[0] for r in recs), np.int8, n)
         if not kind.any():
             continue
+        home = frame.tiles.get(bid)
+        shape = home.shape if home is not None else getattr(rt.bases.get(bid), "shape", None)
+        if shape is not None and _race_free(recs, tuple(shape)):
+            continue
         lo = np.array([r[1] for r in recs], dtype=np.int64)
         hi = np.array([r[2] for r in recs], dtype=np.int64)
         it = np.array([r[3] for r in recs], dtype=np.int64)
@@ -1172,6 +1176,50 @@ def _race_check(rt: Run, frame: LoopFrame) -> None:
         if first is None:
             continue
         _report_race(rt, frame, bid, recs, first, hits, outer, lo, hi)
+
+
+#: above this many elements a tensor's race check compares boxes pairwise, without a raster
+_RASTER_LIMIT = 1 << 24
+
+
+def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
+    """True when no two iterations of one barrier phase conflict on the tensor of ``shape``
+    (the common case, proved in time linear in the records): per phase, a raster of which
+    iteration plainly writes each element (a second writer is a conflict), then of who adds
+    atomically (one iteration or several), then every access checked against both — a write
+    or a read against another iteration's write or atomic add, an atomic add against another
+    iteration's write. False on any conflict (or a tensor too large to raster): the pairwise
+    check then finds and reports it."""
+    if math.prod(shape) > _RASTER_LIMIT or any(len(r[1]) != len(shape) for r in recs):
+        return False
+    phases: dict[int, list] = {}
+    for r in recs:
+        phases.setdefault(r[5], []).append(r)
+    for group in phases.values():
+        if len({r[3] for r in group}) < 2:
+            continue
+        writer = np.full(shape, -1, np.int64)
+        adder = np.full(shape, -1, np.int64)  # -2: several iterations add here
+        for kind, lo, hi, it, *_ in group:
+            box = box_key(lo, hi)
+            if kind == WRITE:
+                w = writer[box]
+                if ((w >= 0) & (w != it)).any():
+                    return False
+                w[...] = it
+            elif kind == ATOMIC:
+                a = adder[box]
+                a[...] = np.where((a == -1) | (a == it), it, -2)
+        for kind, lo, hi, it, *_ in group:
+            box = box_key(lo, hi)
+            w = writer[box]
+            if ((w >= 0) & (w != it)).any():
+                return False
+            if kind != ATOMIC:
+                a = adder[box]
+                if ((a == -2) | ((a >= 0) & (a != it))).any():
+                    return False
+    return True
 
 
 def _report_race(rt: Run, frame: LoopFrame, bid: int, recs: list, first: tuple, hits: int,
