@@ -49,11 +49,17 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 def caller_site() -> tuple[str, int]:
     """(file, line) of the innermost frame outside this package: the kernel's source line."""
     f = sys._getframe(1)
+    while f is not None and f.f_code in _PKG_CODES:
+        f = f.f_back
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        _PKG_CODES.add(f.f_code)  # a set lookup per frame next time, not a string compare
         f = f.f_back
     if f is None:
         return ("?", 0)
     return (f.f_code.co_filename, f.f_lineno)
+
+
+_PKG_CODES: set = set()  # code objects of this package's functions seen on the stack
 
 
 def call_stack() -> tuple[tuple[str, int], ...]:
@@ -480,7 +486,9 @@ def parse_key(shape: tuple[int, ...], key: Any, what: str, open_stop: bool = Fal
 
 
 def box_key(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    if len(lo) != len(hi):
+        raise ValueError(f"box_key: {len(lo)} lower and {len(hi)} upper bounds")
+    return tuple(map(slice, lo, hi))
 
 
 # --------------------------------------------------------------------------------------------
