@@ -404,17 +404,30 @@ def _ancestors(t: TaskId, memo: dict[int, set[int]]) -> set[int]:
 
 
 def _accesses(t: TaskId) -> dict[int, tuple]:
-    """bid -> (kinds, lo, hi) arrays of a task's logged GM accesses."""
+    """bid -> (kinds, lo, hi) arrays of a task's logged GM accesses, plus the bounding boxes
+    of all of them and of those that write (None: no write)."""
     per: dict[int, list] = {}
     for bid, kind, lo, hi in t.log or ():
         per.setdefault(bid, []).append((kind, lo, hi))
-    return {b: (np.array([r[0] for r in v], np.int8), np.array([r[1] for r in v], np.int64),
-                np.array([r[2] for r in v], np.int64)) for b, v in per.items()}
+    out = {}
+    for b, v in per.items():
+        k = np.array([r[0] for r in v], np.int8)
+        lo, hi = np.array([r[1] for r in v], np.int64), np.array([r[2] for r in v], np.int64)
+        w = k != core.READ
+        wbox = (lo[w].min(axis=0), hi[w].max(axis=0)) if w.any() else None
+        out[b] = (k, lo, hi, (lo.min(axis=0), hi.max(axis=0)), wbox)
+    return out
+
+
+def _meets(a: tuple | None, b: tuple | None) -> bool:
+    return a is not None and b is not None and bool(np.all((a[0] < b[1]) & (b[0] < a[1])))
 
 
 def _conflict(a: tuple, b: tuple) -> tuple[int, int] | None:
-    ka, la, ha = a
-    kb, lb, hb = b
+    ka, la, ha, abox, awrite = a
+    kb, lb, hb, bbox, bwrite = b
+    if not (_meets(awrite, bbox) or _meets(abox, bwrite)):  # no write meets the other task
+        return None
     ov = np.all((la[:, None, :] < hb[None, :, :]) & (lb[None, :, :] < ha[:, None, :]), axis=2)
     ov &= (ka[:, None] != core.READ) | (kb[None, :] != core.READ)
     ov &= (ka[:, None] != core.ATOMIC) | (kb[None, :] != core.ATOMIC)
@@ -438,7 +451,7 @@ def _check_manual(rt: core.Run, tasks: list[TaskId], site: tuple[str, int]) -> N
                     continue
                 base = rt.bases.get(bid)
                 name = base.name if base is not None else "?"
-                (ka, la, ha), (kb, lb, hb) = acc[i][bid], acc[j][bid]
+                (ka, la, ha, *_), (kb, lb, hb, *_) = acc[i][bid], acc[j][bid]
                 p, q = hit
                 rt.report(
                     "race", "fail",

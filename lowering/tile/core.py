@@ -1206,10 +1206,17 @@ def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
     for group in phases.values():
         if len({r[3] for r in group}) < 2:
             continue
-        writer = np.full(shape, -1, np.int64)
-        adder = np.full(shape, -1, np.int64)  # -2: several iterations add here
+        # the raster covers the bounding box of the phase's accesses only
+        org = tuple(min(r[1][d] for r in group) for d in range(len(shape)))
+        ext = tuple(max(r[2][d] for r in group) - o for d, o in enumerate(org))
+        writer = np.full(ext, -1, np.int64)
+        adder = np.full(ext, -1, np.int64)  # -2: several iterations add here
+
+        def rbox(lo: tuple, hi: tuple, org: tuple = org) -> tuple[slice, ...]:
+            return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, org))
+
         for kind, lo, hi, it, *_ in group:
-            box = box_key(lo, hi)
+            box = rbox(lo, hi)
             if kind == WRITE:
                 w = writer[box]
                 if ((w >= 0) & (w != it)).any():
@@ -1219,7 +1226,7 @@ def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
                 a = adder[box]
                 a[...] = np.where((a == -1) | (a == it), it, -2)
         for kind, lo, hi, it, *_ in group:
-            box = box_key(lo, hi)
+            box = rbox(lo, hi)
             w = writer[box]
             if ((w >= 0) & (w != it)).any():
                 return False
