@@ -245,6 +245,35 @@ def test_unsynchronised_remote_store_is_a_race_naming_window_ranks_and_lines():
     np.testing.assert_array_equal(good.outputs["y"][1], x[0])
 
 
+def _store_valid_tail(valid):
+    """Rank 0 stores a [1, N] tile with ``valid`` valid columns at column N/2 of rank 1's
+    window (pypto-lib's V4 ``lm_head.py`` pushes its ragged last vocab tile this way)."""
+
+    def chip(x, y, win, sig, me, n):
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="push"):
+            if me == 0:
+                t = pl.load(x, [0, 0], [1, N], valid_shape=[1, valid])
+                pld.remote_store(t, win, 1, [0, N // 2])
+        _barrier(sig, me, n)
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="pull"):
+            pl.store(pl.load(win, [0, 0], [1, N]), [0, 0], y)
+
+    return _window_host(chip, lambda n: 1)
+
+
+def test_remote_store_moves_the_valid_box_only():
+    """Only the valid box is stored (it fits: N/2 columns at N/2); a fully valid [1, N] tile
+    at the same offset runs past the window: out of bounds."""
+    from lowering.tile.findings import OutOfBounds
+
+    x = _rows(2, 7)
+    good = _run(_store_valid_tail(N // 2), 2, x, (2, 1, N))
+    np.testing.assert_array_equal(good.outputs["y"][1][0, N // 2:], x[0][0, :N // 2])
+    assert not _fails(good), good.summary()
+    with pytest.raises(OutOfBounds):
+        _run(_store_valid_tail(N), 2, x, (2, 1, N))
+
+
 def test_remote_store_overlapping_the_peers_own_write_is_a_race():
     def chip(x, y, win, sig, me, n):
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="w"):

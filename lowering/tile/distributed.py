@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from lowering.backends import NumpyBackend, get_backend
-from lowering.tile import core, ops
+from lowering.tile import core, ops, ops_data
 from lowering.tile.budget import BudgetReport
 from lowering.tile.core import Tensor, Tile, fmt_box, fmt_site
 from lowering.tile.dtypes import DType, as_dtype
@@ -709,7 +709,8 @@ def _remote_store(rt: core.Run, src: Any, target: Any, peer: Any, offsets: Any, 
     if src.dtype != dst.dtype or dst.ndim < 2 or any(d != 1 for d in src.shape[:-2]):
         raise DistributedDefect(f"{what} of {src!r} into {dst!r}: the dtypes must match, the "
                                 f"window have rank >= 2 and the tile be 2-D ({_here()})")
-    moved = (1,) * (dst.ndim - min(src.ndim, 2)) + tuple(src.shape[-2:])
+    ext = src.shape if add else ops_data.valid_box(src)  # a store moves the valid box only
+    moved = (1,) * (dst.ndim - min(len(ext), 2)) + tuple(ext[-2:])
     _box(dst, offsets, moved, what)
     rank.program.sched.maybe_switch(rank)
     ops.RULES["assemble"](rt, dst, src, offsets, **({"atomic": 1} if add else {}))
