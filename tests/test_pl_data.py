@@ -656,3 +656,23 @@ def test_fillpad_expand_and_inplace() -> None:
     wz = np.zeros((4, 8), np.float32)
     wz[:3, :5] = x * np.float32(2)
     np.testing.assert_array_equal(r.outputs["z"], wz)
+
+
+def test_element_subscript_is_a_scalar_read() -> None:
+    """``t[i, j]`` with an int per axis is pypto's ``tensor.read`` / ``tile.read``: a Python
+    scalar (usable as an index), recorded as a one-element GM read; anything else is a view
+    or a load."""
+    idx = np.array([[3, 1, 0, 2]], np.int32)
+    x = f32(4, 32)
+
+    def kernel(idx, x, y):  # noqa: ANN001
+        r = idx[0, 1]  # outside a scope: a scalar, not a tile
+        assert isinstance(r, int) and r == 1
+        with pl.at(level=CG, name_hint="k"):
+            t = x[:, :]
+            assert t[2, 5] == x.numpy()[2, 5] and isinstance(idx[0, 0], int)
+            y[:, :] = x[idx[0, 0]:idx[0, 0] + 1, :]
+
+    r = run_kernel(kernel, inputs={"idx": idx, "x": x}, outputs={"y": ((1, 32), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    np.testing.assert_array_equal(r.outputs["y"], x[3:4])

@@ -421,7 +421,10 @@ def test_what_is_not_modelled_raises_naming_it_and_the_line():
     with pytest.raises(NotImplementedError, match=r"pld\.system\.defer_wait"):
         _one_rank(lambda x, sig: pld.system.defer_wait(sig, [0, 0], 1, cmp=GE))
     with pytest.raises(NotImplementedError, match="a tile among its offsets"):
-        _one_rank(lambda x, sig: pld.notify(sig, 0, [x[0, 0], 0], 1, op=ADD))  # a 0-d tile
+        _one_rank(lambda x, sig: pld.notify(sig, 0, [pl.full([1, 1], dtype=pl.INT32, value=0),
+                                                     0], 1, op=ADD))
+    # an element subscript (an int per axis) is pypto's tensor.read: a scalar, a valid offset
+    _one_rank(lambda x, sig: pld.notify(sig, 0, [sig[1, 0], 0], 1, op=ADD))
 
     def host(x, y):  # a window given to rank 0 only: a comm domain smaller than the world
         buf = pld.alloc_window_buffer([1, 1], dtype=pl.INT32)

@@ -147,10 +147,12 @@ def gm_view(rt: Run) -> bool:
 
 
 @rule("slice_key")
-def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile:
+def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile | float | int:
     lo, hi, shape = core.parse_key(src.shape, key, f"{src!r}")
+    if not shape and src.ndim:  # an int per axis: pypto's tensor.read / tile.read, a scalar
+        return apply("read", src, lo)
     if isinstance(src, Tensor):
-        if gm_view(rt) and shape:  # every index an int: one element, read as a 0-d tile
+        if gm_view(rt):
             view = src.window(lo, hi)
             return view if view.shape == shape else view.reshaped(shape)  # ints drop dims
         return _load(rt, src, lo, hi, shape)
