@@ -582,6 +582,7 @@ class Run:
         self.findings: list[Finding] = []
         self.budget = _budget.BudgetReport()
         self.bases: dict[int, BaseTensor] = {}
+        self.created: dict[tuple, BaseTensor] = {}  # pl.create_tensor buffers (ops_data)
         self.dyn: dict[str, tuple[int, str]] = {}  # pl.dynamic name -> (size, bound by)
         self.dyn_outer: list[dict] = []  # the callers' bindings (see push_dyn)
         self.calls: list[Any] = []  # decorated functions being called (lowering.tile.jit)

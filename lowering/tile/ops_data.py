@@ -516,10 +516,11 @@ def _create_tensor(rt: Run, shape: Sequence[int], dtype: Any, layout: Any = None
                    manual_dep: bool = False, init_value: float | int | None = None) -> Any:
     """``pl.create_tensor(shape, dtype, layout=ND, manual_dep=False, init_value=None)``.
 
-    Outside a scope: a kernel-internal GM tensor, a fresh buffer at every execution of the
-    statement (pypto allocates a scope's tensors at the scope's entry: each iteration of a
-    loop body gets its own), starting as NaN / the int dtype's minimum or ``init_value`` (the
-    runtime pre-fills the buffer; pypto rejects a non-zero fill of FP16/BF16). ``manual_dep=True`` opts the tensor out of the runtime's
+    Outside a scope: a kernel-internal GM tensor, its own buffer for each iteration of the
+    enclosing ``pl.parallel`` / ``pl.spmd`` loops (pypto allocates a body's tensors at the
+    body's entry, per iteration; see the comment below for sequential loops), starting as NaN
+    / the int dtype's minimum or ``init_value`` (the runtime pre-fills the buffer at each
+    allocation; pypto rejects a non-zero fill of FP16/BF16). ``manual_dep=True`` opts the tensor out of the runtime's
     automatic task dependencies; the emulator runs tasks in program order, so it changes no
     value here (it is recorded in ``MANUAL_DEP`` for the task-ordering checks). Inside a scope:
     a Vec tile (filled with ``init_value`` or poison)."""
@@ -535,12 +536,24 @@ def _create_tensor(rt: Run, shape: Sequence[int], dtype: Any, layout: Any = None
         return rt.new_tile(rt.bk.full(shape_t, dt.name, fill), dt)
     # pypto's orchestration codegen batches the tensor.create calls of a scope (function, for
     # or if body) into one alloc_tensors() at that scope's entry: a fresh runtime buffer each
-    # time the body runs, so each iteration of a loop has its own
-    site = core.caller_site()
-    name = core.source_name(site, "assign") or f"tensor@{fmt_site(site)}"
-    fill = rt.fill_value(dt) if init_value is None else init_value
-    base = core.BaseTensor(name, rt.bk.full(shape_t, dt.name, fill), dt, "internal", site)
-    out = rt.add_base(base)
+    # time the body runs. The emulator gives each iteration of the enclosing pl.parallel /
+    # pl.spmd loops its own buffer (so they never share one) and reuses it across the
+    # iterations of sequential loops, where one buffer per statement keeps memory bounded;
+    # that differs from pypto only for a kernel reading what an earlier iteration left there
+    stack = core.call_stack()
+    key = (stack, shape_t, dt, tuple((fr.site, fr.value) for fr in rt.par))
+    base = rt.created.get(key)
+    if base is None:
+        site = stack[0]
+        name = core.source_name(site, "assign") or f"tensor@{fmt_site(site)}"
+        fill = rt.fill_value(dt) if init_value is None else init_value
+        base = core.BaseTensor(name, rt.bk.full(shape_t, dt.name, fill), dt, "internal", site)
+        rt.created[key] = base
+        out = rt.add_base(base)
+    else:
+        if init_value is not None:  # the runtime pre-fills the buffer at every allocation
+            rt.bk.write(base.data, box(shape_t), rt.bk.full(shape_t, dt.name, init_value))
+        out = Tensor(base)
     if manual_dep:
         MANUAL_DEP.setdefault(rt, set()).add(id(base))
     return out
