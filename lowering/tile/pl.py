@@ -106,9 +106,9 @@ class optimizations:  # noqa: N801  (pl.optimizations.split / .cross_core_slot)
 
 
 def create_tensor(shape: Sequence[int], dtype: DType, *args: Any, **kw: Any) -> Any:
-    """Outside a scope: a kernel-internal GM tensor (a fresh buffer each time the statement
-    runs, as pypto allocates a loop body's tensors per iteration; starts as NaN / the int
-    dtype's minimum). Inside a scope: a Vec tile.
+    """Outside a scope: a kernel-internal GM tensor (its own buffer per iteration of the
+    enclosing pl.parallel / pl.spmd loops, as pypto allocates a loop body's tensors per
+    iteration; starts as NaN / the int dtype's minimum). Inside a scope: a Vec tile.
     ``layout``, ``manual_dep``, ``init_value``: see ``ops_data._create_tensor``."""
     return _apply("create_tensor", shape, dtype, *args, **kw)
 
