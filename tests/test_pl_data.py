@@ -676,3 +676,16 @@ def test_element_subscript_is_a_scalar_read() -> None:
     r = run_kernel(kernel, inputs={"idx": idx, "x": x}, outputs={"y": ((1, 32), pl.FP32)})
     assert r.ok and not r.findings, r.summary()
     np.testing.assert_array_equal(r.outputs["y"], x[3:4])
+
+
+def test_subscript_store_of_a_gm_view_copies_through_a_tile() -> None:
+    """``dst[a:b, :] = view`` with a GM view as the source (a slice made outside any scope)
+    is a GM -> GM copy staged through a tile, as ``pl.assemble`` of a tensor source."""
+    x = f32(8, 32)
+
+    def kernel(x, y):  # noqa: ANN001
+        y[0:4, :] = x[4:8, :]  # both GM views: no scope
+
+    r = run_kernel(kernel, inputs={"x": x}, outputs={"y": ((4, 32), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    np.testing.assert_array_equal(r.outputs["y"], x[4:8])

@@ -163,6 +163,8 @@ def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile | float |
 def _store_key(rt: Run, dst: Tensor | Tile, key: Any, value: Tile) -> None:
     gm = isinstance(dst, Tensor)
     lo, hi, _ = core.parse_key(dst.shape, key, f"{dst!r}", open_stop=gm)
+    if isinstance(value, Tensor):  # a GM source (a view) is staged through a tile, as assemble
+        value = _tile(rt, value, op="store")
     if gm:
         _store(rt, dst, lo, hi, value)
         return
