@@ -299,6 +299,12 @@ class Tensor:
         current().bind_dyn(var.name, self.shape[axis],
                            f"dim {axis} of tensor {self.name!r} ({fmt_site(caller_site())})")
 
+    def base_index(self, idx: tuple[int, ...]) -> tuple[int, ...]:
+        """The base tensor's coordinates of the element at ``idx`` of this view."""
+        if self._parent is None and self._groups is None:
+            return tuple(idx)
+        return self.to_base(tuple(idx), tuple(a + 1 for a in idx))[0][0]
+
     def to_base(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> list[tuple[tuple, tuple]]:
         """Boxes in base coordinates covering the view box [lo, hi)."""
         parent = self._parent
@@ -1187,7 +1193,7 @@ def _race_check(rt: Run, frame: LoopFrame) -> None:
         _report_race(rt, frame, bid, recs, first, hits, outer, lo, hi)
 
 
-#: above this many elements a tensor's race check compares boxes pairwise, without a raster
+#: above this many touched elements the race check compares boxes pairwise, without a raster
 _RASTER_LIMIT = 1 << 24
 
 
@@ -1199,7 +1205,7 @@ def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
     or a read against another iteration's write or atomic add, an atomic add against another
     iteration's write. False on any conflict (or a tensor too large to raster): the pairwise
     check then finds and reports it."""
-    if math.prod(shape) > _RASTER_LIMIT or any(len(r[1]) != len(shape) for r in recs):
+    if any(len(r[1]) != len(shape) for r in recs):
         return False
     phases: dict[int, list] = {}
     for r in recs:
@@ -1210,8 +1216,10 @@ def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
         # the raster covers the bounding box of the phase's accesses only
         org = tuple(min(r[1][d] for r in group) for d in range(len(shape)))
         ext = tuple(max(r[2][d] for r in group) - o for d, o in enumerate(org))
-        writer = np.full(ext, -1, np.int64)
-        adder = np.full(ext, -1, np.int64)  # -2: several iterations add here
+        if math.prod(ext) > _RASTER_LIMIT:
+            return False
+        writer = np.full(ext, -1, np.int32)
+        adder = np.full(ext, -1, np.int32)  # -2: several iterations add here
 
         def rbox(lo: tuple, hi: tuple, org: tuple = org) -> tuple[slice, ...]:
             return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, org))

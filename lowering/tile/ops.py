@@ -108,7 +108,7 @@ def _load(rt: Run, t: Tensor, lo: Sequence[int], hi: Sequence[int], shape: Seque
 def _check_gm_align(rt: Run, t: Tensor, lo: Sequence[int], what: str) -> None:
     if not lo:
         return
-    lo = t.to_base(tuple(lo), tuple(a + 1 for a in lo))[0][0]  # the base's coordinates
+    lo = t.base_index(tuple(lo))  # alignment is of the base tensor's address
     off = lo[-1] * t.dtype.itemsize
     if off % 32:
         site = core.caller_site()

@@ -304,6 +304,17 @@ def _drop_dims(t: Tile, drop: Any) -> tuple[int, ...]:
     return tuple(n for i, n in enumerate(t.shape) if i not in axes)
 
 
+def _slice_hi(src: Tensor | Tile, shape: tuple[int, ...], offset: tuple[int, ...]
+              ) -> tuple[int, ...]:
+    """The far corner of ``pl.slice``'s window, its rank and bounds checked against ``src``."""
+    if len(shape) != src.ndim or len(offset) != src.ndim:
+        raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset "
+                         f"{list(offset)} must have {src.ndim} entries")
+    hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
+    core.parse_key(src.shape, core.box_key(offset, hi), f"pl.slice of {src!r}")  # bounds
+    return hi
+
+
 @ops.rule("slice")
 def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[int],
            valid_shape: Sequence[int] | None = None, drop_dims: Any = None,
@@ -321,12 +332,7 @@ def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[i
     if pad_value is not None:
         _pad_scalar(pad_value, None)  # validates the spelling
     if isinstance(src, Tensor) and valid_shape is None and not clamp and ops.gm_view(rt):
-        if len(shape) != src.ndim or len(offset) != src.ndim:
-            raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset "
-                             f"{list(offset)} must have {src.ndim} entries")
-        hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
-        core.parse_key(src.shape, core.box_key(offset, hi), f"pl.slice of {src!r}")  # bounds
-        view = src.window(offset, hi)
+        view = src.window(offset, _slice_hi(src, shape, offset))
         if drop_dims:
             keep = sorted(set(range(src.ndim)) - {int(d) % src.ndim for d in drop_dims})
             if any(shape[d] != 1 for d in range(src.ndim) if d not in keep) or not keep:
@@ -340,11 +346,7 @@ def _slice(rt: Run, src: Tensor | Tile, shape: Sequence[int], offset: Sequence[i
         if clamp:
             raise TypeError("pl.slice: clamp=True is not supported for a Tile (an on-chip "
                             "window cannot overhang its source)")
-        if len(shape) != src.ndim or len(offset) != src.ndim:
-            raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset "
-                             f"{list(offset)} must have {src.ndim} entries")
-        hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
-        core.parse_key(src.shape, core.box_key(offset, hi), f"pl.slice of {src!r}")  # bounds
+        hi = _slice_hi(src, shape, offset)
         req = None if valid_shape is None else _ints(valid_shape)
         t = tile_window(rt, src, offset, hi, req)
     else:
