@@ -10,8 +10,10 @@
 Writes JSON and prints a summary: the machine (CPU model, cores), the checkout's commit (from
 ``git rev-parse`` when DIR is a git checkout, else ``--commit``), the wall time of the whole
 sweep, files per minute, verdict counts per directory, and per file the emulator seconds, the
-golden (torch) seconds and their ratio — where the emulator is the bottleneck. A measurement,
-not a test: nothing here asserts a time.
+golden (torch) seconds and their ratio — where the emulator is the bottleneck — and where all
+the seconds went: the file's own code (imports, specs, weights: ``setup_s``), its inputs
+(``inputs_s``), the emulator, the golden, the comparison, and the rest (process start,
+imports, files that timed out). A measurement, not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lowering.sweep import VERDICTS, SweepRow, summary, sweep  # noqa: E402
+from lowering.sweep import (  # noqa: E402
+    PHASES, SIM_SET, VERDICTS, SweepRow, ci_class, summary, sweep, with_verdict)
 
 
 def cpu_model() -> str:
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         done = json.loads(Path(args.from_json).read_text())
         rows = [SweepRow(f["file"], f["verdict"], f["seconds"], f.get("reason", ""),
-                         f.get("emulator_s", 0.0), f.get("golden_s", 0.0))
+                         f.get("ci") or ci_class(root / f["file"]),
+                         {k: f.get(k, 0.0) for k in PHASES})
                 for f in done["files"]]
         wall = float(done["seconds"])
         jobs = int(done.get("jobs", jobs))
@@ -79,11 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     per_file = []
     for r in rows:
         ratio = r.emulator_s / r.golden_s if r.golden_s > 0 else None
-        per_file.append({"file": r.file, "verdict": r.verdict, "seconds": round(r.seconds, 2),
-                         "emulator_s": round(r.emulator_s, 3), "golden_s": round(r.golden_s, 3),
+        per_file.append({"file": r.file, "ci": r.ci, "verdict": r.verdict,
+                         "seconds": round(r.seconds, 2),
+                         **{k: round(r.phases.get(k, 0.0), 3) for k in PHASES},
                          "emulator_over_golden": None if ratio is None else round(ratio, 1),
                          "reason": r.reason})
     ratios = [f["emulator_over_golden"] for f in per_file if f["emulator_over_golden"]]
+    spent = {k: round(sum(r.phases.get(k, 0.0) for r in rows), 1) for k in PHASES}
+    spent["other_s"] = round(sum(r.seconds for r in rows) - sum(spent.values()), 1)
+    per = summary(rows)
     res = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)), "jobs": jobs, "timeout_s": args.timeout,
@@ -91,13 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         "files": len(rows), "wall_s": round(wall, 1),
         "files_per_minute": round(60 * len(rows) / wall, 1),
         "emulator_over_golden_median": round(statistics.median(ratios), 1) if ratios else None,
-        "summary": {d: {v: c.get(v, 0) for v in VERDICTS} for d, c in summary(rows).items()},
+        "with_verdict_pct": round(with_verdict(per["total"]), 1),
+        "sim_set_with_verdict_pct": round(with_verdict(per[SIM_SET]), 1),
+        "seconds_by_phase": spent,
+        "summary": {d: {v: c.get(v, 0) for v in VERDICTS} for d, c in per.items()},
         "per_file": per_file,
     }
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"{res['files']} files in {res['wall_s']} s on {res['cpu']} ({jobs} jobs): "
           f"{res['files_per_minute']} files/min; emulator ÷ golden median "
-          f"{res['emulator_over_golden_median']}")
+          f"{res['emulator_over_golden_median']}; with a verdict {res['with_verdict_pct']}% "
+          f"({SIM_SET}: {res['sim_set_with_verdict_pct']}%)")
+    print("  file-seconds by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
     for d, c in res["summary"].items():
         print(f"  {d:<36} " + "  ".join(f"{v} {c[v]}" for v in VERDICTS))
     slow = sorted((f for f in per_file if f["emulator_over_golden"]),

@@ -56,6 +56,8 @@ CANNOT_RUN = "CANNOT RUN"
 VERDICT_EXIT = {PASS: 0, FAIL: 1, CANNOT_RUN: 2}
 #: simulator platforms of pypto-lib map onto the hardware whose budgets they model
 PLATFORM_OF = {"a2a3": "a2a3", "a2a3sim": "a2a3", "a5": "a5", "a5sim": "a5"}
+#: how a ``--progress`` phase line starts on stderr: ``[  12.3 s] what`` (lowering.sweep)
+PHASE_MARK = "["
 
 
 class CannotRun(Exception):
@@ -84,15 +86,20 @@ class Case:
     findings: list[Finding] = field(default_factory=list)
     budget: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    setup_s: float = 0.0  # the file's own code before this call (imports, specs, weights)
+    inputs_s: float = 0.0  # the specs' tensors made (their init_value functions)
     emulator_s: float = 0.0
     golden_s: float = 0.0
+    compare_s: float = 0.0  # the file's comparators and our metrics
     #: (kernel output, golden output) per output name, numpy; not serialised
     values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label, "status": self.status, "error": self.error,
+            "setup_s": round(self.setup_s, 4), "inputs_s": round(self.inputs_s, 4),
             "emulator_s": round(self.emulator_s, 4), "golden_s": round(self.golden_s, 4),
+            "compare_s": round(self.compare_s, 4),
             "outputs": [{"name": o.name, "ok": o.ok, "comparator": o.comparator,
                          "detail": o.detail, "metrics": o.diff.to_dict() if o.diff else None}
                         for o in self.outputs],
@@ -229,7 +236,8 @@ class Harness:
     """Stands in for ``golden.run_jit`` / ``golden.run``: each call is one :class:`Case`."""
 
     def __init__(self, golden: ModuleType, *, path: Path, roots: tuple[str, ...], seed: int,
-                 platform: str, permute_parallel: bool = False) -> None:
+                 platform: str, permute_parallel: bool = False, progress: bool = False
+                 ) -> None:
         self.golden = golden
         self.path = path
         self.roots = roots
@@ -237,6 +245,18 @@ class Harness:
         self.platform = platform
         self.permute_parallel = permute_parallel
         self.cases: list[Case] = []
+        self.progress = progress
+        self.t0 = self._mark = time.perf_counter()  # _mark: the end of the last phase timed
+
+    def phase(self, what: str) -> float:
+        """Start the phase ``what``: with ``progress``, one line ``[  12.3 s] what`` on
+        stderr (``lowering sweep`` reads the last one when a file times out). Returns the
+        seconds since the previous phase began and restarts that clock."""
+        now = time.perf_counter()
+        if self.progress:
+            print(f"{PHASE_MARK}{now - self.t0:8.1f} s] {what}", file=sys.stderr, flush=True)
+        spent, self._mark = now - self._mark, now
+        return spent
 
     # the two entry points the files call -----------------------------------------------------
     def run_jit(self, fn: Any, specs: list, golden_fn: Callable | None = None,
@@ -264,6 +284,7 @@ class Harness:
               unknown: Mapping[str, Any]) -> Any:
         label = f"{getattr(fn, '__name__', type(fn).__name__)} #{len(self.cases) + 1}"
         case = Case(label)
+        case.setup_s = self.phase(f"{label}: making the inputs")
         self.cases.append(case)
         try:
             unknown = dict(unknown)
@@ -275,6 +296,7 @@ class Harness:
             self._judge(case, fn, specs, golden_fn, golden_data, rtol, atol, dict(compare_fn or {}),
                         world)
         except Exception as e:  # noqa: BLE001 - every failure becomes this case's verdict
+            self.phase(f"{label} stopped: the file's own code")
             where = e.args[0] if isinstance(e, CannotRun) else _describe(e, self.roots)
             case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
             case.error = where if isinstance(e, CannotRun) else \
@@ -294,6 +316,7 @@ class Harness:
             raise CannotRun("golden_data= replay is not modelled; run without --golden-data")
         with _seeded(torch, self.seed):
             tensors = {s.name: s.create_tensor() for s in tspecs}
+        case.inputs_s = self.phase(f"{case.label}: the emulator")
         scalars = {s.name: s.to_python() for s in specs
                    if not isinstance(s, self.golden.TensorSpec)}
         snapshot = {s.name: tensors[s.name].clone() for s in tspecs
@@ -325,14 +348,13 @@ class Harness:
             entry(*[tens[n] if n in tens else scalars[n] for n in by_param.values()])
 
         kernel.__name__ = case.label
-        t0 = time.perf_counter()
         runner = _run_tile_kernel if world is None else functools.partial(  # one run per rank
             run_host, world=world, schedule_seed=self.seed if self.permute_parallel else None)
         run = runner(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
                      platform=self.platform, name=case.label, seed=self.seed,
                      permute_parallel=self.permute_parallel, zero_outputs=True,
-                               budget_model="peak", input_store="warning")
-        case.emulator_s = time.perf_counter() - t0
+                     budget_model="peak", input_store="warning")
+        case.emulator_s = self.phase(f"{case.label}: the file's golden")
         case.findings = list(run.findings)
         case.budget = run.budget.as_dicts()
 
@@ -344,18 +366,18 @@ class Harness:
                 scratch[s.name] = (torch.zeros(s.shape, dtype=s.dtype)
                                    if s.is_output and s.init_value is None
                                    else snapshot[s.name].clone())
-            t0 = time.perf_counter()
             with _seeded(torch, self.seed):
                 try:
                     golden_fn(scratch)
                 except Exception as e:
                     raise CannotRun(f"the file's golden {getattr(golden_fn, '__name__', '?')} "
                                     f"raised {_describe(e, self.roots)}") from e
-            case.golden_s = time.perf_counter() - t0
             expected = {n: scratch[n] for n in device}
+        case.golden_s = self.phase(f"{case.label}: comparing")
         if expected is not None:
             case.outputs = self._validate(device, expected, snapshot, scalars, rtol, atol,
                                           compare_fn)
+        case.compare_s = self.phase(f"{case.label} done: the file's own code")
         if run.failures or any(not o.ok for o in case.outputs):
             case.status = FAIL
 
@@ -535,9 +557,10 @@ def _patched(golden: ModuleType, harness: Harness) -> Iterator[None]:
 
 def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
              platform: str = "a2a3", env: Mapping[str, str] | None = None,
-             permute_parallel: bool = False) -> FileResult:
+             permute_parallel: bool = False, progress: bool = False) -> FileResult:
     """Run the kernel file ``path`` as ``python FILE [--mode MODE]`` would, with the device
-    runner replaced by the emulator (see the module docstring)."""
+    runner replaced by the emulator (see the module docstring). ``progress``: each phase on
+    stderr as it starts (:meth:`Harness.phase`)."""
     p = Path(path).resolve()
     t0 = time.perf_counter()
     res = FileResult(str(path), PASS, platform=platform, seed=seed)
@@ -554,7 +577,8 @@ def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
         with _file_world(p, checkout, argv, dict(env or {})) as golden:
             h = Harness(golden, path=p, roots=roots, seed=seed,
                         platform=PLATFORM_OF.get(platform, platform),
-                        permute_parallel=permute_parallel)
+                        permute_parallel=permute_parallel, progress=progress)
+            h.phase(f"{p.name}: the file's own code (imports, specs, weights)")
             try:
                 with _patched(golden, h):
                     if has_main(source):

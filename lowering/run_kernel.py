@@ -578,6 +578,9 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
     # no --reference: dsref when a dsref-only flag says so, else the file's own golden
     if (args.reference or ("dsref" if _dsref_flags(args) else "golden")) == "golden":
         return _cmd_golden(args)
+    if args.progress:
+        print("lowering: error: --progress belongs to --reference golden", file=sys.stderr)
+        return 2
     try:
         res = run_file(args.file, args.entry or _default_entry(args.file, args.emulate),
                        model=args.model, config=args.config,
@@ -613,7 +616,8 @@ def _cmd_golden(args: argparse.Namespace) -> int:
         print(f"lowering: error: {e}", file=sys.stderr)
         return 2
     res = harness.run_file(args.file, mode=args.mode, seed=args.seed, platform=args.platform,
-                           env=env, permute_parallel=args.permute_parallel)
+                           env=env, permute_parallel=args.permute_parallel,
+                           progress=args.progress)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res.to_dict(), f, indent=2, default=str)
@@ -681,4 +685,8 @@ def add_subparser(sub: Any) -> None:
                    help="run pl.parallel iterations in a seeded random order")
     r.add_argument("--json", metavar="FILE")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--progress", action="store_true",
+                   help="print each phase as it starts, with the seconds since the start, on "
+                        "stderr: the file's own code, making the inputs, the emulator, the "
+                        "golden, comparing (--reference golden)")
     r.set_defaults(fn=cmd_run_kernel)

@@ -5,6 +5,13 @@ Each file runs in its own process (``python -m lowering run-kernel FILE``, its o
 FAIL / CANNOT RUN / TIMEOUT, seconds, first reason) and a summary of counts per directory;
 ``--json FILE`` keeps every file's full result. Exit 0 when every file passes, 1 otherwise,
 2 on bad usage.
+
+Every file is also placed in pypto-lib's own CI classes (its ``.github`` workflows and
+``detect_changes.py``), so the summary can say how the files upstream itself runs on a
+simulator fare: ``sim`` (a ``__main__``, run as ``python FILE -p a2a3sim``), ``no-sim``
+(marked ``# ci: no-sim``: device-only multi-layer / multi-card forwards), ``draft``
+(``*_draft.py``, never run by upstream CI) and ``lib`` (no ``__main__``: a module the kernels
+import). All of them are run here all the same.
 """
 
 from __future__ import annotations
@@ -23,13 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowering.harness import CANNOT_RUN
+from lowering.harness import CANNOT_RUN, PHASE_MARK
 from lowering.report import FAIL, PASS, make_console
 
 TIMEOUT = "TIMEOUT"
 VERDICTS = (PASS, FAIL, CANNOT_RUN, TIMEOUT)
 _KERNEL = re.compile(r"^\s*@pl\.(jit|program)\b", re.M)
 _SKIP_DIRS = {"golden", "tests", "docs", "build", "build_output", "__pycache__"}
+_NO_SIM = re.compile(r"^#\s*ci:\s*no-sim", re.M)  # pypto-lib's marker, as its CI greps it
+#: pypto-lib's CI classes of a file (see the module docstring), in table order
+CI_CLASSES = ("sim", "no-sim", "draft", "lib")
 
 
 def kernel_files(root: Path) -> list[Path]:
@@ -48,20 +58,56 @@ def kernel_files(root: Path) -> list[Path]:
     return out
 
 
+def ci_class(path: Path) -> str:
+    """The file's class in pypto-lib's own CI: ``draft`` (``*_draft.py``), ``lib`` (no
+    ``__main__``, tested as upstream tests it: the string anywhere in the file), ``no-sim``
+    (``# ci: no-sim``), else ``sim``."""
+    if path.name.endswith("_draft.py"):
+        return "draft"
+    text = path.read_text(errors="replace")
+    if "__main__" not in text:
+        return "lib"
+    return "no-sim" if _NO_SIM.search(text) else "sim"
+
+
+#: where a file's seconds went, summed over its cases (lowering.harness.Case)
+PHASES = ("setup_s", "inputs_s", "emulator_s", "golden_s", "compare_s")
+
+
 @dataclass
 class SweepRow:
     file: str
     verdict: str
     seconds: float
     reason: str = ""
-    emulator_s: float = 0.0
-    golden_s: float = 0.0
+    ci: str = "sim"
+    phases: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def emulator_s(self) -> float:
+        return self.phases.get("emulator_s", 0.0)
+
+    @property
+    def golden_s(self) -> float:
+        return self.phases.get("golden_s", 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "verdict": self.verdict, "seconds": round(self.seconds, 2),
-                "reason": self.reason, "emulator_s": round(self.emulator_s, 3),
-                "golden_s": round(self.golden_s, 3), "result": self.result}
+                "reason": self.reason, "ci": self.ci,
+                **{k: round(self.phases.get(k, 0.0), 3) for k in PHASES},
+                "result": self.result}
+
+
+def _last_phase(stderr: str | bytes | None) -> str:
+    """The last ``--progress`` line of a child's stderr, as ``since 12.3 s: what``."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    for line in reversed((stderr or "").splitlines()):
+        if line.startswith(PHASE_MARK) and "] " in line:
+            when, _, what = line[len(PHASE_MARK):].partition("] ")
+            return f"since {when.strip()}: {what}"
+    return "before the file was imported"
 
 
 def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) -> SweepRow:
@@ -70,26 +116,30 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) ->
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "lowering", "run-kernel", str(path), "--quiet",
-               "--json", str(out), "--seed", str(seed), "--platform", platform]
+               "--progress", "--json", str(out), "--seed", str(seed), "--platform", platform]
         env = {**os.environ, "PYPTO_GOLDEN_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "PYTHONHASHSEED": "0"}
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                                   env=env, cwd=str(path.parent))
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             return SweepRow(rel, TIMEOUT, time.perf_counter() - t0,
-                            f"no verdict within {timeout:g} s")
+                            f"no verdict within {timeout:g} s ({_last_phase(e.stderr)})",
+                            ci_class(path))
         secs = time.perf_counter() - t0
         if not out.is_file():
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            lines = [ln for ln in proc.stderr.strip().splitlines()
+                     if not ln.startswith(PHASE_MARK)]
+            why = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else \
+                f"exited {proc.returncode}"
             return SweepRow(rel, CANNOT_RUN, secs,
-                            f"run-kernel exited {proc.returncode} without a result: {tail}")
+                            f"run-kernel {why} without a result ({_last_phase(proc.stderr)})"
+                            + (f": {lines[-1]}" if lines else ""), ci_class(path))
         res = json.loads(out.read_text())
     cases = res.get("cases", [])
-    return SweepRow(rel, res["verdict"], secs, res.get("reason", ""),
-                    sum(c.get("emulator_s", 0.0) for c in cases),
-                    sum(c.get("golden_s", 0.0) for c in cases), res)
+    return SweepRow(rel, res["verdict"], secs, res.get("reason", ""), ci_class(path),
+                    {k: sum(c.get(k, 0.0) for c in cases) for k in PHASES}, res)
 
 
 def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str = "a2a3",
@@ -97,6 +147,8 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
     root = root.resolve()
     files = kernel_files(root)
     rows: list[SweepRow] = []
+    # the largest files first (the whole-model forwards): fewer of them left alone at the end
+    files.sort(key=lambda f: -f.stat().st_size)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futs = {pool.submit(run_one, f, root, timeout, seed, platform): f for f in files}
         for fut in as_completed(futs):
@@ -108,14 +160,25 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
     return rows
 
 
+#: the summary line of the files pypto-lib's own CI runs on a simulator (``ci == "sim"``)
+SIM_SET = "upstream sim set"
+
+
 def summary(rows: list[SweepRow]) -> dict[str, Counter]:
-    """Verdict counts per directory (relative to the swept root), plus 'total'."""
+    """Verdict counts per directory (relative to the swept root), then ``total``, then
+    :data:`SIM_SET`."""
     per: dict[str, Counter] = {}
     for r in rows:
         d = str(Path(r.file).parent)
         per.setdefault(d, Counter())[r.verdict] += 1
     per["total"] = sum(per.values(), Counter())
+    per[SIM_SET] = Counter(r.verdict for r in rows if r.ci == "sim")
     return per
+
+
+def with_verdict(c: Counter) -> float:
+    """The share of files that got a verdict (PASS or FAIL), in percent."""
+    return 100 * (c.get(PASS, 0) + c.get(FAIL, 0)) / max(sum(c.values()), 1)
 
 
 def render(rows: list[SweepRow], console: Any = None) -> None:
@@ -123,24 +186,28 @@ def render(rows: list[SweepRow], console: Any = None) -> None:
 
     console = console or make_console()
     t = Table(title="sweep", title_justify="left", expand=False)
-    t.add_column("file", overflow="fold", max_width=44)
+    t.add_column("file", overflow="fold", max_width=40)
+    t.add_column("ci", no_wrap=True)
     t.add_column("verdict", no_wrap=True)
     t.add_column("s", justify="right", no_wrap=True)
-    t.add_column("first reason", overflow="ellipsis", no_wrap=True, max_width=40)
+    t.add_column("first reason", overflow="ellipsis", no_wrap=True, max_width=34)
     style = {PASS: "green", FAIL: "bold red", CANNOT_RUN: "yellow", TIMEOUT: "magenta"}
     for r in rows:
-        t.add_row(r.file, f"[{style[r.verdict]}]{r.verdict}[/]", f"{r.seconds:.1f}", r.reason)
+        t.add_row(r.file, r.ci, f"[{style[r.verdict]}]{r.verdict}[/]", f"{r.seconds:.1f}",
+                  r.reason)
     console.print(t)
     s = Table(title="per directory", title_justify="left")
     s.add_column("directory", overflow="fold")
     for v in VERDICTS:
         s.add_column(v, justify="right")
     s.add_column("verdict %", justify="right")
-    for d, c in sorted(summary(rows).items(), key=lambda kv: (kv[0] == "total", kv[0])):
-        n = sum(c.values())
-        s.add_row(d, *(str(c.get(v, 0)) for v in VERDICTS),
-                  f"{100 * (c.get(PASS, 0) + c.get(FAIL, 0)) / max(n, 1):.0f}")
+    tail = ("total", SIM_SET)
+    for d, c in sorted(summary(rows).items(), key=lambda kv: (kv[0] in tail, kv[0])):
+        s.add_row(d, *(str(c.get(v, 0)) for v in VERDICTS), f"{with_verdict(c):.0f}")
     console.print(s)
+    console.print(f"ci: the file's class in pypto-lib's own CI ({', '.join(CI_CLASSES)});\n"
+                  f"'{SIM_SET}': the 'sim' files, those upstream runs on its simulator",
+                  markup=False, highlight=False)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -170,9 +237,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     if not args.quiet:
         render(rows, console)
-    counts = summary(rows)["total"]
+    per = summary(rows)
+    counts = per["total"]
     line = (f"{len(rows)} files in {wall:.0f} s: "
-            + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS))
+            + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+            + f"\nwith a verdict: {with_verdict(counts):.0f}% of all files, "
+              f"{with_verdict(per[SIM_SET]):.0f}% of the {sum(per[SIM_SET].values())} in the "
+              f"{SIM_SET}")
     console.print(line, markup=False, highlight=False)
     if args.json:
         Path(args.json).write_text(json.dumps(

@@ -29,16 +29,17 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
 def test_sweep_benchmark_from_a_finished_sweep(tmp_path, capsys):
     """benchmarks/sweep.py --from-json turns a `lowering sweep --json` result into the
     benchmark record: files per minute from its wall time, counts per directory, per-file
-    emulator ÷ golden (none where the golden took no time)."""
+    emulator ÷ golden (none where the golden took no time), the verdict share of all files and
+    of upstream's sim set, and where the file-seconds went."""
     spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "benchmarks" / "sweep.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     done = {"seconds": 120.0, "jobs": 2, "timeout_s": 60.0, "files": [
-        {"file": "examples/a.py", "verdict": "PASS", "seconds": 3.0, "emulator_s": 2.0,
-         "golden_s": 0.5},
-        {"file": "models/x/b.py", "verdict": "FAIL", "seconds": 9.0, "reason": "race",
-         "emulator_s": 6.0, "golden_s": 0.0},
-        {"file": "models/x/c.py", "verdict": "TIMEOUT", "seconds": 60.0}]}
+        {"file": "examples/a.py", "ci": "sim", "verdict": "PASS", "seconds": 3.0,
+         "emulator_s": 2.0, "golden_s": 0.5},
+        {"file": "models/x/b.py", "ci": "sim", "verdict": "FAIL", "seconds": 9.0,
+         "reason": "race", "setup_s": 1.5, "emulator_s": 6.0, "golden_s": 0.0},
+        {"file": "models/x/c.py", "ci": "no-sim", "verdict": "TIMEOUT", "seconds": 60.0}]}
     src, out = tmp_path / "sweep.json", tmp_path / "bench.json"
     src.write_text(json.dumps(done))
     assert mod.main([str(tmp_path), "--from-json", str(src), "--commit", "abc",
@@ -49,4 +50,7 @@ def test_sweep_benchmark_from_a_finished_sweep(tmp_path, capsys):
     assert res["summary"]["models/x"] == {"PASS": 0, "FAIL": 1, "CANNOT RUN": 0, "TIMEOUT": 1}
     ratios = {f["file"]: f["emulator_over_golden"] for f in res["per_file"]}
     assert ratios == {"examples/a.py": 4.0, "models/x/b.py": None, "models/x/c.py": None}
+    assert res["with_verdict_pct"] == 66.7 and res["sim_set_with_verdict_pct"] == 100.0
+    spent = res["seconds_by_phase"]
+    assert spent["emulator_s"] == 8.0 and spent["setup_s"] == 1.5 and spent["other_s"] == 62.0
     assert "1.5 files/min" in capsys.readouterr().out

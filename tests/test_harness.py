@@ -150,8 +150,12 @@ def test_sweep_end_to_end_on_a_miniature_checkout(tmp_path, capsys):
                    "kernel_raises": FAIL, "unsupported": CANNOT_RUN, "allgather": PASS}
     assert rep["summary"]["examples"] == {PASS: 2}
     assert rep["summary"]["total"] == {PASS: 6, FAIL: 5, CANNOT_RUN: 1}
+    # pypto-lib's own CI classes: nomain.py has no __main__ (upstream never runs it)
+    assert {Path(f["file"]).stem for f in rep["files"] if f["ci"] != "sim"} == {"nomain"}
+    assert rep["summary"]["upstream sim set"] == {PASS: 5, FAIL: 5, CANNOT_RUN: 1}
     text = capsys.readouterr().out
     assert "12 files" in text and "6 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
+    assert "with a verdict: 92% of all files, 91% of the 11 in the upstream sim set" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
@@ -160,6 +164,24 @@ def test_sweep_timeout_is_a_verdict(tmp_path):
 
     row = run_one(MINI / "examples" / "modes.py", MINI, timeout=0.05, seed=0, platform="a2a3")
     assert row.verdict == "TIMEOUT" and "0.05" in row.reason
+    assert "before the file was imported" in row.reason
+
+
+def test_progress_names_each_phase_and_the_sweep_reads_the_last(capsys):
+    """`run-kernel --progress`: one stderr line per phase as it starts; a sweep whose child
+    timed out names the last one (where the time went)."""
+    from lowering.sweep import _last_phase, ci_class
+
+    assert main(["run-kernel", str(MINI / "examples" / "scale.py"), "--quiet",
+                 "--progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1] for line in err] == [
+        "scale.py: the file's own code (imports, specs, weights)",
+        "scale #1: making the inputs", "scale #1: the emulator", "scale #1: the file's golden",
+        "scale #1: comparing", "scale #1 done: the file's own code"]
+    assert _last_phase("\n".join(err[:3]).encode()).endswith(": scale #1: the emulator")
+    assert ci_class(MINI / "models" / "toy" / "nomain.py") == "lib"
+    assert main(["run-kernel", str(TOY / "race.py"), "--progress", "--config", "v32-tiny"]) == 2
 
 
 def test_outputs_start_as_zeros_like_the_harness():

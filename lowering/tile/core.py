@@ -56,10 +56,21 @@ def caller_site() -> tuple[str, int]:
         f = f.f_back
     if f is None:
         return ("?", 0)
-    return (f.f_code.co_filename, f.f_lineno)
+    return frame_site(f)
+
+
+def frame_site(f: Any) -> tuple[str, int]:
+    """(file, line) a frame is executing, memoised per instruction: ``f_lineno`` walks the
+    code object's line table, linear in the length of a long kernel function."""
+    key = (f.f_code, f.f_lasti)
+    site = _SITES.get(key)
+    if site is None:
+        site = _SITES[key] = (f.f_code.co_filename, f.f_lineno)
+    return site
 
 
 _PKG_CODES: set = set()  # code objects of this package's functions seen on the stack
+_SITES: dict = {}  # (code, instruction offset) -> (file, line)
 
 
 def call_stack() -> tuple[tuple[str, int], ...]:
@@ -69,7 +80,7 @@ def call_stack() -> tuple[tuple[str, int], ...]:
     f = sys._getframe(1)
     while f is not None:
         if not f.f_code.co_filename.startswith(_PKG_DIR):
-            out.append((f.f_code.co_filename, f.f_lineno))
+            out.append(frame_site(f))
         f = f.f_back
     return tuple(out)
 

@@ -1,4 +1,4 @@
-"""PASS without a __main__: its single kernel, build_tensor_specs() and golden_* are run."""
+"""PASS without a main block: its single kernel, build_tensor_specs() and golden_* are run."""
 import pypto.language as pl
 
 
