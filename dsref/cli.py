@@ -55,6 +55,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
+    if args.name == "all":
+        if not args.markdown or args.json or args.jaxpr or args.config or args.semantics \
+                or args.variant:
+            print("dsref: error: spec all: only with --markdown (the whole contract)",
+                  file=sys.stderr)
+            return 2
+        from dsref.spec import contract_markdown
+
+        print(contract_markdown(), end="")
+        return 0
     s = dsref.spec(args.name)
     cfg = args.config
     if args.semantics or args.variant:  # the jaxpr / shapes under those semantics
@@ -65,7 +75,7 @@ def _cmd_spec(args: argparse.Namespace) -> int:
     if args.json:
         print(s.to_json(cfg, jaxpr=args.jaxpr))
         return 0
-    print(s.to_text(cfg), end="")
+    print(s.to_markdown(cfg) if args.markdown else s.to_text(cfg), end="")
     if args.jaxpr:
         print(f"\njaxpr ({s.config(cfg).name}):\n{s.jaxpr(cfg)}")
     return 0
@@ -107,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="models, their stages, configs and variants").set_defaults(fn=_cmd_list)
 
     sp = sub.add_parser("spec", help="what a stage, helper op or model computes")
-    sp.add_argument("name", help="a stage (q_rope), helper op (rms_norm) or model (v32.decode_front)")
+    sp.add_argument("name", help="a stage (q_rope), helper op (rms_norm) or model (v32.decode_front); "
+                                 "'all' with --markdown: the whole contract (docs/semantics.md)")
+    sp.add_argument("--markdown", action="store_true", help="print Markdown")
     sp.add_argument("--config", choices=dsref.config_names(), help="shapes and jaxpr at this config")
     sp.add_argument("--jaxpr", action="store_true", help="also print the jaxpr")
     sp.add_argument("--json", action="store_true", help="print JSON")

@@ -296,14 +296,70 @@ class Harness:
             self._judge(case, fn, specs, golden_fn, golden_data, rtol, atol, dict(compare_fn or {}),
                         world)
         except Exception as e:  # noqa: BLE001 - every failure becomes this case's verdict
-            self.phase(f"{label} stopped: the file's own code")
-            where = e.args[0] if isinstance(e, CannotRun) else _describe(e, self.roots)
-            case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
-            case.error = where if isinstance(e, CannotRun) else \
-                ("kernel defect: " if case.status == FAIL else "emulator cannot run this: ") + where
+            self._stopped(case, e)
         passed = case.status == PASS
         return self.golden.RunResult(passed=passed, error=None if passed else case.error or
                                      "emulator verdict FAIL")
+
+    def _stopped(self, case: Case, e: Exception) -> None:
+        """The case's verdict when ``e`` stopped it."""
+        self.phase(f"{case.label} stopped: the file's own code")
+        where = e.args[0] if isinstance(e, CannotRun) else _describe(e, self.roots)
+        case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
+        case.error = where if isinstance(e, CannotRun) else \
+            ("kernel defect: " if case.status == FAIL else "emulator cannot run this: ") + where
+
+    def dispatch(self, fn: Any, args: tuple, kwargs: dict) -> None:
+        """A kernel the file runs itself on torch tensors — ``kernel(*tensors)`` or a
+        ``kernel.compile(...)`` program called (:data:`lowering.tile.jit.host_dispatch`): one
+        case, judged by the emulator's checks; its ``pl.Out`` / ``pl.InOut`` tensors get the
+        results in place, as from a device, and the file goes on to check them itself. An
+        error in the kernel stops the file, as a device error would."""
+        torch = _torch()
+        from dsref.io import from_torch, to_torch
+
+        from lowering.run_kernel import params_of
+
+        label = f"{fn.__name__} #{len(self.cases) + 1}"
+        case = Case(label)
+        case.setup_s = self.phase(f"{label}: the emulator (the file calls the kernel)")
+        self.cases.append(case)
+        try:
+            params = params_of(fn)
+            try:
+                bound = inspect.signature(fn.fn).bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{fn.__name__}(): {e}") from None
+            bound.apply_defaults()
+            inputs, inouts, back, rest = {}, {}, {}, {}
+            for p in params:
+                v = bound.arguments[p.name]
+                if not isinstance(v, torch.Tensor):
+                    rest[p.name] = v
+                elif p.direction == "in":
+                    inputs[p.name] = from_torch(torch, v)
+                else:
+                    inouts[p.name], back[p.name] = (from_torch(torch, v), None), v
+
+            def kernel(**tens: Any) -> None:
+                fn(**{p.name: tens[p.name] if p.name in tens else rest[p.name]
+                      for p in params})
+
+            kernel.__name__ = label
+            run = _run_tile_kernel(kernel, inputs=inputs, outputs={}, inouts=inouts,
+                                   platform=self.platform, name=label, seed=self.seed,
+                                   permute_parallel=self.permute_parallel, zero_outputs=True,
+                                   budget_model="peak", input_store="warning")
+        except Exception as e:
+            self._stopped(case, e)
+            raise
+        case.emulator_s = self.phase(f"{label} done: the file's own code")
+        case.findings = list(run.findings)
+        case.budget = run.budget.as_dicts()
+        if run.failures:
+            case.status = FAIL
+        for name, t in back.items():
+            t.copy_(to_torch(torch, run.outputs[name]))
 
     def _judge(self, case: Case, fn: Any, specs: list, golden_fn: Callable | None,
                golden_data: str | None, rtol: float, atol: float,
@@ -541,12 +597,15 @@ def _file_world(path: Path, checkout: Path | None, argv: list[str],
 
 @contextlib.contextmanager
 def _patched(golden: ModuleType, harness: Harness) -> Iterator[None]:
+    from lowering.tile import jit
+
     targets = [golden, getattr(golden, "runner", None)]
     saved = [(m, n, getattr(m, n)) for m in targets if m is not None
              for n in ("run_jit", "run") if hasattr(m, n)]
+    saved.append((jit, "host_dispatch", jit.host_dispatch))
     for m, n, _ in saved:
-        setattr(m, n, getattr(harness, n))
-    if not saved:
+        setattr(m, n, harness.dispatch if m is jit else getattr(harness, n))
+    if len(saved) == 1:
         golden.run_jit, golden.run = harness.run_jit, harness.run
     try:
         yield
@@ -595,6 +654,10 @@ def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
     if failure is not None:
         res.cases = h.cases if h is not None else []
         res.verdict, res.reason = failure
+        first = next((c for c in res.cases if c.status == FAIL), None)
+        if first is not None:  # a failed run the file went on from: the cause, not the echo
+            res.verdict = FAIL
+            res.reason = f"{first.label}: {first.error or _first_cause(first)}"
         res.seconds = time.perf_counter() - t0
         return res
     res.cases = h.cases

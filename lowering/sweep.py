@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,8 @@ class SweepRow:
     ci: str = "sim"
     phases: dict[str, float] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict, repr=False)
+    killed: bool = False  # SIGKILL: the kernel's out-of-memory killer, as a rule
+    alone: bool = False  # run again with no other file beside it (after a kill)
 
     @property
     def emulator_s(self) -> float:
@@ -94,7 +97,7 @@ class SweepRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "verdict": self.verdict, "seconds": round(self.seconds, 2),
-                "reason": self.reason, "ci": self.ci,
+                "reason": self.reason, "ci": self.ci, "alone": self.alone,
                 **{k: round(self.phases.get(k, 0.0), 3) for k in PHASES},
                 "result": self.result}
 
@@ -135,7 +138,8 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) ->
                 f"exited {proc.returncode}"
             return SweepRow(rel, CANNOT_RUN, secs,
                             f"run-kernel {why} without a result ({_last_phase(proc.stderr)})"
-                            + (f": {lines[-1]}" if lines else ""), ci_class(path))
+                            + (f": {lines[-1]}" if lines else ""), ci_class(path),
+                            killed=proc.returncode == -signal.SIGKILL)
         res = json.loads(out.read_text())
     cases = res.get("cases", [])
     return SweepRow(rel, res["verdict"], secs, res.get("reason", ""), ci_class(path),
@@ -144,6 +148,8 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) ->
 
 def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str = "a2a3",
           progress: Any = None) -> list[SweepRow]:
+    """Every kernel file, ``jobs`` at a time; a file killed (out of memory, as a rule) while
+    others ran beside it is run again alone at the end."""
     root = root.resolve()
     files = kernel_files(root)
     rows: list[SweepRow] = []
@@ -156,6 +162,12 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
             rows.append(row)
             if progress is not None:
                 progress(row, len(rows), len(files))
+    for i, row in enumerate(rows):
+        if row.killed and jobs > 1:
+            rows[i] = run_one(root / row.file, root, timeout, seed, platform)
+            rows[i].alone = True
+            if progress is not None:
+                progress(rows[i], len(rows), len(files))
     rows.sort(key=lambda r: r.file)
     return rows
 
@@ -224,7 +236,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def progress(row: SweepRow, done: int, total: int) -> None:
         if not args.quiet:
-            print(f"[{done}/{total}] {row.verdict:<10} {row.seconds:6.1f}s  {row.file}",
+            print(f"[{done}/{total}] {row.verdict:<10} {row.seconds:6.1f}s  {row.file}"
+                  + (" (run alone after a kill)" if row.alone else ""),
                   file=sys.stderr, flush=True)
 
     jobs = args.jobs or len(os.sched_getaffinity(0))

@@ -155,3 +155,28 @@ def test_config_of_another_model_is_an_error():
         dsref.spec("q_rope").jaxpr("v4-tiny")
     with pytest.raises(ValueError, match="config: expected one of"):
         dsref.spec("q_rope").shapes("v5")
+
+
+def test_docs_semantics_md_is_the_registry_rendered(capsys):
+    """docs/semantics.md, the contract a user reads, is `dsref spec all --markdown` verbatim:
+    every stage, op, model, variant and named semantics, each with its sources."""
+    from pathlib import Path
+
+    from dsref.cli import main
+    from dsref.spec import contract_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "semantics.md").read_text()
+    text = contract_markdown()
+    assert doc == text, "docs/semantics.md is stale: dsref spec all --markdown > docs/semantics.md"
+    for name in ALL:
+        assert f"### `{name}`" in text
+    for key in VARIANTS:
+        assert f"| `{key}` |" in text
+    for sem in dsref.SEMANTICS:
+        assert f"| `{sem}` |" in text
+    assert main(["spec", "all", "--markdown"]) == 0
+    assert capsys.readouterr().out == text
+    assert main(["spec", "all"]) == 2
+    assert "only with --markdown" in capsys.readouterr().err
+    assert main(["spec", "q_rope", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("### `q_rope` (stage, `v32.decode_front`)")

@@ -147,15 +147,16 @@ def test_sweep_end_to_end_on_a_miniature_checkout(tmp_path, capsys):
     got = {Path(f["file"]).stem: f["verdict"] for f in rep["files"]}
     assert got == {"scale": PASS, "modes": PASS, "argv_config": PASS, "nomain": PASS,
                    "program": PASS, "race": FAIL, "tail": FAIL, "budget": FAIL, "ties": FAIL,
-                   "kernel_raises": FAIL, "unsupported": CANNOT_RUN, "allgather": PASS}
+                   "kernel_raises": FAIL, "unsupported": CANNOT_RUN, "allgather": PASS,
+                   "host_call": PASS}
     assert rep["summary"]["examples"] == {PASS: 2}
-    assert rep["summary"]["total"] == {PASS: 6, FAIL: 5, CANNOT_RUN: 1}
+    assert rep["summary"]["total"] == {PASS: 7, FAIL: 5, CANNOT_RUN: 1}
     # pypto-lib's own CI classes: nomain.py has no __main__ (upstream never runs it)
     assert {Path(f["file"]).stem for f in rep["files"] if f["ci"] != "sim"} == {"nomain"}
-    assert rep["summary"]["upstream sim set"] == {PASS: 5, FAIL: 5, CANNOT_RUN: 1}
+    assert rep["summary"]["upstream sim set"] == {PASS: 6, FAIL: 5, CANNOT_RUN: 1}
     text = capsys.readouterr().out
-    assert "12 files" in text and "6 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
-    assert "with a verdict: 92% of all files, 91% of the 11 in the upstream sim set" in text
+    assert "13 files" in text and "7 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
+    assert "with a verdict: 92% of all files, 92% of the 12 in the upstream sim set" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
@@ -165,6 +166,36 @@ def test_sweep_timeout_is_a_verdict(tmp_path):
     row = run_one(MINI / "examples" / "modes.py", MINI, timeout=0.05, seed=0, platform="a2a3")
     assert row.verdict == "TIMEOUT" and "0.05" in row.reason
     assert "before the file was imported" in row.reason
+
+
+def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
+    from lowering import sweep as sw
+
+    boom = tmp_path / "models" / "boom.py"  # killed as the out-of-memory killer would
+    boom.parent.mkdir()
+    boom.write_text("import os, signal\nimport pypto.language as pl\n\n\n@pl.jit\ndef k():\n"
+                    "    pass\n\n\nif __name__ == '__main__':\n"
+                    "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    row = sw.run_one(boom, tmp_path, timeout=60, seed=0, platform="a2a3")
+    assert row.verdict == CANNOT_RUN and row.killed
+    assert "killed by signal 9 without a result (since" in row.reason
+    assert "boom.py: the file's own code" in row.reason
+
+    calls = []
+    real = sw.run_one
+
+    def once_killed(path, root, timeout, seed, platform):
+        calls.append(path.name)
+        if path.name == "scale.py" and calls.count("scale.py") == 1:
+            return sw.SweepRow(str(path.relative_to(root)), CANNOT_RUN, 1.0, killed=True)
+        return real(path, root, timeout, seed, platform)
+
+    monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
+    monkeypatch.setattr(sw, "run_one", once_killed)
+    rows = sw.sweep(MINI, jobs=2, timeout=60)
+    assert [(Path(r.file).name, r.verdict, r.alone) for r in rows] == [
+        ("modes.py", PASS, False), ("scale.py", PASS, True)]
+    assert calls.count("scale.py") == 2
 
 
 def test_progress_names_each_phase_and_the_sweep_reads_the_last(capsys):
@@ -182,6 +213,44 @@ def test_progress_names_each_phase_and_the_sweep_reads_the_last(capsys):
     assert _last_phase("\n".join(err[:3]).encode()).endswith(": scale #1: the emulator")
     assert ci_class(MINI / "models" / "toy" / "nomain.py") == "lib"
     assert main(["run-kernel", str(TOY / "race.py"), "--progress", "--config", "v32-tiny"]) == 2
+
+
+def test_a_file_that_runs_its_kernel_itself():
+    """kernel.compile(...)(tensors) and kernel(tensors) run on the emulator as on a device:
+    each call a case judged by its checks, the outputs written back for the file's own check.
+    Planted: a race (named, though the file then fails its own check), a wrong value (the
+    file's check fails: FAIL at its line)."""
+    path = TOY / "host_call.py"
+    res = run_file(path)
+    assert res.verdict == PASS, res.reason
+    assert [c.label for c in res.cases] == ["double #1", "double #2"]
+    res = run_file(path, env={"HOST_CALL_PLANT": "race"})
+    assert res.verdict == FAIL and res.reason.startswith("double #1: [race]")
+    res = run_file(path, env={"HOST_CALL_PLANT": "wrong"})
+    assert res.verdict == FAIL and [c.status for c in res.cases] == [PASS]
+    assert "y != 2x" in res.reason and "host_call.py:36" in res.reason
+
+
+def test_a_host_call_outside_run_kernel_names_itself():
+    import torch
+
+    from lowering.pypto_compat import installed
+
+    with installed(force=True):
+        import pypto.language as pl
+
+        @pl.jit
+        def ident(x: pl.Tensor[[4, 8], pl.FP32], y: pl.Out[pl.Tensor[[4, 8], pl.FP32]]):
+            y[:, :] = pl.add(x[:, :], 0.0)
+            return y
+
+        x = torch.zeros(4, 8)
+        with pytest.raises(NotImplementedError, match=r"ident called with host tensors at .*"
+                                                      r"test_harness.py"):
+            ident(x, x)
+        with pytest.raises(NotImplementedError, match="lower.*IR is not emulated"):
+            ident.lower(x, x)
+        assert ident.compile(x, x).output_dir  # an (empty) directory, as pypto keeps sources
 
 
 def test_outputs_start_as_zeros_like_the_harness():

@@ -188,3 +188,19 @@ def test_out_of_bounds_slice_raises() -> None:
 
     with pytest.raises(IndexError, match="out of bounds"):
         run_kernel(kernel, inputs={"x": f32(4, 8)}, outputs={"y": ((5, 8), pl.FP32)})
+
+
+def test_a_run_collects_less_often_and_restores_the_collector() -> None:
+    import gc
+
+    seen = []
+
+    def kernel(x, y):  # noqa: ANN001, ANN202
+        seen.append(gc.get_threshold())
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="copy"):
+            y[:, :] = pl.add(x[:, :], 0.0)
+
+    before = gc.get_threshold()
+    run_kernel(kernel, inputs={"x": f32(4, 8)}, outputs={"y": ((4, 8), pl.FP32)})
+    assert seen[0][0] >= 100_000 and seen[0][1:] == before[1:]
+    assert gc.get_threshold() == before

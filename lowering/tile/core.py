@@ -25,6 +25,7 @@ Bookkeeping that drives the checks:
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import linecache
 import math
@@ -914,6 +915,25 @@ def use_backend(backend: Any) -> Iterator[Run]:
         yield _detached
     finally:
         _detached = prev
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """A run makes millions of small container objects that live as long as it does (tiles,
+    buffers, access records); the cyclic collector's young-generation passes over them cost
+    10–25% of a run (measured on pypto-lib files). Collect 100× less often while it runs."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 100_000), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+def active() -> Run | None:
+    """The run in progress on this thread, if any (:func:`current` falls back to a detached
+    run without checks)."""
+    return getattr(_current, "run", None)
 
 
 def activate(run: Run | None) -> Run | None:

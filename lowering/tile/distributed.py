@@ -1100,7 +1100,8 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
         run = RankRun(host.bk, platform, f"{kname} rank {r}", seed, permute_parallel)
         run.input_store = input_store
         prog.ranks.append(Rank(prog, r, run))
-    prog.sched.run(_rank_body)
+    with core.fewer_collections():
+        prog.sched.run(_rank_body)
     return _finish(prog, roots, "warning" if zero_outputs else "fail", platform, budget_model)
 
 

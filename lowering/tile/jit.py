@@ -18,6 +18,12 @@ after the function unless one is open), ``@pl.jit.opaque`` (a separate function:
 written). ``@pl.jit.extern`` (a C++ kernel) raises when called. ``auto_scope`` is recorded
 for ``pl.scope`` checks; ``level`` of incore / ``auto_scope`` of incore/opaque are rejected
 as pypto does.
+
+Host dispatch: pypto runs a ``@pl.jit`` kernel called with host (torch) tensors on the device,
+and ``kernel.compile(...)`` returns a compiled program dispatched the same way. Outside an
+emulator run such a call goes to :data:`host_dispatch` (``lowering.harness`` installs it while
+it runs a file: one judged run of the kernel on those tensors, outputs written back); with no
+dispatcher it raises naming the call.
 """
 
 from __future__ import annotations
@@ -188,6 +194,10 @@ Tile_ = core.Tile
 
 # -- decorated functions -----------------------------------------------------------------------
 
+#: ``(kernel, args, kwargs) -> result``: runs a kernel called with host tensors outside any
+#: emulator run (see the module docstring); None when nothing can.
+host_dispatch: Callable[[Any, tuple, dict], Any] | None = None
+
 
 class JITFunction:
     """A ``@pl.jit``-family function: calling it checks the arguments against the
@@ -239,6 +249,8 @@ class JITFunction:
             raise NotImplementedError(f"@pl.jit.extern kernel {self.__name__} (called at "
                                       f"{fmt_site(caller_site())}): an external C++ kernel is "
                                       "not emulated")
+        if self.kind == "jit" and core.active() is None and _host_tensors(args, kwargs):
+            return self._dispatch(args, kwargs)
         rt = core.current()
         rt.push_dyn()
         try:
@@ -257,10 +269,58 @@ class JITFunction:
             rt.calls.pop()
             rt.pop_dyn()
 
+    def _dispatch(self, args: tuple, kwargs: dict) -> Any:
+        """A host call (pypto: run on the device); ``config=`` is pypto's RunConfig."""
+        if host_dispatch is None:
+            raise NotImplementedError(
+                f"{self.__name__} called with host tensors at {fmt_site(caller_site())}: "
+                "running a kernel on a device is emulated only under `lowering run-kernel`")
+        kwargs = {k: v for k, v in kwargs.items() if k != "config"}
+        return host_dispatch(self, args, kwargs)
+
+    def compile(self, *args: Any, **kwargs: Any) -> CompiledProgram:
+        """pypto's ``JITFunction.compile``: the program for these arguments' shapes; calling
+        it dispatches the kernel like a host call of the function itself."""
+        self._annotations()
+        if args or any(k != "config" for k in kwargs):
+            try:
+                self._sig.bind(*args, **{k: v for k, v in kwargs.items() if k != "config"})
+            except TypeError as e:
+                raise TypeError(f"{self.__name__}.compile(): {e}") from None
+        return CompiledProgram(self)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{self.__name__}.lower() (at {fmt_site(caller_site())}): "
+                                  "pypto's IR is not emulated")
+
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self
         return _Bound(self, obj)
+
+
+def _host_tensors(args: tuple, kwargs: dict) -> bool:
+    """Whether a call passes torch tensors (a host call pypto runs on the device)."""
+    return any(type(v).__module__.startswith("torch")
+               for v in (*args, *kwargs.values()))
+
+
+class CompiledProgram:
+    """What ``JITFunction.compile`` returns: callable like the kernel (host dispatch), with an
+    empty ``output_dir`` where pypto keeps the generated sources (there are none here)."""
+
+    def __init__(self, jf: JITFunction) -> None:
+        import tempfile
+
+        self.function = jf
+        self._dir = tempfile.TemporaryDirectory(prefix=f"pl_{jf.__name__}_")
+        self.output_dir = self._dir.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function._dispatch(args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<compiled {self.function!r} (emulated)>"
 
     def __repr__(self) -> str:
         return f"<pl.jit{'' if self.kind == 'jit' else '.' + self.kind} {self.__name__}>"

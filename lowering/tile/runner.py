@@ -112,7 +112,8 @@ def run_kernel(
             base.orig = a  # from_numpy copied it: the kernel never touches the caller's array
             base.owned = None if owned is None else _owned_mask(a.shape[0], owned)
             tensors[n] = rt.add_base(base)
-        kernel_fn(**tensors, **(kwargs or {}))
+        with core.fewer_collections():
+            kernel_fn(**tensors, **(kwargs or {}))
         rt.finish()  # budget of tiles made outside every in-core scope
         outs = {n: rt.bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
