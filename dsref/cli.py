@@ -87,7 +87,7 @@ def _cmd_golden(args: argparse.Namespace) -> int:
     show = big and not args.quiet and sys.stderr.isatty()
     t0 = time.perf_counter()
     g = dsref.write_golden(args.out, args.model, cfg, batch=args.batch, seq=args.seq, seed=args.seed,
-                           fmt=args.format, progress=show)
+                           fmt=args.format, progress=show, force=args.force)
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     print(f"wrote {args.out} ({args.format}): {args.model} config={cfg.name} batch={args.batch} "
           f"seq={args.seq} seed={args.seed}; {len(g.inputs)} inputs, {len(g.outputs)} outputs, "
@@ -136,21 +136,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=FORMATS, default="safetensors")
     _semantics_flags(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true",
+                   help="replace the golden already in --out (refused otherwise: two goldens "
+                        "in one directory would mix)")
     g.set_defaults(fn=_cmd_golden)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rc = None
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return rc
     except (ValueError, ExtraMissing) as e:  # InputError, bad names/values, missing torch
         print(f"dsref: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
+    except BrokenPipeError:  # `... | head`: the reader left; the verdict still stands
         from dsref.progress import quiet_broken_pipe
 
-        return quiet_broken_pipe()
+        quiet_broken_pipe()
+        return 0 if rc is None else rc
 
 
 if __name__ == "__main__":

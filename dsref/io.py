@@ -15,6 +15,7 @@ version, and the dtypes and shapes of every tensor — everything needed to rege
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +86,18 @@ def import_torch() -> Any:
 def write_golden(
     out_dir: str | Path, model: str, cfg: Config | str, *, batch: int, seq: int = 1, seed: int = 0,
     fmt: str = "safetensors", variants: Mapping[str, Any] | None = None, progress: bool = False,
+    force: bool = False,
 ) -> Golden:
     """Make inputs (``dsref.make_inputs``), run ``model`` and write both to ``out_dir``.
 
     ``cfg`` is a Config or a preset name; ``variants`` override its variant fields. Returns
-    what was written. ``progress`` shows a progress bar on stderr.
+    what was written. ``progress`` shows a progress bar on stderr. ``out_dir`` must be new or
+    empty: two goldens in one directory would mix; ``force`` replaces a golden already there
+    (a directory holding anything else is never cleared).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")
+    _clear_for_golden(Path(out_dir), force)
     cfg = config(cfg) if isinstance(cfg, str) else cfg
     cfg = with_variants(cfg, **variants) if variants else cfg
     if fmt == "pypto-lib":
@@ -109,6 +114,34 @@ def write_golden(
         _WRITERS[fmt](out, {"inputs": inputs, "outputs": outputs}, get_model(model).inouts, step)
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return Golden(inputs, outputs, meta)
+
+
+#: what a golden directory holds, in any layout (``write_golden --force`` removes only these)
+_GOLDEN_ENTRIES = {"meta.json", "inputs.safetensors", "outputs.safetensors", "inputs.npz",
+                   "outputs.npz", "in", "out"}
+
+
+def _clear_for_golden(out: Path, force: bool) -> None:
+    """Check ``out`` can take a new golden before any work; with ``force``, remove the golden
+    there."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        if not out.parent.is_dir():
+            raise ValueError(f"--out {out}: its parent directory {out.parent} does not exist")
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if not force:
+        raise ValueError(f"--out {out}: not empty ({', '.join(entries[:4])}"
+                         f"{', …' if len(entries) > 4 else ''}); a second golden would mix with "
+                         "it: choose a new directory, or --force to replace the golden there")
+    other = [e for e in entries if e not in _GOLDEN_ENTRIES]
+    if other:
+        raise ValueError(f"--out {out}: --force replaces only a golden, and this directory "
+                         f"also holds {', '.join(other[:4])}")
+    for e in entries:
+        p = out / e
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def golden_bytes(model: str, cfg: Config, batch: int, seq: int = 1) -> int:
@@ -180,12 +213,14 @@ _WRITERS = {"safetensors": _write_safetensors, "npz": _write_npz, "pypto-lib": _
 def detect_format(golden_dir: str | Path) -> str:
     """The layout of ``golden_dir``, from the files present; ValueError when none matches."""
     d = Path(golden_dir)
-    if (d / "inputs.safetensors").is_file():
-        return "safetensors"
-    if (d / "inputs.npz").is_file():
-        return "npz"
-    if (d / "in").is_dir():
-        return "pypto-lib"
+    found = [fmt for fmt, there in (("safetensors", (d / "inputs.safetensors").is_file()),
+                                    ("npz", (d / "inputs.npz").is_file()),
+                                    ("pypto-lib", (d / "in").is_dir())) if there]
+    if len(found) > 1:
+        raise DataFileError(f"{d}: holds {' and '.join(found)} goldens at once; which one "
+                            "meta.json describes is unknowable: keep one golden per directory")
+    if found:
+        return found[0]
     raise ValueError(f"{d}: not a golden directory (expected inputs.safetensors, inputs.npz or in/)")
 
 
@@ -200,6 +235,9 @@ def load_golden(golden_dir: str | Path) -> Golden:
     if not isinstance(meta, dict):
         raise DataFileError(f"{meta_path}: unreadable meta.json (a JSON object expected, got "
                             f"{type(meta).__name__})")
+    if meta.get("format", fmt) != fmt:
+        raise DataFileError(f"{meta_path}: describes a {meta['format']} golden but the "
+                            f"directory holds a {fmt} one")
     groups = _READERS[fmt](d, meta)
     for g in GROUPS:  # the model's tensor order (meta.json), not the file's
         order = [k for k in meta.get("dtypes", {}).get(g, ()) if k in groups[g]]

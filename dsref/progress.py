@@ -37,7 +37,7 @@ def progress_steps(enabled: bool, total: int) -> Iterator[Callable[[str], None]]
 
 def quiet_broken_pipe() -> int:
     """stdout was closed early (``dsref list | head``): not an error. Point stdout at devnull
-    so the interpreter's final flush does not raise again; exit 0."""
+    so the interpreter's final flush does not raise again; returns 0."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 0

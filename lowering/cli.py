@@ -211,18 +211,22 @@ def semantics_flags(sp: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rc = None
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return rc
     except (UsageError, ValueError) as e:  # dsref.InputError is a ValueError
         print(f"lowering: error: {e}", file=sys.stderr)
         return 2
     except ImportError as e:
         print(f"lowering: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
+    except BrokenPipeError:  # `... | head`: the reader left; the verdict still stands
         from dsref.progress import quiet_broken_pipe
 
-        return quiet_broken_pipe()
+        quiet_broken_pipe()
+        return 0 if rc is None else rc
 
 
 if __name__ == "__main__":

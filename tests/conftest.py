@@ -65,3 +65,13 @@ def backend(request):
     bk = _open_backend(request.param)
     with core.use_backend(bk):
         yield bk
+
+
+@pytest.fixture(autouse=True)
+def _module_rng_restarts(request):
+    """A test's data must not depend on which tests ran before it: a test module's ``RNG``
+    starts again from its ``RNG_SEED`` for every test."""
+    mod = request.module
+    seed = getattr(mod, "RNG_SEED", None)
+    if seed is not None:
+        mod.RNG = np.random.default_rng(seed)

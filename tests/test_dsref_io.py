@@ -134,3 +134,57 @@ def test_npz_without_sidecar_is_an_error(tmp_path):
     (tmp_path / "npz" / "meta.json").unlink()
     with pytest.raises(ValueError, match="needs meta.json with 'dtypes'"):
         dsref.load_golden(tmp_path / "npz")
+
+
+def test_a_second_golden_never_mixes_with_the_first(tmp_path):
+    """A golden written into a directory that already holds one is refused before any work;
+    --force replaces it (and nothing but a golden); a directory that holds two layouts, or a
+    meta.json that describes another layout, is a one-line error naming it."""
+    from dsref.io import DataFileError
+
+    d = tmp_path / "npz"
+    first = _write(tmp_path, V32, "npz")
+    with pytest.raises(ValueError, match=r"not empty \(inputs.npz, meta.json, outputs.npz\)"):
+        _write(tmp_path, V32, "npz")
+    (d / "inputs.npz").rename(tmp_path / "kept.npz")
+    with pytest.raises(ValueError, match="not empty"):  # refused before the work starts
+        dsref.write_golden(d, V32, "v32-tiny", batch=1, seed=0, fmt="npz")
+    (tmp_path / "kept.npz").rename(d / "inputs.npz")
+    second = dsref.write_golden(d, V4, "v4-tiny", batch=2, seq=3, seed=7, fmt="safetensors",
+                                force=True)
+    assert sorted(p.name for p in d.iterdir()) == [
+        "inputs.safetensors", "meta.json", "outputs.safetensors"]
+    assert dsref.load_golden(d).meta == second.meta != first.meta
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="also holds notes.txt"):
+        _write(tmp_path, V32, "npz", force=True)
+    assert (d / "notes.txt").read_text() == "mine" and (d / "meta.json").is_file()
+    with pytest.raises(ValueError, match="a file, not a directory"):
+        dsref.write_golden(d / "notes.txt", V32, "v32-tiny", batch=1, seed=0)
+    with pytest.raises(ValueError, match="parent directory .* does not exist"):
+        dsref.write_golden(tmp_path / "no" / "such", V32, "v32-tiny", batch=1, seed=0)
+
+    mixed = tmp_path / "mixed"  # what an older dsref let happen: npz over safetensors
+    dsref.write_golden(mixed, V32, "v32-tiny", batch=1, seed=0, fmt="npz")
+    for f in ("inputs.safetensors", "outputs.safetensors", "meta.json"):
+        (mixed / f).write_bytes((d / f).read_bytes())
+    with pytest.raises(DataFileError, match="holds safetensors and npz goldens at once"):
+        dsref.load_golden(mixed)
+    for f in ("inputs.safetensors", "outputs.safetensors"):
+        (mixed / f).unlink()
+    with pytest.raises(DataFileError, match="describes a safetensors golden but the directory "
+                                            "holds a npz one"):
+        dsref.load_golden(mixed)
+
+
+def test_golden_cli_refuses_a_used_directory_unless_forced(tmp_path, capsys):
+    from dsref.cli import main
+
+    args = ["golden", V32, "--config", "v32-tiny", "--batch", "1", "--seed", "0", "--quiet",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert main([*args, "--format", "npz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and "--force" in err[0]
+    assert main([*args, "--format", "npz", "--force"]) == 0
+    assert detect_format(tmp_path) == "npz"

@@ -172,13 +172,17 @@ def test_budget_rows_and_exit_code(capsys):
 
 
 def test_closed_pipe_is_not_a_failure():
-    """`lowering diff | head` and `dsref list | head` end with exit 0, no traceback."""
+    """`lowering diff | head` and `dsref list | head` end with exit 0, no traceback — with
+    stdout buffered, as in a shell pipe (PYTHONUNBUFFERED unset)."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     for cmd in (["-m", "lowering", "diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2"],
                 ["-m", "dsref", "list"]):
-        p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env)
         p.stdout.close()  # the reader is gone before the first write: every write is EPIPE
         err = p.stderr.read()
         assert p.wait(timeout=120) == 0, (cmd, err)

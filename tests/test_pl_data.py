@@ -14,7 +14,8 @@ from lowering.tile import pl, run_kernel
 from lowering.tile.findings import OutOfBounds
 
 BF16 = ml_dtypes.bfloat16
-RNG = np.random.default_rng(11)
+RNG_SEED = 11  # RNG restarts from it for every test (conftest.py)
+RNG = np.random.default_rng(RNG_SEED)
 CG = pl.Level.CORE_GROUP
 
 

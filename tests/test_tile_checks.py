@@ -10,7 +10,8 @@ from lowering.tile import pl, run_kernel
 from lowering.tile.core import DslError
 
 BF16 = ml_dtypes.bfloat16
-RNG = np.random.default_rng(7)
+RNG_SEED = 7  # RNG restarts from it for every test (conftest.py)
+RNG = np.random.default_rng(RNG_SEED)
 CG = pl.Level.CORE_GROUP
 
 

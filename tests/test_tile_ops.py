@@ -12,7 +12,8 @@ import pytest
 from lowering.tile import make_tile, pl, run_kernel
 
 BF16 = ml_dtypes.bfloat16
-RNG = np.random.default_rng(1234)
+RNG_SEED = 1234  # RNG restarts from it for every test (conftest.py)
+RNG = np.random.default_rng(RNG_SEED)
 
 
 def f32(*shape: int) -> np.ndarray:
@@ -204,3 +205,8 @@ def test_a_run_collects_less_often_and_restores_the_collector() -> None:
     run_kernel(kernel, inputs={"x": f32(4, 8)}, outputs={"y": ((4, 8), pl.FP32)})
     assert seen[0][0] >= 100_000 and seen[0][1:] == before[1:]
     assert gc.get_threshold() == before
+
+
+def test_module_rng_restarts_for_every_test() -> None:
+    """Run after the tests above drew from RNG: the draw is still the seed's first."""
+    assert RNG.standard_normal() == np.random.default_rng(RNG_SEED).standard_normal()
