@@ -31,8 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lowering.sweep import (  # noqa: E402
-    PHASES, SIM_SET, VERDICTS, SweepRow, ci_class, summary, sweep, with_verdict)
+from lowering.sweep import PHASES, SIM_SET, VERDICTS, SweepRow, ci_class, summary, sweep, with_verdict  # noqa: E402
 
 
 def cpu_model() -> str:

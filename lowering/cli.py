@@ -17,7 +17,6 @@ Every command takes ``--semantics NAME`` (a named semantics, default ds32) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -26,7 +25,15 @@ import numpy as np
 import dsref
 from lowering import pipeline
 from lowering.registry import kernel_for
-from lowering.report import exit_code, make_console, render
+from lowering.report import (
+    COLUMN_HELP,
+    check_outputs,
+    exit_code,
+    make_console,
+    render,
+    table_wanted,
+    write_json,
+)
 
 # `lowering diff` with no MODEL: both models at tiny dims; V4 with an odd token count
 DEFAULT_RUNS = (("v32.decode_front", "v32-tiny", 16, 1), ("v4.qkv_proj_rope", "v4-tiny", 3, 3))
@@ -63,10 +70,17 @@ def _backend(args: argparse.Namespace) -> Any:
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, Any, int, int]]:
     if args.model is None:
+        given = [f for f, v in (("--config", args.config), ("--batch", args.batch),
+                                ("--seq", args.seq)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} need a MODEL (lowering diff MODEL "
+                             f"{' '.join(given)} ...): without one, each model runs its tiny "
+                             "config at fixed dims")
         return [(m, dsref.config(c, semantics=args.semantics, **dsref.parse_variants(args.variant)),
                  b, s) for m, c, b, s in DEFAULT_RUNS
                 if args.semantics is None or dsref.SEMANTICS[args.semantics].applies_to(m)]
-    return [(args.model, _cfg(args, args.model), args.batch, args.seq)]
+    return [(args.model, _cfg(args, args.model), 4 if args.batch is None else args.batch,
+             1 if args.seq is None else args.seq)]
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -83,11 +97,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
                                          platform=args.platform, seed=args.seed, on_region=step,
                                          permute_parallel=args.permute_parallel,
                                          tolerance=args.tolerance))
-    if not args.quiet:
-        render(reports, _console())
+    if table_wanted(args):
+        render(reports, wide=args.wide)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.to_dict() for r in reports], f, indent=2, default=str)
+        write_json(args.json, [r.to_dict() for r in reports])
     if args.plot:
         from lowering.plots import write_plots
 
@@ -143,12 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, model_required: bool) -> None:
         sp.add_argument("model", nargs=None if model_required else "?", choices=dsref.model_names())
-        sp.add_argument("--config")
-        sp.add_argument("--batch", type=int, default=4)
-        sp.add_argument("--seq", type=int, default=1)
+        sp.add_argument("--config", help="a config of MODEL (dsref list)")
+        # without a MODEL these are an error, so an omitted one must be told from a default
+        sp.add_argument("--batch", type=int, default=4 if model_required else None,
+                        help="batch B (default 4)")
+        sp.add_argument("--seq", type=int, default=1 if model_required else None,
+                        help="tokens per sequence S (default 1)")
         semantics_flags(sp)
 
-    d = sub.add_parser("diff", help="diff every region's kernel against the reference")
+    d = sub.add_parser("diff", help="diff every region's kernel against the reference",
+                       epilog=COLUMN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(d, model_required=False)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--mode", choices=pipeline.MODES, default="isolated")
@@ -160,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     d.add_argument("--json", metavar="FILE")
     d.add_argument("--plot", metavar="FILE")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no table and no progress bar")
+    d.add_argument("--wide", action="store_true",
+                   help="every column (differ %%, cosine, drift ulp), 200 columns in a pipe")
     d.add_argument("--permute-parallel", action="store_true",
                    help="run pl.parallel / pl.spmd iterations in a seeded random order")
     d.set_defaults(fn=cmd_diff)
@@ -213,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rc = None
     try:
+        check_outputs(args)
         rc = args.fn(args)
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
         return rc

@@ -158,18 +158,17 @@ def diff_files(data: str | Path, model: str | None = None, *, config: str | None
 
 
 def cmd_diff_files(args: argparse.Namespace) -> int:
-    from lowering.cli import _console, cli_variants
-    from lowering.report import render
+    from lowering.cli import cli_variants
+    from lowering.report import render, table_wanted, write_json
 
     model = args.model or _meta_model(args.data)
     rep = diff_files(args.data, args.model, config=args.config,
                      variants=cli_variants(args, model),
                      tolerance=getattr(args, "tolerance", None) or DEFAULT_TOLERANCE)
-    if not args.quiet:
-        render([rep], _console())
+    if table_wanted(args):
+        render([rep], wide=args.wide)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([rep.to_dict()], f, indent=2, default=str)
+        write_json(args.json, [rep.to_dict()])
     return 0 if rep.verdict == PASS else 1
 
 
@@ -184,9 +183,11 @@ def _meta_model(data: str) -> str | None:
 def add_subparser(sub: Any) -> None:
     """``lowering diff-files [MODEL] --data DIR [--config C] [--semantics S] [--variant k=v]``."""
     from lowering.cli import semantics_flags
+    from lowering.report import COLUMN_HELP
 
     p = sub.add_parser("diff-files", help="diff outputs stored in a golden / snapshot "
-                       "directory (dsref or pypto-lib layout) against dsref on its inputs")
+                       "directory (dsref or pypto-lib layout) against dsref on its inputs",
+                       epilog=COLUMN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", choices=dsref.model_names(),
                    help="default: the model named in DIR/meta.json")
     p.add_argument("--data", required=True, metavar="DIR")
@@ -196,5 +197,6 @@ def add_subparser(sub: Any) -> None:
                    help="bound (default): exact-or-bounded per element; pypto-lib: upstream's "
                         "ratio_allclose presets (docs/verdicts.md)")
     p.add_argument("--json", metavar="FILE")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no table")
+    p.add_argument("--wide", action="store_true", help="every column, 200 columns in a pipe")
     p.set_defaults(fn=cmd_diff_files)

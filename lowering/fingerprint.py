@@ -428,10 +428,12 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
         fp = of_data(args.data, config=args.config, variants=cli_variants(args, model))
     else:
         raise UsageError("fingerprint: pass MODEL (with --config), --data DIR, or a kernel FILE")
-    print(fp.to_text())
+    if args.json != "-":
+        print(fp.to_text())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(fp.to_dict(), f, indent=2)
+        from lowering.report import write_json
+
+        write_json(args.json, fp.to_dict())
     return 0
 
 

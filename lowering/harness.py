@@ -317,7 +317,6 @@ class Harness:
         error in the kernel stops the file, as a device error would."""
         torch = _torch()
         from dsref.io import from_torch, to_torch
-
         from lowering.run_kernel import params_of
 
         label = f"{fn.__name__} #{len(self.cases) + 1}"

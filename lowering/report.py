@@ -154,10 +154,45 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def make_console() -> Any:
-    """The terminal console of the CLIs: full width on a terminal, 160 columns in a pipe; a
-    closed pipe (``| head``) raises BrokenPipeError for the CLI to end quietly with exit 0
-    (rich's own handling exits 1, which here would mean "a check failed")."""
+def check_outputs(args: Any) -> None:
+    """``--json`` / ``--plot`` targets, checked before any work (ValueError: exit 2): ``-``
+    (stdout) for ``--json``, else a file in an existing directory."""
+    from pathlib import Path
+
+    for flag in ("json", "plot"):
+        path = getattr(args, flag, None)
+        if path is None or (flag == "json" and path == "-"):
+            continue
+        if Path(path).is_dir():
+            raise ValueError(f"--{flag} {path}: a directory, not a file")
+        if not Path(path).resolve().parent.is_dir():
+            raise ValueError(f"--{flag} {path}: its directory {Path(path).resolve().parent} "
+                             "does not exist")
+
+
+def write_json(path: str, obj: Any) -> None:
+    """``--json FILE``, or ``-``: stdout (the table is then left out: :func:`table_wanted`)."""
+    import json
+    import sys
+
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def table_wanted(args: Any) -> bool:
+    """Whether a command prints its table: not with ``--quiet``, nor with ``--json -``."""
+    return not args.quiet and getattr(args, "json", None) != "-"
+
+
+def make_console(wide: bool = False) -> Any:
+    """The terminal console of the CLIs: full width on a terminal, 100 columns in a pipe (200
+    with ``wide``); a closed pipe (``| head``) raises BrokenPipeError for the CLI to end
+    quietly with exit 0 (rich's own handling exits 1, which here would mean "a check
+    failed")."""
     import sys
 
     from rich.console import Console
@@ -166,11 +201,23 @@ def make_console() -> Any:
         def on_broken_pipe(self) -> None:
             raise BrokenPipeError
 
-    return _Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    return _Console(width=None if sys.stdout.isatty() else 200 if wide else 100,
+                    highlight=False)
 
 
 _COLUMNS = ("region", "status", "output", "check", "err/bound", "pinned %", "max ulp", "differ %",
             "pypto-lib", "cosine", "drift ulp", "checks")
+#: the columns of the default (100-column) table; ``--wide`` shows all of :data:`_COLUMNS`
+_NARROW = ("region", "status", "output", "check", "err/bound", "pinned %", "max ulp", "pypto-lib",
+           "checks")
+#: what each column means (``--help`` epilog of the commands that print the table, docs)
+COLUMN_HELP = """table columns: check = exact (bitwise) or bound (a reduction in the kernel's order);
+err/bound = the worst element's error in units of its bound (<= 1 passes; inf: moved where
+nothing may); pinned % = elements whose bound allows one value (a 1-ulp change fails there);
+max ulp / differ % = vs the reference; pypto-lib = upstream's ratio gate and its bad share;
+cosine, drift ulp (--wide) = similarity, and drift from the pure reference along a chain;
+checks = findings of the emulator checks (budget, race, coverage, dead write, layout):
+'2f 1w' is 2 failing and 1 warning, each printed below the table; empty: none at all."""
 
 
 def _output_cells(o: OutputDiff) -> list[str]:
@@ -187,21 +234,44 @@ def _output_cells(o: OutputDiff) -> list[str]:
             f"{100 * o.differ_ratio:.3f}", upstream, f"{o.cosine:.7f}", drift]
 
 
-def render(reports: list[Report], console: Any = None) -> None:
-    """Print each report as a rich table, then its findings, then the verdict line."""
+def semantics_text(model: str, variants: dict[str, Any]) -> str:
+    """``semantics=ds32``, or the variants off their defaults when no named semantics has
+    exactly these (``variants: variance=mul_inv``)."""
+    import dsref
+    from dsref.config import semantics_of
+
+    if not variants or model not in dsref.model_names():
+        return ""
+    cfg = dsref.with_variants(dsref.config(next(
+        c for c in dsref.config_names() if dsref.config(c).model == model)), **variants)
+    name = semantics_of(cfg)
+    if name is not None:
+        return f"semantics={name}"
+    off = {k: v for k, v in variants.items() if v != dsref.VARIANTS[k][0]}
+    return "variants: " + ", ".join(f"{k}={v}" for k, v in off.items())
+
+
+def render(reports: list[Report], console: Any = None, wide: bool = False) -> None:
+    """Print each report as a rich table, then its findings, then the verdict line. The
+    default table fits 100 columns (:data:`_NARROW`); ``wide``: every column."""
+    from rich import box
     from rich.table import Table
 
-    console = console or make_console()
+    console = console or make_console(wide)
+    cols = _COLUMNS if wide else _NARROW
     for rep in reports:
-        title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  mode={rep.mode}"
-                 f"  backend={rep.backend}  platform={rep.platform}"
-                 + (f"  tolerance={rep.tolerance}" if rep.tolerance else ""))
-        t = Table(title=title, title_justify="left")
-        for col in _COLUMNS:
-            t.add_column(col, justify="left" if col in ("region", "status", "output", "check") else "right")
+        title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  "
+                 f"mode={rep.mode}" + (f"  tolerance={rep.tolerance}" if rep.tolerance else "")
+                 + f"\n{semantics_text(rep.model, rep.variants)}  backend={rep.backend}  "
+                 f"platform={rep.platform}")
+        t = Table(title=title.replace("\n  ", "\n"), title_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+        for col in cols:
+            t.add_column(col, no_wrap=col in ("region", "output", "checks"),
+                         justify="left" if col in ("region", "status", "output", "check") else "right")
         for r in rep.regions:
             style = {PASS: "green", FAIL: "bold red", REFERENCE: "yellow"}[r.status]
-            checks = f"{len(r.failures)} fail, {len(r.warnings)} warn" if r.findings else ""
+            checks = f"{len(r.failures)}f {len(r.warnings)}w" if r.findings else ""
             rows = r.outputs or [None]
             for i, o in enumerate(rows):
                 cells = [r.name if i == 0 else "", f"[{style}]{r.status}[/]" if i == 0 else ""]
@@ -210,7 +280,7 @@ def render(reports: list[Report], console: Any = None) -> None:
                 else:
                     cells += _output_cells(o)
                 cells.append(checks if i == 0 else "")
-                t.add_row(*cells)
+                t.add_row(*(c for c, name in zip(cells, _COLUMNS, strict=True) if name in cols))
         console.print(t)
         for r in rep.regions:
             for o in r.outputs:

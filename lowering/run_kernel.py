@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import importlib.util
 import inspect
-import json
 import os
 import sys
 import time
@@ -45,7 +44,16 @@ from lowering import pypto_compat
 from lowering.diff import judge
 from lowering.pipeline import judge_observed
 from lowering.pypto_compat import Direction, DynVar, JITFunction, ScalarType, TensorType
-from lowering.report import FAIL, PASS, RegionReport, Report, exit_code, render
+from lowering.report import (
+    FAIL,
+    PASS,
+    RegionReport,
+    Report,
+    exit_code,
+    render,
+    table_wanted,
+    write_json,
+)
 from lowering.tile import core
 from lowering.tile import run_kernel as _run_tile_kernel
 from lowering.tile.dtypes import DType, as_dtype
@@ -593,11 +601,10 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
         for line in str(e).splitlines():
             print(f"lowering: error: {line}", file=sys.stderr)
         return 2
-    if not args.quiet:
-        render([res.report])
+    if table_wanted(args):
+        render([res.report], wide=args.wide)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res.report.to_dict(), f, indent=2, default=str)
+        write_json(args.json, res.report.to_dict())
     return exit_code([res.report])
 
 
@@ -619,12 +626,11 @@ def _cmd_golden(args: argparse.Namespace) -> int:
                            env=env, permute_parallel=args.permute_parallel,
                            progress=args.progress)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res.to_dict(), f, indent=2, default=str)
+        write_json(args.json, res.to_dict())
     if res.verdict == harness.CANNOT_RUN:
         print(f"lowering: cannot run {args.file}: {res.reason}", file=sys.stderr)
         return 2
-    if not args.quiet:
+    if table_wanted(args):
         harness.render(res)
     return res.exit
 
@@ -645,8 +651,12 @@ def _default_entry(path: str, emulate: bool) -> str:
 
 def add_subparser(sub: Any) -> None:
     """Register ``run-kernel`` on the ``lowering`` command line."""
+    from lowering.report import COLUMN_HELP
+
     r = sub.add_parser("run-kernel", help="run a pypto-lib pl kernel file on the emulator "
-                                          "against its own golden (or dsref)")
+                                          "against its own golden (or dsref)",
+                       epilog="with --reference dsref, the " + COLUMN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file", help="the kernel file (import pypto.language as pl)")
     r.add_argument("--reference", choices=("golden", "dsref"),
                    help="golden (default unless a dsref flag is given): run the file's __main__ "
@@ -684,7 +694,9 @@ def add_subparser(sub: Any) -> None:
     r.add_argument("--permute-parallel", action="store_true",
                    help="run pl.parallel iterations in a seeded random order")
     r.add_argument("--json", metavar="FILE")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no table")
+    r.add_argument("--wide", action="store_true",
+                   help="(dsref) every column, 200 columns in a pipe")
     r.add_argument("--progress", action="store_true",
                    help="print each phase as it starts, with the seconds since the start, on "
                         "stderr: the file's own code, making the inputs, the emulator, the "

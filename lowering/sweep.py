@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lowering.harness import CANNOT_RUN, PHASE_MARK
-from lowering.report import FAIL, PASS, make_console
+from lowering.report import FAIL, PASS, make_console, table_wanted, write_json
 
 TIMEOUT = "TIMEOUT"
 VERDICTS = (PASS, FAIL, CANNOT_RUN, TIMEOUT)
@@ -227,10 +227,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"lowering: error: sweep {args.dir}: not a directory", file=sys.stderr)
         return 2
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        print(f"lowering: error: --json {args.json}: its directory does not exist",
-              file=sys.stderr)
-        return 2
     console = make_console()
     t0 = time.perf_counter()
 
@@ -248,7 +244,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"lowering: error: sweep {args.dir}: no kernel files (@pl.jit / @pl.program)",
               file=sys.stderr)
         return 2
-    if not args.quiet:
+    if table_wanted(args):
         render(rows, console)
     per = summary(rows)
     counts = per["total"]
@@ -257,12 +253,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             + f"\nwith a verdict: {with_verdict(counts):.0f}% of all files, "
               f"{with_verdict(per[SIM_SET]):.0f}% of the {sum(per[SIM_SET].values())} in the "
               f"{SIM_SET}")
-    console.print(line, markup=False, highlight=False)
+    if args.json == "-":  # stdout is the JSON's: the summary goes to stderr
+        print(line, file=sys.stderr)
+    else:
+        console.print(line, markup=False, highlight=False)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"root": str(root.resolve()), "seconds": round(wall, 1), "seed": args.seed,
-             "platform": args.platform, "jobs": jobs, "timeout_s": args.timeout, "summary": {d: dict(c) for d, c in summary(rows).items()},
-             "files": [r.to_dict() for r in rows]}, indent=1, default=str))
+        write_json(args.json, {
+            "root": str(root.resolve()), "seconds": round(wall, 1), "seed": args.seed,
+            "platform": args.platform, "jobs": jobs, "timeout_s": args.timeout,
+            "summary": {d: dict(c) for d, c in summary(rows).items()},
+            "files": [r.to_dict() for r in rows]})
     return 0 if counts.get(PASS, 0) == len(rows) else 1
 
 

@@ -187,3 +187,50 @@ def test_closed_pipe_is_not_a_failure():
         err = p.stderr.read()
         assert p.wait(timeout=120) == 0, (cmd, err)
         assert b"Traceback" not in err
+
+
+def test_default_table_fits_100_columns_and_names_the_semantics(capsys):
+    """The default table reads at 100 columns, with a failing output and findings; the header
+    names the semantics; --wide adds the remaining columns; flags a MODEL-less diff would
+    ignore are an error."""
+    from lowering.bugs import PLANTED
+    from lowering.report import render
+    from lowering.tile import Finding
+
+    cfg = dsref.config("v4-tiny", variance="mul_inv")
+    ins = dsref.make_inputs("v4.qkv_proj_rope", cfg, batch=3, seq=3, seed=0)
+    with PLANTED["rope_trunc"].patch():
+        rep = lowering.diff("v4.qkv_proj_rope", cfg, ins)
+    rep.regions[-1].findings.append(Finding("race", "fail", "kv_rms_rope", "kv_rope", (), "kv",
+                                            "a planted finding"))
+    render([rep])
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    assert "semantics=pypto-lib-pr332" in out.splitlines()[1]
+    assert "1f 0w" in out and "cosine" not in out and "FAIL v4.qkv_proj_rope" in out
+    render([rep], wide=True)
+    assert "cosine" in capsys.readouterr().out
+    rep.variants = dict(rep.variants, cast="rhaz")
+    render([rep])
+    assert "variants: variance=mul_inv, cast=rhaz" in capsys.readouterr().out
+    for flags in (["--batch", "8"], ["--config", "v32"], ["--seq", "2"]):
+        assert cli.main(["diff", *flags]) == 2
+        assert f"{flags[0]} need a MODEL" in capsys.readouterr().err
+
+
+def test_json_dash_is_stdout_and_bad_output_paths_fail_first(capsys, tmp_path, monkeypatch):
+    import time
+
+    args = ["diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2", "--quiet"]
+    assert cli.main([*args[:-1], "--json", "-"]) == 0
+    rep = json.loads(capsys.readouterr().out)  # the JSON alone: no table on stdout
+    assert rep[0]["model"] == "v32.decode_front"
+    monkeypatch.setattr(lowering.pipeline, "diff", lambda *a, **k: time.sleep(60))
+    for flag, path, why in (("--json", tmp_path / "no" / "out.json", "does not exist"),
+                            ("--plot", tmp_path / "no" / "out.png", "does not exist"),
+                            ("--json", tmp_path, "a directory, not a file")):
+        t0 = time.perf_counter()
+        assert cli.main([*args, flag, str(path)]) == 2  # before the diff would start
+        assert time.perf_counter() - t0 < 30
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"lowering: error: {flag} {path}") and why in err

@@ -17,4 +17,4 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i + 1}" for i in range(len(BLOCKS))])
 def test_readme_block_runs_as_written(code):
-    exec(compile(code, f"README.md python block", "exec"), {"__name__": "readme"})  # noqa: S102
+    exec(compile(code, "README.md python block", "exec"), {"__name__": "readme"})  # noqa: S102

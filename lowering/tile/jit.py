@@ -298,6 +298,9 @@ class JITFunction:
             return self
         return _Bound(self, obj)
 
+    def __repr__(self) -> str:
+        return f"<pl.jit{'' if self.kind == 'jit' else '.' + self.kind} {self.__name__}>"
+
 
 def _host_tensors(args: tuple, kwargs: dict) -> bool:
     """Whether a call passes torch tensors (a host call pypto runs on the device)."""
@@ -321,9 +324,6 @@ class CompiledProgram:
 
     def __repr__(self) -> str:
         return f"<compiled {self.function!r} (emulated)>"
-
-    def __repr__(self) -> str:
-        return f"<pl.jit{'' if self.kind == 'jit' else '.' + self.kind} {self.__name__}>"
 
 
 class _Bound:
