@@ -103,14 +103,19 @@ def _semantics_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsref", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="dsref", description="The executable numerical spec of the DeepSeek V3.2 / V4 "
+        "attention front: run it, query it, write goldens. Exit 0 ok, 2 bad usage or input.",
+        epilog="the contract: docs/semantics.md (dsref spec all --markdown)")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a model on deterministic inputs and summarise outputs")
     r.add_argument("model", choices=dsref.model_names())
-    r.add_argument("--config", required=True, choices=dsref.config_names())
-    r.add_argument("--batch", type=int, default=4)
-    r.add_argument("--seq", type=int, default=1)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--config", required=True, choices=dsref.config_names(),
+                   help="a preset of MODEL (dsref list)")
+    r.add_argument("--batch", type=int, default=4, help="batch B (default 4)")
+    r.add_argument("--seq", type=int, default=1, help="tokens per sequence S (default 1)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="input seed (default 0): same seed, same bits")
     _semantics_flags(r)
     r.set_defaults(fn=_cmd_run)
 

@@ -495,7 +495,10 @@ def _render(spec: Spec, cfg: Config | str | None, st: _Style) -> str:
              st.table(["step", "dtype", "rounding"],
                       [(s.step, s.dtype, s.rounding) for s in spec.dtype_flow])]
     if cfg is not None:
-        parts += [st.heading(f"Shapes ({spec.config(cfg).name})"), _shape_table(spec, cfg, st)]
+        head = f"Shapes ({spec.config(cfg).name})" if spec.kind != "op" else (
+            f"Example shapes of the traced op ({spec.config(cfg).name} variants; values carried "
+            "in float64 on the grid the dtype flow names)")
+        parts += [st.heading(head), _shape_table(spec, cfg, st)]
     parts.append(st.heading("Sources"))
     parts += [st.item(f"{s.repo} · {s.file} · {s.function}" + (f" — {s.note}" if s.note else ""))
               for s in spec.sources]
