@@ -13,6 +13,7 @@ import numpy as np
 
 from dsref.config import Config, V4Config, YarnRope
 from dsref.model import get_model
+from dsref.run import InputError
 
 BF16 = ml_dtypes.bfloat16
 TABLES = ("real", "adversarial")
@@ -104,12 +105,43 @@ def make_inputs(
         raise ValueError(f"config: {model} expects a {m.config_type.__name__}, got {cfg.name!r}")
     if batch < 1 or seq < 1:
         raise ValueError(f"batch/seq: expected >= 1, got batch={batch}, seq={seq}")
+    _fits_in_memory(m, cfg, batch, seq)
     rng = np.random.default_rng(seed)
     if isinstance(cfg, V4Config):
         return _v4_inputs(cfg, rng, batch, seq, tables, ties)
     if seq != 1:
         raise ValueError(f"seq: v32.decode_front decodes one token per entry, got seq={seq}")
     return _v32_inputs(cfg, rng, batch, tables, ties)
+
+
+#: a run's peak memory over its inputs' own bytes: inputs are drawn in float64 (4× a bf16
+#: tensor) and every stage carries its values in float64
+RUN_MEMORY_FACTOR = 4
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _fits_in_memory(m, cfg: Config, batch: int, seq: int) -> None:
+    """Refuse, before any work, dims whose run cannot fit in this machine's memory."""
+    avail = available_memory()
+    if avail is None:
+        return
+    specs = m.input_specs(cfg, batch, seq)
+    need = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in specs.values())
+    if need * RUN_MEMORY_FACTOR > avail:
+        raise InputError(f"batch={batch} seq={seq}: {m.name} at {cfg.name} has {need / 2**30:.1f} "
+                         f"GiB of inputs and a run needs about {RUN_MEMORY_FACTOR}× that; this "
+                         f"machine has {avail / 2**30:.1f} GiB available")
 
 
 def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool) -> dict[str, np.ndarray]:

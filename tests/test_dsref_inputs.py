@@ -167,3 +167,14 @@ def test_v4_tables_are_bf16_rows_per_token_and_element_layout():
     h = cfg.rope // 2
     assert np.array_equal(el["rope_cos"][:, 0::2], ins["rope_cos"][:, :h])
     assert np.array_equal(el["rope_cos"][:, 1::2], ins["rope_cos"][:, :h])
+
+
+def test_dims_too_big_for_memory_are_refused_before_any_work(monkeypatch):
+    import dsref.inputs as inputs
+
+    monkeypatch.setattr(inputs, "available_memory", lambda: 2**30)
+    with pytest.raises(dsref.InputError, match=r"batch=4096 seq=1: v32.decode_front at v32 has "
+                                               r"\d+\.\d GiB of inputs .* 1\.0 GiB available"):
+        dsref.make_inputs("v32.decode_front", dsref.config("v32"), batch=4096)
+    monkeypatch.setattr(inputs, "available_memory", lambda: None)  # unknown: no guess
+    assert dsref.make_inputs("v32.decode_front", dsref.config("v32-tiny"), batch=2)
