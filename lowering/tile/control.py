@@ -125,10 +125,13 @@ def _slot_num(n: Any, api: str) -> int:
 
 
 def split(mode: SplitMode, *, slot_num: int | None = None) -> Split:
+    """``optimizations=[pl.split(mode)]`` on a scope: how the cube and the vector cores share
+    its work (recorded for ``pl.split_aiv``; values are unaffected)."""
     return Split(mode, slot_num)
 
 
 def cross_core_slot(*, slot_num: int) -> CrossCoreSlot:
+    """``optimizations=[pl.cross_core_slot(slot_num=N)]``: see :class:`CrossCoreSlot`."""
     return CrossCoreSlot(slot_num)
 
 
@@ -244,6 +247,8 @@ class _ArrayOps:
 
     @staticmethod
     def create(extent: int, dtype: DType) -> Array:
+        """A scalar array of ``extent`` integers (or BOOL, TASK_ID): zeros / invalid task ids
+        outside a scope; inside one, unset until written (a read before a write raises)."""
         if not isinstance(extent, int) or isinstance(extent, bool) or extent <= 0:
             raise DslError(f"pl.array.create extent must be a positive int constant, got "
                            f"{extent!r} ({_here()})")
@@ -259,6 +264,7 @@ class _ArrayOps:
 
     @staticmethod
     def get_element(array: Array, index: Any) -> Any:
+        """``array[index]``, bounds-checked."""
         return array[index]
 
     @staticmethod
@@ -533,11 +539,13 @@ def yield_(*values: Any) -> Any:
 
 
 def while_(*, init_values: tuple | None = None) -> Any:
+    """Not emulated (raises naming it): a ``pl.cond`` would have to stop the body mid-way."""
     raise _unmodelled("pl.while_", "the loop condition pl.cond(...) would have to stop the body "
                       "mid-way; rewrite as pl.range")
 
 
 def cond(condition: Any) -> None:
+    """Not emulated (raises naming it): meaningful only in ``pl.while_``."""
     raise _unmodelled("pl.cond", "only meaningful in pl.while_")
 
 
@@ -659,6 +667,8 @@ def aiv_shard(x: Any) -> Any:
 
 
 def aic_gather(x: Any) -> Any:
+    """Not emulated (raises naming it): the cube receives one vector lane's value, and which
+    one is unspecified."""
     raise _unmodelled("pl.aic_gather", "the cube receives one lane's value, unspecified which")
 
 
@@ -729,6 +739,7 @@ class _System:
 
     @staticmethod
     def task_invalid() -> TaskId:
+        """The task id that depends on nothing (``TaskId.INVALID``)."""
         return TaskId.INVALID
 
     @staticmethod
@@ -775,10 +786,13 @@ class _Prefetch:
 
     @staticmethod
     def make_context() -> _Handle:
+        """A prefetch context (a handle; nothing is prefetched on the CPU)."""
         return _Handle("context")
 
     @staticmethod
     def async_prefetch(src: Any, ctx: Any) -> _Handle:
+        """Prefetch a flat GM region (all dims 1 but the last) into L2: checked, no effect on
+        values; returns an event handle."""
         if not isinstance(src, Tensor):
             raise TypeError(f"pl.prefetch.async_prefetch needs a GM tensor, got {src!r}")
         if any(d != 1 for d in src.shape[:-1]):
@@ -790,10 +804,12 @@ class _Prefetch:
 
     @staticmethod
     def session(ctx: Any) -> _Handle:
+        """A prefetch session handle (no effect)."""
         return _Handle("session")
 
     @staticmethod
     def wait(event: Any, session_handle: Any) -> bool:
+        """Wait for a prefetch: always already done here (True)."""
         return True
 
 
@@ -830,6 +846,8 @@ class StaticAssertFailed(core.KernelDefect, AssertionError):
 
 
 def static_assert(condition: Any, msg: str = "") -> None:
+    """pypto checks ``condition`` at parse time; here when the statement runs: false raises
+    :class:`StaticAssertFailed` (a kernel defect) with ``msg`` and the line."""
     if not condition:
         raise StaticAssertFailed(f"pl.static_assert failed at {_here()}: {msg}")
 

@@ -143,10 +143,15 @@ class _DirMeta(type):
 
 
 class Out(metaclass=_DirMeta):
+    """``pl.Out[pl.Tensor[...]]``: a parameter the kernel writes (an output; under
+    ``run-kernel`` a host call's results are written back into it)."""
+
     _direction = "out"
 
 
 class InOut(metaclass=_DirMeta):
+    """``pl.InOut[pl.Tensor[...]]``: a parameter the kernel reads and writes (a cache)."""
+
     _direction = "inout"
 
 

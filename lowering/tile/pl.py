@@ -148,6 +148,7 @@ def full(shape: Sequence[int], dtype: DType, value: float | int) -> _Tile:
 
 
 def expands(target: _Tile, scalar: float | int) -> _Tile:
+    """A tile of ``target``'s shape and dtype, every element ``scalar`` (rounded to it)."""
     return _apply("expands", target, scalar)
 
 
@@ -157,10 +158,12 @@ def read(src: Any, offset: Any) -> float | int:
 
 
 def write(dst: _Tensor, offset: Any, value: float | int) -> None:
+    """Store one element (a Python number, rounded to ``dst``'s dtype) at ``offset``."""
     return _apply("write", dst, offset, value)
 
 
 def dim(t: Any, axis: int) -> int:
+    """The size of ``t`` along ``axis`` (a dynamic dim: the size bound in this run)."""
     return _apply("dim", t, axis)
 
 
