@@ -638,7 +638,9 @@ def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
                         permute_parallel=permute_parallel, progress=progress)
             h.phase(f"{p.name}: the file's own code (imports, specs, weights)")
             try:
-                with _patched(golden, h):
+                # seeded before the file's own code runs: weights it draws while building its
+                # specs (no seed of its own) are the same bits every run of this seed
+                with _patched(golden, h), _seeded(_torch(), seed):
                     if has_main(source):
                         res.exit_code = _run_main(p, roots)
                     else:

@@ -257,3 +257,54 @@ def test_outputs_start_as_zeros_like_the_harness():
     res = run_file(TOY / "tail.py")
     got = res.cases[0].outputs[0].diff
     assert np.isfinite(got.max_abs)  # the unwritten row is 0, not a NaN sentinel
+
+
+def test_the_files_own_draws_are_seeded_too(tmp_path):
+    """Weights a file draws while building its specs (torch.randn with no seed of its own,
+    as pypto-lib's V4 files do) are the same bits in every run of one --seed."""
+    f = tmp_path / "draws.py"
+    f.write_text(SCALE_WITH_DRAWN_WEIGHTS)
+    sums = []
+    for seed in (0, 0, 1):
+        log = tmp_path / f"sum{len(sums)}"
+        res = run_file(f, seed=seed, env={"DRAWS_LOG": str(log)})
+        assert res.verdict == PASS, res.reason
+        sums.append(log.read_text())
+    assert sums[0] == sums[1] != sums[2]
+
+
+SCALE_WITH_DRAWN_WEIGHTS = '''
+import os
+import pypto.language as pl
+
+
+@pl.jit
+def scale(x: pl.Tensor[[8, 32], pl.FP32], y: pl.Out[pl.Tensor[[8, 32], pl.FP32]]):
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="scale"):
+        y[:, :] = pl.mul(x[:, :], 2.0)
+    return y
+
+
+def build_tensor_specs():
+    import torch
+    from golden import TensorSpec
+
+    x = torch.randn(8, 32)  # drawn here, not by an init_value callable
+    with open(os.environ["DRAWS_LOG"], "w") as f:
+        f.write(repr(float(x.double().sum())))
+    return [TensorSpec("x", [8, 32], torch.float32, init_value=x),
+            TensorSpec("y", [8, 32], torch.float32, is_output=True)]
+
+
+def golden_scale(tensors):
+    tensors["y"][:] = tensors["x"] * 2.0
+
+
+if __name__ == "__main__":
+    from golden import run_jit
+
+    result = run_jit(fn=scale, specs=build_tensor_specs(), golden_fn=golden_scale,
+                     rtol=0.0, atol=0.0)
+    if not result.passed:
+        raise SystemExit(1)
+'''
