@@ -172,7 +172,9 @@ def render(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    p.add_argument("--out", default=None,
+                   help="JSON record (default benchmarks/results.json; with --quick: none, a "
+                        "smoke run never overwrites the measurement)")
     p.add_argument("--quick", action="store_true", help="tiny configs (smoke run)")
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch"))
     p.add_argument("--device", default=None)
@@ -184,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     res = run(quick=a.quick, backend=a.backend, device=a.device, eager=not a.no_eager,
               progress=wanted(a.quiet))
     print(render(res))
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    out = a.out or (None if a.quick else str(Path(__file__).with_name("results.json")))
+    if out is None:
+        print("--quick: no record written (pass --out FILE to keep one)")
+    else:
+        Path(out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0
 
 

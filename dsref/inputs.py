@@ -105,6 +105,9 @@ def make_inputs(
         raise ValueError(f"config: {model} expects a {m.config_type.__name__}, got {cfg.name!r}")
     if batch < 1 or seq < 1:
         raise ValueError(f"batch/seq: expected >= 1, got batch={batch}, seq={seq}")
+    if isinstance(cfg, V4Config) and seq > cfg.max_pos:
+        raise InputError(f"seq={seq}: above {cfg.name}'s max_pos {cfg.max_pos} (the positions its "
+                         "RoPE tables cover)")
     _fits_in_memory(m, cfg, batch, seq)
     rng = np.random.default_rng(seed)
     if isinstance(cfg, V4Config):

@@ -147,7 +147,10 @@ def cmd_budget(args: argparse.Namespace) -> int:
     for r in rows:
         con.print(f"{r.region:<20} {r.scope:<28} {r.space:<5} {r.shape / 1024:>9.1f} "
                   f"{r.peak / 1024:>9.1f} {r.limit / 1024:>7.0f}{'  OVER' if r.over else ''}")
-    return 1 if any(r.over for r in rows) else 0
+    over = [r for r in rows if r.over]
+    con.print(f"FAIL {args.model}: {len(over)} scope(s) over the {p} limit" if over else
+              f"PASS {args.model}: every scope fits {p}", markup=False, highlight=False)
+    return 1 if over else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -282,10 +282,7 @@ class Harness:
               golden_data: str | None, rtol: float, atol: float,
               compare_fn: Mapping[str, Callable] | None, compile_only: bool,
               unknown: Mapping[str, Any]) -> Any:
-        label = f"{getattr(fn, '__name__', type(fn).__name__)} #{len(self.cases) + 1}"
-        case = Case(label)
-        case.setup_s = self.phase(f"{label}: making the inputs")
-        self.cases.append(case)
+        case = self._new_case(fn, "making the inputs")
         try:
             unknown = dict(unknown)
             world = _world_size(unknown.pop("distributed_config", None), fn, how)
@@ -300,6 +297,13 @@ class Harness:
         passed = case.status == PASS
         return self.golden.RunResult(passed=passed, error=None if passed else case.error or
                                      "emulator verdict FAIL")
+
+    def _new_case(self, fn: Any, phase: str) -> Case:
+        """A case for this call of ``fn``, its first ``phase`` started."""
+        case = Case(f"{getattr(fn, '__name__', type(fn).__name__)} #{len(self.cases) + 1}")
+        case.setup_s = self.phase(f"{case.label}: {phase}")
+        self.cases.append(case)
+        return case
 
     def _stopped(self, case: Case, e: Exception) -> None:
         """The case's verdict when ``e`` stopped it."""
@@ -319,10 +323,8 @@ class Harness:
         from dsref.io import from_torch, to_torch
         from lowering.run_kernel import params_of
 
-        label = f"{fn.__name__} #{len(self.cases) + 1}"
-        case = Case(label)
-        case.setup_s = self.phase(f"{label}: the emulator (the file calls the kernel)")
-        self.cases.append(case)
+        case = self._new_case(fn, "the emulator (the file calls the kernel)")
+        label = case.label
         try:
             params = params_of(fn)
             try:

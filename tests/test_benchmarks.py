@@ -54,3 +54,17 @@ def test_sweep_benchmark_from_a_finished_sweep(tmp_path, capsys):
     spent = res["seconds_by_phase"]
     assert spent["emulator_s"] == 8.0 and spent["setup_s"] == 1.5 and spent["other_s"] == 62.0
     assert "1.5 files/min" in capsys.readouterr().out
+
+
+def test_quick_run_never_overwrites_the_record(tmp_path, monkeypatch, capsys):
+    """benchmarks/run.py --quick without --out writes nothing (results.json is the measurement)."""
+    spec = importlib.util.spec_from_file_location("bench_run2", ROOT / "benchmarks" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    record = ROOT / "benchmarks" / "results.json"
+    before = record.read_bytes() if record.exists() else None
+    monkeypatch.setattr(mod, "run", lambda **kw: {"quick": True})
+    monkeypatch.setattr(mod, "render", lambda res: "table")
+    assert mod.main(["--quick", "--no-eager", "--quiet"]) == 0
+    assert "no record written" in capsys.readouterr().out
+    assert (record.read_bytes() if record.exists() else None) == before

@@ -178,3 +178,9 @@ def test_dims_too_big_for_memory_are_refused_before_any_work(monkeypatch):
         dsref.make_inputs("v32.decode_front", dsref.config("v32"), batch=4096)
     monkeypatch.setattr(inputs, "available_memory", lambda: None)  # unknown: no guess
     assert dsref.make_inputs("v32.decode_front", dsref.config("v32-tiny"), batch=2)
+
+
+def test_v4_seq_past_the_rope_tables_is_refused():
+    cfg = dsref.config("v4-tiny")
+    with pytest.raises(dsref.InputError, match=rf"seq={cfg.max_pos + 1}: above v4-tiny's max_pos"):
+        dsref.make_inputs("v4.qkv_proj_rope", cfg, batch=1, seq=cfg.max_pos + 1)

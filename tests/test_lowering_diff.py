@@ -169,6 +169,7 @@ def test_budget_rows_and_exit_code(capsys):
     assert cli.main(["budget", "v32.decode_front", "--config", "v32-tiny", "--batch", "16"]) == 0
     out = capsys.readouterr().out
     assert "q_head_proj" in out and "OVER" not in out
+    assert out.rstrip().endswith("PASS v32.decode_front: every scope fits a2a3")
 
 
 def test_closed_pipe_is_not_a_failure():

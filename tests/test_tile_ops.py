@@ -210,3 +210,40 @@ def test_a_run_collects_less_often_and_restores_the_collector() -> None:
 def test_module_rng_restarts_for_every_test() -> None:
     """Run after the tests above drew from RNG: the draw is still the seed's first."""
     assert RNG.standard_normal() == np.random.default_rng(RNG_SEED).standard_normal()
+
+
+def test_scalar_arithmetic_is_fp32() -> None:
+    """pl.add / sub / mul / div / maximum / minimum of two scalars (pypto's Scalar
+    arithmetic, qwen3_14b decode_layer_a8w8.py: pl.mul(pl.cast(pl.read(...)), 0.0)): one
+    correctly rounded FP32 op with a float operand, exact on ints."""
+    got = {}
+
+    def kernel(x, y):  # noqa: ANN001, ANN202
+        s = pl.cast(pl.read(x, [0, 0]), target_type=pl.FP32)
+        got["fp32"] = pl.add(1.0, 2.0 ** -24)  # the tie rounds to even: 1.0, not 1 + 2**-24
+        got["third"] = pl.div(1.0, 3.0)
+        got["inf*0"] = pl.mul(s, 0.0)
+        got["ints"] = (pl.add(3, 4), pl.sub(3, 4), pl.mul(3, 4), pl.maximum(3, 4))
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="copy"):
+            y[:, :] = pl.add(x[:, :], pl.mul(1.0, 0.0))
+
+    x = np.full((2, 8), np.inf, np.float32)
+    run_kernel(kernel, inputs={"x": x}, outputs={"y": ((2, 8), pl.FP32)})
+    assert got["fp32"] == 1.0 and got["third"] == float(np.float32(1) / np.float32(3))
+    assert math.isnan(got["inf*0"]) and got["ints"] == (7, -1, 12, 4)
+
+    def int_div(x, y):  # noqa: ANN001, ANN202
+        pl.div(3, 2)
+
+    with pytest.raises(NotImplementedError, match="pl.div of two int scalars"):
+        run_kernel(int_div, inputs={"x": x}, outputs={"y": ((2, 8), pl.FP32)})
+
+
+def test_broadcasting_tiles_is_a_named_gap_not_a_kernel_defect() -> None:
+    def kernel(x, y):  # noqa: ANN001, ANN202
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="bcast"):
+            y[:, :] = pl.mul(x[:, :], x[:, 0:1])
+
+    with pytest.raises(NotImplementedError, match=r"pl.mul of tiles \[2, 8\] and \[2, 1\] at "
+                                                  r".*test_tile_ops.py:\d+: broadcasting"):
+        run_kernel(kernel, inputs={"x": f32(2, 8)}, outputs={"y": ((2, 8), pl.FP32)})

@@ -75,6 +75,12 @@ def _tile(rt: Run, x: Any, how: str = "vec", op: str = "op") -> Tile:
 
 def _same_shape(op: str, a: Tile, b: Tile) -> None:
     if a.shape != b.shape:
+        if len(a.shape) == len(b.shape) and all(
+                x == y or 1 in (x, y) for x, y in zip(a.shape, b.shape, strict=True)):
+            # pypto's tile ops broadcast such shapes; the emulator does not (yet)
+            raise NotImplementedError(
+                f"pl.{op} of tiles {list(a.shape)} and {list(b.shape)} at "
+                f"{fmt_site(core.caller_site())}: broadcasting between tiles is not emulated")
         raise ValueError(f"pl.{op}: shapes {list(a.shape)} and {list(b.shape)} differ "
                          f"({a!r}, {b!r}); use row_expand_*/col_expand_* to broadcast")
     if a.dtype != b.dtype:
@@ -310,10 +316,30 @@ def _dim(rt: Run, t: Tensor | Tile, axis: int) -> int:
 # -- elementwise -----------------------------------------------------------------------------
 
 
+_SCALAR_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+               "maximum": np.maximum, "minimum": np.minimum}
+
+
+def _scalar_binary(name: str, a: Any, b: Any) -> float | int:
+    """pypto's Scalar arithmetic (``pl.mul(s, 0.0)`` with ``s`` a scalar): two ints exactly
+    (a division of ints is not emulated); with a float operand, one correctly rounded FP32
+    operation (the emulator's float scalars are FP32)."""
+    if isinstance(a, numbers.Integral) and isinstance(b, numbers.Integral):
+        if name == "div":
+            raise NotImplementedError(f"pl.div of two int scalars ({a}, {b}) at "
+                                      f"{fmt_site(core.caller_site())}: its rounding is not "
+                                      "emulated")
+        return int(_SCALAR_OPS[name](int(a), int(b)))
+    with np.errstate(all="ignore"):
+        return float(_SCALAR_OPS[name](np.float32(a), np.float32(b)))
+
+
 def _binary_rule(name: str) -> None:
     def fn(rt: Run, lhs: Any, rhs: Any, high_precision: bool = False) -> Tile:
         if high_precision and name != "div":  # div: correctly rounded either way
             raise TypeError(f"pl.{name} takes no high_precision")
+        if isinstance(lhs, numbers.Number) and isinstance(rhs, numbers.Number):
+            return _scalar_binary(name, lhs, rhs)
         a = _tile(rt, lhs, op=name)
         if isinstance(rhs, numbers.Number):
             sdt = "FP32" if a.dtype.is_float else a.dtype.name

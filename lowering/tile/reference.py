@@ -5,8 +5,8 @@
 Everything here is read from the code: the memory model and the platform limits from
 :mod:`lowering.tile.budget`, every ``pl`` name (``pl.x``, ``pl.tensor.x``, ``pl.tile.x``,
 ``pl.system.x``, ...) with its signature and docstring from the modules that define it. (The
-multi-device ``pld`` names: docs/run_kernel.md.) tests/test_pl_reference.py checks the file is current and that every name a kernel can
-reach is listed.
+multi-device ``pld`` names: docs/run_kernel.md.) tests/test_pl_reference.py checks the file is
+current and that every name a kernel can reach is listed.
 """
 
 from __future__ import annotations
