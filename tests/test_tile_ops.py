@@ -239,11 +239,25 @@ def test_scalar_arithmetic_is_fp32() -> None:
         run_kernel(int_div, inputs={"x": x}, outputs={"y": ((2, 8), pl.FP32)})
 
 
-def test_broadcasting_tiles_is_a_named_gap_not_a_kernel_defect() -> None:
-    def kernel(x, y):  # noqa: ANN001, ANN202
-        with pl.at(level=pl.Level.CORE_GROUP, name_hint="bcast"):
-            y[:, :] = pl.mul(x[:, :], x[:, 0:1])
+def test_binary_ops_broadcast_tiles_as_pypto_does(backend) -> None:  # noqa: ANN001
+    """[16, 256] op [16, 1] and [1, 256] (pypto's tile ops broadcast, qwen3_14b
+    decode_layer_a8w8.py:592): each element one correctly rounded fp32 op."""
+    x, c, r = f32(4, 8), f32(4, 1), f32(1, 8)
 
-    with pytest.raises(NotImplementedError, match=r"pl.mul of tiles \[2, 8\] and \[2, 1\] at "
-                                                  r".*test_tile_ops.py:\d+: broadcasting"):
-        run_kernel(kernel, inputs={"x": f32(2, 8)}, outputs={"y": ((2, 8), pl.FP32)})
+    def kernel(x, c, r, y, z):  # noqa: ANN001, ANN202
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="bcast"):
+            y[:, :] = pl.mul(x[:, :], c[:, :])
+            z[:, :] = pl.sub(r[:, :], x[:, :])
+
+    run = run_kernel(kernel, inputs={"x": x, "c": c, "r": r}, backend=backend,
+                     outputs={"y": ((4, 8), pl.FP32), "z": ((4, 8), pl.FP32)})
+    np.testing.assert_array_equal(run.outputs["y"], x * c)
+    np.testing.assert_array_equal(run.outputs["z"], r - x)
+
+    def bad(x, c, r, y, z):  # noqa: ANN001, ANN202
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="bad"):
+            y[:, :] = pl.mul(x[:, :], x[0:2, 0:4])
+
+    with pytest.raises(ValueError, match=r"pl.mul: shapes \[4, 8\] and \[2, 4\] do not broadcast"):
+        run_kernel(bad, inputs={"x": x, "c": c, "r": r}, backend=backend,
+                   outputs={"y": ((4, 8), pl.FP32), "z": ((4, 8), pl.FP32)})

@@ -74,15 +74,13 @@ def _tile(rt: Run, x: Any, how: str = "vec", op: str = "op") -> Tile:
 
 
 def _same_shape(op: str, a: Tile, b: Tile) -> None:
-    if a.shape != b.shape:
-        if len(a.shape) == len(b.shape) and all(
-                x == y or 1 in (x, y) for x, y in zip(a.shape, b.shape, strict=True)):
-            # pypto's tile ops broadcast such shapes; the emulator does not (yet)
-            raise NotImplementedError(
-                f"pl.{op} of tiles {list(a.shape)} and {list(b.shape)} at "
-                f"{fmt_site(core.caller_site())}: broadcasting between tiles is not emulated")
-        raise ValueError(f"pl.{op}: shapes {list(a.shape)} and {list(b.shape)} differ "
-                         f"({a!r}, {b!r}); use row_expand_*/col_expand_* to broadcast")
+    """Operands of an element-wise op: one shape, or shapes of one rank that broadcast (each
+    dim equal or 1, as pypto's tile-op type inference allows: ``[16, 256]`` with ``[16, 1]``);
+    one dtype."""
+    if a.shape != b.shape and not (len(a.shape) == len(b.shape) and all(
+            x == y or 1 in (x, y) for x, y in zip(a.shape, b.shape, strict=True))):
+        raise ValueError(f"pl.{op}: shapes {list(a.shape)} and {list(b.shape)} do not "
+                         f"broadcast ({a!r}, {b!r})")
     if a.dtype != b.dtype:
         raise TypeError(f"pl.{op}: dtypes {a.dtype.name} and {b.dtype.name} differ "
                         f"({a!r}, {b!r}); cast first")

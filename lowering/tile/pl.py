@@ -199,7 +199,9 @@ def _op(name: str, doc: str) -> Any:
     return fn
 
 
-add = _op("add", "Elementwise a + b (b: tile of the same shape, or a number = fp32 scalar).")
+add = _op("add", "Elementwise a + b. b: a tile of the same shape or of one that broadcasts "
+              "(same rank, each dim equal or 1), or a number (an fp32 scalar); two numbers: "
+              "one fp32 op (ints: exact). The same for sub, mul, div, maximum, minimum.")
 sub = _op("sub", "Elementwise a - b.")
 mul = _op("mul", "Elementwise a * b.")
 div = _op("div", "Elementwise a / b (correctly rounded).")
