@@ -324,7 +324,6 @@ class Harness:
         from lowering.run_kernel import params_of
 
         case = self._new_case(fn, "the emulator (the file calls the kernel)")
-        label = case.label
         try:
             params = params_of(fn)
             try:
@@ -346,21 +345,33 @@ class Harness:
                 fn(**{p.name: tens[p.name] if p.name in tens else rest[p.name]
                       for p in params})
 
-            kernel.__name__ = label
-            run = _run_tile_kernel(kernel, inputs=inputs, outputs={}, inouts=inouts,
-                                   platform=self.platform, name=label, seed=self.seed,
-                                   permute_parallel=self.permute_parallel, zero_outputs=True,
-                                   budget_model="peak", input_store="warning")
+            run = self._emulate(case, kernel, " done: the file's own code", inputs=inputs,
+                                outputs={}, inouts=inouts)
         except Exception as e:
             self._stopped(case, e)
             raise
-        case.emulator_s = self.phase(f"{label} done: the file's own code")
-        case.findings = list(run.findings)
-        case.budget = run.budget.as_dicts()
         if run.failures:
             case.status = FAIL
         for name, t in back.items():
             t.copy_(to_torch(torch, run.outputs[name]))
+
+    def _emulate(self, case: Case, kernel: Callable[..., None], then: str, *, inputs: dict,
+                 outputs: dict, inouts: dict, world: int | None = None) -> Any:
+        """``kernel`` on the emulator as pypto-lib's harness runs it (outputs start as zeros,
+        budgets judged on the peak model, a store into an input a warning; ``world`` ranks
+        for an L3 program), the phase ``label + then`` started after it; the case gets the run's
+        seconds, findings and budget."""
+        kernel.__name__ = case.label
+        runner = _run_tile_kernel if world is None else functools.partial(  # one run per rank
+            run_host, world=world, schedule_seed=self.seed if self.permute_parallel else None)
+        run = runner(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
+                     platform=self.platform, name=case.label, seed=self.seed,
+                     permute_parallel=self.permute_parallel, zero_outputs=True,
+                     budget_model="peak", input_store="warning")
+        case.emulator_s = self.phase(case.label + then)
+        case.findings = list(run.findings)
+        case.budget = run.budget.as_dicts()
+        return run
 
     def _judge(self, case: Case, fn: Any, specs: list, golden_fn: Callable | None,
                golden_data: str | None, rtol: float, atol: float,
@@ -404,16 +415,8 @@ class Harness:
         def kernel(**tens: Any) -> None:
             entry(*[tens[n] if n in tens else scalars[n] for n in by_param.values()])
 
-        kernel.__name__ = case.label
-        runner = _run_tile_kernel if world is None else functools.partial(  # one run per rank
-            run_host, world=world, schedule_seed=self.seed if self.permute_parallel else None)
-        run = runner(kernel, inputs=inputs, outputs=outputs, inouts=inouts,
-                     platform=self.platform, name=case.label, seed=self.seed,
-                     permute_parallel=self.permute_parallel, zero_outputs=True,
-                     budget_model="peak", input_store="warning")
-        case.emulator_s = self.phase(f"{case.label}: the file's golden")
-        case.findings = list(run.findings)
-        case.budget = run.budget.as_dicts()
+        run = self._emulate(case, kernel, ": the file's golden", inputs=inputs, outputs=outputs,
+                            inouts=inouts, world=world)
 
         device = {s.name: to_torch(torch, run.outputs[s.name]) for s in tspecs if s.is_output}
         expected = None
@@ -603,11 +606,11 @@ def _patched(golden: ModuleType, harness: Harness) -> Iterator[None]:
     targets = [golden, getattr(golden, "runner", None)]
     saved = [(m, n, getattr(m, n)) for m in targets if m is not None
              for n in ("run_jit", "run") if hasattr(m, n)]
+    if not saved:  # a golden module without runners: give it ours
+        golden.run_jit, golden.run = harness.run_jit, harness.run
     saved.append((jit, "host_dispatch", jit.host_dispatch))
     for m, n, _ in saved:
         setattr(m, n, harness.dispatch if m is jit else getattr(harness, n))
-    if len(saved) == 1:
-        golden.run_jit, golden.run = harness.run_jit, harness.run
     try:
         yield
     finally:

@@ -115,7 +115,7 @@ def _last_phase(stderr: str | bytes | None) -> str:
 
 def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) -> SweepRow:
     """One file in a child process, judged from its ``--json`` result."""
-    rel = str(path.relative_to(root))
+    rel, ci = str(path.relative_to(root)), ci_class(path)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "lowering", "run-kernel", str(path), "--quiet",
@@ -128,8 +128,7 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) ->
                                   env=env, cwd=str(path.parent))
         except subprocess.TimeoutExpired as e:
             return SweepRow(rel, TIMEOUT, time.perf_counter() - t0,
-                            f"no verdict within {timeout:g} s ({_last_phase(e.stderr)})",
-                            ci_class(path))
+                            f"no verdict within {timeout:g} s ({_last_phase(e.stderr)})", ci)
         secs = time.perf_counter() - t0
         if not out.is_file():
             lines = [ln for ln in proc.stderr.strip().splitlines()
@@ -138,11 +137,11 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) ->
                 f"exited {proc.returncode}"
             return SweepRow(rel, CANNOT_RUN, secs,
                             f"run-kernel {why} without a result ({_last_phase(proc.stderr)})"
-                            + (f": {lines[-1]}" if lines else ""), ci_class(path),
+                            + (f": {lines[-1]}" if lines else ""), ci,
                             killed=proc.returncode == -signal.SIGKILL)
         res = json.loads(out.read_text())
     cases = res.get("cases", [])
-    return SweepRow(rel, res["verdict"], secs, res.get("reason", ""), ci_class(path),
+    return SweepRow(rel, res["verdict"], secs, res.get("reason", ""), ci,
                     {k: sum(c.get(k, 0.0) for c in cases) for k in PHASES}, res)
 
 

@@ -42,7 +42,8 @@ _COMPARE = {
     "ge": np.greater_equal,
 }
 
-_BINARY = {
+#: the element-wise binary tile ops as numpy ufuncs (lowering.tile.ops uses them for scalars)
+BINARY = {
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
@@ -125,9 +126,9 @@ class NumpyBackend:
         nat = _NATIVE[dtype]
         if nat == _NATIVE["BF16"] or nat == _NATIVE["FP16"]:
             f32 = np.float32
-            r = _BINARY[op](np.asarray(a).astype(f32), np.asarray(b).astype(f32))
+            r = BINARY[op](np.asarray(a).astype(f32), np.asarray(b).astype(f32))
             return r.astype(nat)
-        r = _BINARY[op](a, b)
+        r = BINARY[op](a, b)
         return np.asarray(r).astype(nat, copy=False)
 
     def unary(self, op: str, x: np.ndarray) -> np.ndarray:

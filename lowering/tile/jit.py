@@ -280,16 +280,16 @@ class JITFunction:
             raise NotImplementedError(
                 f"{self.__name__} called with host tensors at {fmt_site(caller_site())}: "
                 "running a kernel on a device is emulated only under `lowering run-kernel`")
-        kwargs = {k: v for k, v in kwargs.items() if k != "config"}
-        return host_dispatch(self, args, kwargs)
+        return host_dispatch(self, args, _without_config(kwargs))
 
     def compile(self, *args: Any, **kwargs: Any) -> CompiledProgram:
-        """pypto's ``JITFunction.compile``: the program for these arguments' shapes; calling
-        it dispatches the kernel like a host call of the function itself."""
+        """pypto's ``JITFunction.compile``: the program for these arguments' shapes (none:
+        from the annotations); calling it dispatches the kernel like a host call."""
         self._annotations()
-        if args or any(k != "config" for k in kwargs):
+        kwargs = _without_config(kwargs)
+        if args or kwargs:
             try:
-                self._sig.bind(*args, **{k: v for k, v in kwargs.items() if k != "config"})
+                self._sig.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"{self.__name__}.compile(): {e}") from None
         return CompiledProgram(self)
@@ -305,6 +305,11 @@ class JITFunction:
 
     def __repr__(self) -> str:
         return f"<pl.jit{'' if self.kind == 'jit' else '.' + self.kind} {self.__name__}>"
+
+
+def _without_config(kwargs: dict) -> dict:
+    """A call's keywords less ``config=`` (pypto's RunConfig, consumed by the JIT)."""
+    return {k: v for k, v in kwargs.items() if k != "config"}
 
 
 def _host_tensors(args: tuple, kwargs: dict) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from lowering.backends.numpy_backend import BINARY
 from lowering.tile import core
 from lowering.tile.core import Run, Tensor, Tile, fmt_site
 from lowering.tile.dtypes import BF16, FP16, FP32, INT8, INT32, DType, as_dtype
@@ -314,10 +315,6 @@ def _dim(rt: Run, t: Tensor | Tile, axis: int) -> int:
 # -- elementwise -----------------------------------------------------------------------------
 
 
-_SCALAR_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-               "maximum": np.maximum, "minimum": np.minimum}
-
-
 def _scalar_binary(name: str, a: Any, b: Any) -> float | int:
     """pypto's Scalar arithmetic (``pl.mul(s, 0.0)`` with ``s`` a scalar): two ints exactly
     (a division of ints is not emulated); with a float operand, one correctly rounded FP32
@@ -327,9 +324,9 @@ def _scalar_binary(name: str, a: Any, b: Any) -> float | int:
             raise NotImplementedError(f"pl.div of two int scalars ({a}, {b}) at "
                                       f"{fmt_site(core.caller_site())}: its rounding is not "
                                       "emulated")
-        return int(_SCALAR_OPS[name](int(a), int(b)))
+        return int(BINARY[name](int(a), int(b)))
     with np.errstate(all="ignore"):
-        return float(_SCALAR_OPS[name](np.float32(a), np.float32(b)))
+        return float(BINARY[name](np.float32(a), np.float32(b)))
 
 
 def _binary_rule(name: str) -> None:

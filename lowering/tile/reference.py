@@ -106,7 +106,7 @@ def entries() -> dict[str, Any]:
     return out
 
 
-def _module_of(name: str, obj: Any) -> str:
+def _module_of(obj: Any) -> str:
     return getattr(obj, "__module__", None) or type(obj).__module__
 
 
@@ -163,7 +163,7 @@ def markdown() -> str:
     by_section: dict[str, list[tuple[str, Any]]] = {t: [] for t, _ in _SECTIONS}
     compute: list[tuple[str, Any]] = []
     for name, obj in sorted(ents.items(), key=lambda kv: (kv[0].count("."), kv[0])):
-        mod = _module_of(name, obj)
+        mod = _module_of(obj)
         short = name.rsplit(".", 1)[1]
         target = None
         for title, mods in _SECTIONS:
