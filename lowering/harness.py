@@ -121,6 +121,8 @@ class FileResult:
     exit_code: int | None = None  # what the file's __main__ exited with (SystemExit)
     platform: str = "a2a3"
     seed: int = 0
+    #: files of the checkout whose lines called pl ops in this run, with how many ops each
+    op_files: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit(self) -> int:
@@ -129,7 +131,8 @@ class FileResult:
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "verdict": self.verdict, "reason": self.reason,
                 "seconds": round(self.seconds, 3), "platform": self.platform,
-                "seed": self.seed, "cases": [c.to_dict() for c in self.cases]}
+                "seed": self.seed, "op_files": dict(self.op_files),
+                "cases": [c.to_dict() for c in self.cases]}
 
     def to_report(self) -> Report:
         """The cases as a :class:`Report` (one region per case) for the usual table."""
@@ -373,12 +376,30 @@ class Harness:
         case.budget = run.budget.as_dicts()
         return run
 
+    def _check_spec_classes(self, specs: list) -> None:
+        """A spec that is neither ``golden.TensorSpec`` nor ``golden.ScalarSpec`` (say a
+        ``pypto.runtime.TensorSpec``) gets no input from pypto-lib's ``golden.run``, which
+        sorts specs by ``isinstance``: upstream the run cannot work, so it is the file's
+        defect, named with where the spec was made."""
+        ok = (self.golden.TensorSpec, self.golden.ScalarSpec)
+        foreign = [s for s in specs if not isinstance(s, ok)]
+        if foreign:
+            s = foreign[0]
+            cls = type(s)
+            kind = f"pypto.runtime.{cls.__name__.removeprefix('Runtime')}" \
+                if cls.__name__.startswith("Runtime") else f"{cls.__module__}.{cls.__qualname__}"
+            raise KernelDefect(
+                f"spec {getattr(s, 'name', s)!r} is a {kind}, not a golden.TensorSpec / ScalarSpec: golden.run makes no input for it "
+                f"({len(foreign)} of {len(specs)} specs)"
+                + (f" (used at {s.site})" if getattr(s, "site", "") else ""))
+
     def _judge(self, case: Case, fn: Any, specs: list, golden_fn: Callable | None,
                golden_data: str | None, rtol: float, atol: float,
                compare_fn: dict[str, Callable], world: int | None = None) -> None:
         torch = _torch()
         from dsref.io import from_torch, to_torch
 
+        self._check_spec_classes(specs)
         tspecs = [s for s in specs if isinstance(s, self.golden.TensorSpec)]
         if golden_data is not None:
             raise CannotRun("golden_data= replay is not modelled; run without --golden-data")
@@ -387,8 +408,9 @@ class Harness:
         case.inputs_s = self.phase(f"{case.label}: the emulator")
         scalars = {s.name: s.to_python() for s in specs
                    if not isinstance(s, self.golden.TensorSpec)}
-        snapshot = {s.name: tensors[s.name].clone() for s in tspecs
-                    if not s.is_output or s.init_value is not None}
+        # no snapshot of the inputs (pypto-lib's golden.run clones them all): the emulator
+        # copies what it is given (Backend.from_numpy), so ``tensors`` stay as made, and a
+        # whole-model file's weights are held twice at most, not three times
 
         entry, params = _entry(fn)
         names = [s.name for s in specs]
@@ -425,7 +447,7 @@ class Harness:
             for s in tspecs:
                 scratch[s.name] = (torch.zeros(s.shape, dtype=s.dtype)
                                    if s.is_output and s.init_value is None
-                                   else snapshot[s.name].clone())
+                                   else tensors[s.name].clone())
             with _seeded(torch, self.seed):
                 try:
                     golden_fn(scratch)
@@ -435,7 +457,9 @@ class Harness:
             expected = {n: scratch[n] for n in device}
         case.golden_s = self.phase(f"{case.label}: comparing")
         if expected is not None:
-            case.outputs = self._validate(device, expected, snapshot, scalars, rtol, atol,
+            given = {s.name: tensors[s.name] for s in tspecs
+                      if not s.is_output or s.init_value is not None}
+            case.outputs = self._validate(device, expected, given, scalars, rtol, atol,
                                           compare_fn)
         case.compare_s = self.phase(f"{case.label} done: the file's own code")
         if run.failures or any(not o.ok for o in case.outputs):
@@ -623,7 +647,21 @@ def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
              permute_parallel: bool = False, progress: bool = False) -> FileResult:
     """Run the kernel file ``path`` as ``python FILE [--mode MODE]`` would, with the device
     runner replaced by the emulator (see the module docstring). ``progress``: each phase on
-    stderr as it starts (:meth:`Harness.phase`)."""
+    stderr as it starts (:meth:`Harness.phase`). ``FileResult.op_files`` names the files of
+    the checkout (or the file's folder) whose lines called pl ops."""
+    from lowering.tile import core
+
+    core.op_files.clear()
+    res = _run_file(path, mode, seed, platform, env, permute_parallel, progress)
+    p = Path(path).resolve()
+    root = str(find_checkout(p) or p.parent)
+    res.op_files = {f: n for f, n in sorted(core.op_files.items()) if f.startswith(root)}
+    return res
+
+
+def _run_file(path: str | os.PathLike, mode: str | None, seed: int, platform: str,
+              env: Mapping[str, str] | None, permute_parallel: bool,
+              progress: bool) -> FileResult:
     p = Path(path).resolve()
     t0 = time.perf_counter()
     res = FileResult(str(path), PASS, platform=platform, seed=seed)
@@ -716,19 +754,21 @@ def _run_without_main(p: Path, h: Harness) -> None:
     if len(kernels) != 1 or specs_fn is None or len(goldens) != 1:
         raise CannotRun(f"{p.name} has no __main__, and not one @pl.jit kernel "
                         f"({len(kernels)}), build_tensor_specs ({'yes' if specs_fn else 'no'}) "
-                        f"and one golden_* function ({len(goldens)}) to run instead")
+                        f"and one golden_* function ({len(goldens)}) to run instead; `lowering "
+                        f"sweep` judges it through the files that run its kernels")
     h.run_jit(fn=kernels[0], specs=specs_fn(), golden_fn=goldens[0])
 
 
 def render(res: FileResult, console: Any = None) -> None:
     """The verdict on one file as a table that fits 100 columns: a row per case and output,
     then each failing output's detail, each finding, and the verdict line."""
+    from rich.markup import escape as esc
     from rich.table import Table
 
     from lowering.report import make_console
 
     console = console or make_console()
-    t = Table(title=f"{res.path}  (its own golden, platform {res.platform}, seed {res.seed})",
+    t = Table(title=f"{esc(res.path)}  (its own golden, platform {res.platform}, seed {res.seed})",
               title_justify="left", box=None, pad_edge=False)
     for col, just in (("case", "left"), ("status", "left"), ("output", "left"),
                       ("comparator", "left"), ("max abs", "right"), ("max ulp", "right"),
@@ -738,12 +778,12 @@ def render(res: FileResult, console: Any = None) -> None:
     for c in res.cases:
         rows = c.outputs or [None]
         for i, o in enumerate(rows):
-            head = [c.label, f"[{style[c.status]}]{c.status}[/]"] if i == 0 else ["", ""]
+            head = [esc(c.label), f"[{style[c.status]}]{c.status}[/]"] if i == 0 else ["", ""]
             if o is None or o.diff is None:
-                cells = [o.name if o else "—", o.comparator if o else "", "", "", ""]
+                cells = [esc(o.name) if o else "—", esc(o.comparator) if o else "", "", "", ""]
             else:
                 d = o.diff
-                cells = [o.name + ("" if o.ok else " [red]✗[/]"), o.comparator,
+                cells = [esc(o.name) + ("" if o.ok else " [red]✗[/]"), esc(o.comparator),
                          f"{d.max_abs:.3g}", str(d.max_ulp), f"{100 * d.differ_ratio:.2f}"]
             secs = f"{c.emulator_s:.2f}/{c.golden_s:.2f}" if i == 0 else ""
             t.add_row(*head, *cells, secs)
@@ -751,14 +791,15 @@ def render(res: FileResult, console: Any = None) -> None:
     for c in res.cases:
         for o in c.outputs:
             if not o.ok:
-                console.print(f"  [red]{c.label} {o.name}[/]: {o.detail}", highlight=False)
+                console.print(f"  [red]{esc(c.label)} {esc(o.name)}[/]: {esc(o.detail)}",
+                              highlight=False)
         for f in c.findings:
             color = "red" if f.severity == "fail" else "yellow"
-            console.print(f"  [{color}]{f.severity.upper()} [{f.check}][/] {f.message}",
-                          highlight=False)
+            console.print(f"  [{color}]{f.severity.upper()} {esc(f'[{f.check}]')}[/] "
+                          f"{esc(f.message)}", highlight=False)
         if c.error:
-            console.print(f"  [red]{c.label}[/]: {c.error}", highlight=False, markup=False)
+            console.print(f"  [red]{esc(c.label)}[/]: {esc(c.error)}", highlight=False)
     if not res.cases and res.reason:
-        console.print(f"  {res.reason}", highlight=False, markup=False)
+        console.print(f"  {esc(res.reason)}", highlight=False)
     color = {PASS: "green", FAIL: "red", CANNOT_RUN: "yellow"}[res.verdict]
-    console.print(f"[{color}]{res.verdict}[/] {res.path}")
+    console.print(f"[{color}]{res.verdict}[/] {esc(res.path)}", highlight=False)

@@ -1,6 +1,7 @@
 """``lowering sweep DIR``: ``run-kernel`` on every kernel file of a pypto-lib checkout.
 
-Each file runs in its own process (``python -m lowering run-kernel FILE``, its own golden),
+Each file runs in its own process (``python -m lowering run-kernel FILE``, its own golden;
+forked from a server that has torch and the harness imported already),
 ``--jobs`` at a time, each with a time limit. The table has one row per file (verdict PASS /
 FAIL / CANNOT RUN / TIMEOUT, seconds, first reason) and a summary of counts per directory;
 ``--json FILE`` keeps every file's full result. Exit 0 when every file passes, 1 otherwise,
@@ -11,7 +12,8 @@ Every file is also placed in pypto-lib's own CI classes (its ``.github`` workflo
 simulator fare: ``sim`` (a ``__main__``, run as ``python FILE -p a2a3sim``), ``no-sim``
 (marked ``# ci: no-sim``: device-only multi-layer / multi-card forwards), ``draft``
 (``*_draft.py``, never run by upstream CI) and ``lib`` (no ``__main__``: a module the kernels
-import). All of them are run here all the same.
+import). All of them are run here all the same; a ``lib`` module that cannot run alone is judged
+through the runs of the files that execute its kernels (:func:`judge_modules`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -113,32 +114,84 @@ def _last_phase(stderr: str | bytes | None) -> str:
     return "before the file was imported"
 
 
-def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str) -> SweepRow:
-    """One file in a child process, judged from its ``--json`` result."""
+#: the environment of every child: one thread each (``--jobs`` children share the cores) and
+#: a fixed hash seed, so that set order, and so a run, is the same every time
+CHILD_ENV = {"PYPTO_GOLDEN_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+#: what every child needs before its file: imported once by the fork server, so a child
+#: starts in milliseconds rather than the ~4 s that importing torch, jax and the harness takes
+PRELOAD = ["torch", "lowering.cli", "lowering.harness", "lowering.run_kernel"]
+
+
+def _launcher() -> Any:
+    """The multiprocessing context whose fork server has :data:`PRELOAD` imported. The server
+    starts (once per process) with :data:`CHILD_ENV` in its environment: the hash seed is
+    fixed when an interpreter starts, so it must be there, not set in the child."""
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    saved = {k: os.environ.get(k) for k in CHILD_ENV}
+    os.environ.update(CHILD_ENV)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return ctx
+
+
+def _child(argv: list[str], cwd: str, stdout: str, stderr: str) -> None:
+    """A forked child: ``python -m lowering ARGV`` run in ``cwd``, its output to files."""
+    os.environ.update(CHILD_ENV)
+    os.chdir(cwd)
+    for fd, path in ((1, stdout), (2, stderr)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(f, fd)
+        os.close(f)
+    import torch
+
+    torch.set_num_threads(1)
+    from lowering.cli import main
+
+    sys.argv = [sys.executable, "-m", "lowering", *argv]
+    rc = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(rc)
+
+
+def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
+            ctx: Any = None) -> SweepRow:
+    """One file in a child process (forked from ``ctx``'s preloaded server), judged from its
+    ``--json`` result."""
     rel, ci = str(path.relative_to(root)), ci_class(path)
+    ctx = ctx or _launcher()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "lowering", "run-kernel", str(path), "--quiet",
-               "--progress", "--json", str(out), "--seed", str(seed), "--platform", platform]
-        env = {**os.environ, "PYPTO_GOLDEN_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "PYTHONHASHSEED": "0"}
+        out, err = Path(tmp) / "result.json", Path(tmp) / "stderr"
+        argv = ["run-kernel", str(path), "--quiet", "--progress", "--json", str(out),
+                "--seed", str(seed), "--platform", platform]
         t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  env=env, cwd=str(path.parent))
-        except subprocess.TimeoutExpired as e:
+        proc = ctx.Process(target=_child, args=(argv, str(path.parent), os.devnull, str(err)))
+        proc.start()
+        proc.join(timeout)
+        stderr = err.read_text(errors="replace") if err.is_file() else ""
+        if proc.exitcode is None:  # still running
+            proc.kill()
+            proc.join()
             return SweepRow(rel, TIMEOUT, time.perf_counter() - t0,
-                            f"no verdict within {timeout:g} s ({_last_phase(e.stderr)})", ci)
-        secs = time.perf_counter() - t0
+                            f"no verdict within {timeout:g} s ({_last_phase(stderr)})", ci)
+        secs, rc = time.perf_counter() - t0, proc.exitcode
         if not out.is_file():
-            lines = [ln for ln in proc.stderr.strip().splitlines()
-                     if not ln.startswith(PHASE_MARK)]
-            why = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else \
-                f"exited {proc.returncode}"
+            lines = [ln for ln in stderr.strip().splitlines() if not ln.startswith(PHASE_MARK)]
+            why = f"killed by signal {-rc}" if rc < 0 else f"exited {rc}"
             return SweepRow(rel, CANNOT_RUN, secs,
-                            f"run-kernel {why} without a result ({_last_phase(proc.stderr)})"
+                            f"run-kernel {why} without a result ({_last_phase(stderr)})"
                             + (f": {lines[-1]}" if lines else ""), ci,
-                            killed=proc.returncode == -signal.SIGKILL)
+                            killed=rc == -signal.SIGKILL)
         res = json.loads(out.read_text())
     cases = res.get("cases", [])
     return SweepRow(rel, res["verdict"], secs, res.get("reason", ""), ci,
@@ -154,8 +207,9 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
     rows: list[SweepRow] = []
     # the largest files first (the whole-model forwards): fewer of them left alone at the end
     files.sort(key=lambda f: -f.stat().st_size)
+    ctx = _launcher()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futs = {pool.submit(run_one, f, root, timeout, seed, platform): f for f in files}
+        futs = {pool.submit(run_one, f, root, timeout, seed, platform, ctx): f for f in files}
         for fut in as_completed(futs):
             row = fut.result()
             rows.append(row)
@@ -163,11 +217,44 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
                 progress(row, len(rows), len(files))
     for i, row in enumerate(rows):
         if row.killed and jobs > 1:
-            rows[i] = run_one(root / row.file, root, timeout, seed, platform)
+            rows[i] = run_one(root / row.file, root, timeout, seed, platform, ctx)
             rows[i].alone = True
             if progress is not None:
                 progress(rows[i], len(rows), len(files))
     rows.sort(key=lambda r: r.file)
+    return judge_modules(rows, root)
+
+
+def judge_modules(rows: list[SweepRow], root: Path) -> list[SweepRow]:
+    """A module with no ``__main__`` of its own (``ci == "lib"``: ``@pl.jit.inline`` helpers
+    the kernels import) that ``run-kernel`` cannot run alone is judged through the runs that
+    executed its code (``op_files`` of their results: pl ops called from its lines):
+
+    - FAIL when such a run fails *in it* (the failure names one of its lines);
+    - PASS when none does and at least one such run passes;
+    - otherwise it stays CANNOT RUN, saying which runs executed it and how they ended."""
+    for i, row in enumerate(rows):
+        if row.ci != "lib" or row.verdict != CANNOT_RUN:
+            continue
+        path = str((root / row.file).resolve())
+        ran = [r for r in rows if r is not row and path in r.result.get("op_files", {})]
+        if not ran:
+            continue
+        here = [r for r in ran if r.verdict == FAIL and path in r.reason]
+        passed = [r for r in ran if r.verdict == PASS]
+        names = ", ".join(r.file for r in (here or passed or ran)[:3]) \
+            + (f" and {len(here or passed or ran) - 3} more"
+               if len(here or passed or ran) > 3 else "")
+        if here:
+            rows[i] = SweepRow(row.file, FAIL, row.seconds, f"fails in {names}: {here[0].reason}",
+                               row.ci, row.phases, row.result)
+        elif passed:
+            n = sum(r.result["op_files"][path] for r in passed)
+            rows[i] = SweepRow(row.file, PASS, row.seconds,
+                               f"no __main__: its kernels ran ({n} pl ops) in {names}, which "
+                               "pass", row.ci, row.phases, row.result)
+        else:
+            row.reason += f"; its kernels ran only in {names}, with no PASS"
     return rows
 
 

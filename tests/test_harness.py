@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,24 +149,52 @@ def test_sweep_end_to_end_on_a_miniature_checkout(tmp_path, capsys):
     assert got == {"scale": PASS, "modes": PASS, "argv_config": PASS, "nomain": PASS,
                    "program": PASS, "race": FAIL, "tail": FAIL, "budget": FAIL, "ties": FAIL,
                    "kernel_raises": FAIL, "unsupported": CANNOT_RUN, "allgather": PASS,
-                   "host_call": PASS}
+                   "host_call": PASS, "doubled": PASS, "rowops": PASS, "widened": FAIL,
+                   "overrun": FAIL}
     assert rep["summary"]["examples"] == {PASS: 2}
-    assert rep["summary"]["total"] == {PASS: 7, FAIL: 5, CANNOT_RUN: 1}
-    # pypto-lib's own CI classes: nomain.py has no __main__ (upstream never runs it)
-    assert {Path(f["file"]).stem for f in rep["files"] if f["ci"] != "sim"} == {"nomain"}
-    assert rep["summary"]["upstream sim set"] == {PASS: 6, FAIL: 5, CANNOT_RUN: 1}
+    assert rep["summary"]["total"] == {PASS: 9, FAIL: 7, CANNOT_RUN: 1}
+    # pypto-lib's own CI classes: no __main__, so upstream never runs them itself
+    assert {Path(f["file"]).stem for f in rep["files"] if f["ci"] != "sim"} == {
+        "nomain", "rowops", "overrun"}
+    assert rep["summary"]["upstream sim set"] == {PASS: 7, FAIL: 6, CANNOT_RUN: 1}
+    why = {Path(f["file"]).stem: f["reason"] for f in rep["files"]}
+    # helper modules, judged through the runs that execute their kernels
+    assert why["rowops"].startswith("no __main__: its kernels ran (3 pl ops) in "
+                                    "models/toy/doubled.py")
+    assert why["overrun"].startswith("fails in models/toy/widened.py: ")
+    assert "overrun.py:9" in why["overrun"] and "out of bounds" in why["overrun"]
     text = capsys.readouterr().out
-    assert "13 files" in text and "7 PASS, 5 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
-    assert "with a verdict: 92% of all files, 92% of the 12 in the upstream sim set" in text
+    assert "17 files" in text and "9 PASS, 7 FAIL, 1 CANNOT RUN, 0 TIMEOUT" in text
+    assert "with a verdict: 94% of all files, 93% of the 14 in the upstream sim set" in text
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_a_helper_module_stays_cannot_run_when_no_run_executes_it():
+    from lowering.sweep import SweepRow, judge_modules
+
+    rows = [SweepRow("models/toy/rowops.py", CANNOT_RUN, 1.0, "no __main__", "lib"),
+            SweepRow("models/toy/doubled.py", FAIL, 1.0, "elsewhere", "sim",
+                     result={"op_files": {str(TOY / "rowops.py"): 3}})]
+    judged = judge_modules(rows, MINI)
+    assert judged[0].verdict == CANNOT_RUN  # its only run failed, not in it
+    assert judged[0].reason.endswith("its kernels ran only in models/toy/doubled.py, "
+                                     "with no PASS")
+    alone = judge_modules([SweepRow("models/toy/rowops.py", CANNOT_RUN, 1.0, "x", "lib")], MINI)
+    assert alone[0].verdict == CANNOT_RUN and alone[0].reason == "x"
 
 
 def test_sweep_timeout_is_a_verdict(tmp_path):
     from lowering.sweep import run_one
 
-    row = run_one(MINI / "examples" / "modes.py", MINI, timeout=0.05, seed=0, platform="a2a3")
-    assert row.verdict == "TIMEOUT" and "0.05" in row.reason
-    assert "before the file was imported" in row.reason
+    slow = tmp_path / "models" / "slow.py"  # its own code never ends
+    slow.parent.mkdir()
+    slow.write_text("import time\nimport pypto.language as pl\n\n\n@pl.jit\ndef k():\n"
+                    "    pass\n\n\nif __name__ == '__main__':\n    time.sleep(60)\n")
+    t0 = time.perf_counter()
+    row = run_one(slow, tmp_path, timeout=3, seed=0, platform="a2a3")
+    assert row.verdict == "TIMEOUT" and "no verdict within 3 s" in row.reason
+    assert "slow.py: the file's own code" in row.reason  # the phase it was stuck in
+    assert time.perf_counter() - t0 < 30  # killed, not waited for
 
 
 def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
@@ -184,11 +213,11 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     calls = []
     real = sw.run_one
 
-    def once_killed(path, root, timeout, seed, platform):
+    def once_killed(path, root, timeout, seed, platform, ctx):
         calls.append(path.name)
         if path.name == "scale.py" and calls.count("scale.py") == 1:
             return sw.SweepRow(str(path.relative_to(root)), CANNOT_RUN, 1.0, killed=True)
-        return real(path, root, timeout, seed, platform)
+        return real(path, root, timeout, seed, platform, ctx)
 
     monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
     monkeypatch.setattr(sw, "run_one", once_killed)
@@ -308,3 +337,47 @@ if __name__ == "__main__":
     if not result.passed:
         raise SystemExit(1)
 '''
+
+
+STORES_INTO_ITS_INPUT = '''
+import pypto.language as pl
+
+
+@pl.jit
+def bump(x: pl.Tensor[[8, 32], pl.FP32], y: pl.Out[pl.Tensor[[8, 32], pl.FP32]]):
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="bump"):
+        t = pl.add(x[:, :], 1.0)
+        x[:, :] = t  # a store into an input
+        y[:, :] = t
+    return y
+
+
+def build_tensor_specs():
+    import torch
+    from golden import TensorSpec
+
+    return [TensorSpec("x", [8, 32], torch.float32, init_value=torch.randn),
+            TensorSpec("y", [8, 32], torch.float32, is_output=True)]
+
+
+def golden_bump(tensors):
+    tensors["y"][:] = tensors["x"] + 1.0
+
+
+if __name__ == "__main__":
+    from golden import run_jit
+
+    run_jit(fn=bump, specs=build_tensor_specs(), golden_fn=golden_bump, rtol=0.0, atol=0.0)
+'''
+
+
+def test_the_golden_sees_the_inputs_as_made_when_the_kernel_stores_into_one(tmp_path):
+    """The harness keeps no snapshot of the inputs: it relies on the emulator copying what it
+    is given. A kernel that writes its input must not change what the golden reads."""
+    f = tmp_path / "bump.py"
+    f.write_text(STORES_INTO_ITS_INPUT)
+    res = run_file(f)
+    y = res.cases[0].outputs[0]
+    assert y.ok and y.diff.differ_ratio == 0.0, y.detail  # golden: pristine x + 1
+    assert any("x" in f.message for c in res.cases for f in c.findings), \
+        "the store into the input is reported"

@@ -10,6 +10,9 @@ The other modules let such a file *import*; what they stand for is not emulated,
   (the harness runs a ``compile_cfg`` distributed program on ``len(device_ids)`` ranks);
 - ``set_backend_type`` is accepted: it picks the compiler's target, which the emulator does
   not have;
+- ``pypto.runtime.TensorSpec`` / ``ScalarSpec`` are spec records like pypto's own, classes
+  apart from ``golden``'s (pypto-lib's ``golden.run`` makes no input for them; the harness
+  reports such a spec as the file's defect);
 - every other name raises :class:`~lowering.pypto_compat.language.UnsupportedAPI` when it is
   *used* (called, subscripted, or read as an attribute), naming it and the file's line: a
   CANNOT RUN with its construct named, never a silent run.
@@ -79,17 +82,34 @@ class _Unsupported:
         return _Unsupported(f"{self._qualname}.{item}")
 
 
-def _module(name: str, doc: str, known: dict[str, Any], what: str) -> types.ModuleType:
+def _module(name: str, doc: str, known: dict[str, Any], what: str,
+            lazy: dict[str, Any] | None = None) -> types.ModuleType:
+    """A stub module: ``known`` names, ``lazy`` names (made on first use by a no-argument
+    function: they need torch), and :class:`_Unsupported` for every other name."""
     m = types.ModuleType(name, doc)
     m.__dict__.update(known)
 
     def getattr_(item: str) -> Any:
         if item.startswith("__"):
             raise AttributeError(item)
+        if lazy and item in lazy:
+            return lazy[item]()
         return _Unsupported(f"{what}.{item}")
 
     m.__getattr__ = getattr_  # type: ignore[attr-defined]
     return m
+
+
+def _runtime_tensor_spec() -> type:
+    from lowering.pypto_compat.golden import RuntimeTensorSpec
+
+    return RuntimeTensorSpec
+
+
+def _runtime_scalar_spec() -> type:
+    from lowering.pypto_compat.golden import RuntimeScalarSpec
+
+    return RuntimeScalarSpec
 
 
 def _distributed() -> types.ModuleType:
@@ -109,7 +129,8 @@ def modules() -> dict[str, types.ModuleType]:
         "pypto.ir": ir,
         "pypto.ir.distributed_compiled_program": dcp,
         "pypto.runtime": _module("pypto.runtime", "Stub.", {"RunConfig": RunConfig},
-                                 "pypto.runtime"),
+                                 "pypto.runtime", lazy={"TensorSpec": _runtime_tensor_spec,
+                                                        "ScalarSpec": _runtime_scalar_spec}),
         "pypto.backend": _module("pypto.backend", "Stub.",
                                  {"BackendType": BackendType,
                                   "set_backend_type": set_backend_type}, "pypto.backend"),

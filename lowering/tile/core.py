@@ -48,7 +48,12 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def caller_site() -> tuple[str, int]:
-    """(file, line) of the innermost frame outside this package: the kernel's source line."""
+    """(file, line) of the innermost frame outside this package: the kernel's source line.
+    Inside a tile op it is the op's line, found once per op (:func:`lowering.tile.ops.apply`
+    keeps it as ``Run.op_site``): walking the stack is most of an op's cost otherwise."""
+    run = getattr(_current, "run", None) or _detached
+    if run is not None and run.op_site is not None:
+        return run.op_site
     f = sys._getframe(1)
     while f is not None and f.f_code in _PKG_CODES:
         f = f.f_back
@@ -69,6 +74,11 @@ def frame_site(f: Any) -> tuple[str, int]:
         site = _SITES[key] = (f.f_code.co_filename, f.f_lineno)
     return site
 
+
+#: the source files pl ops were called from, with how many ops each: a module with no
+#: ``__main__`` of its own is judged through the runs that execute its kernels
+#: (:func:`lowering.harness.run_file` reports these; ``lowering sweep`` uses them)
+op_files: dict[str, int] = {}
 
 _PKG_CODES: set = set()  # code objects of this package's functions seen on the stack
 _SITES: dict = {}  # (code, instruction offset) -> (file, line)
@@ -591,6 +601,7 @@ class Run:
         # run of single-op unit tests has no scopes at all and loads instead
         self.gm_views = True
         self.seq = 0
+        self.op_site: tuple[str, int] | None = None  # the kernel line of the op running now
         self.next_id = 0
         self.scope: ScopeEntry | None = None
         self.scope_stack: list[ScopeEntry | None] = []

@@ -56,7 +56,14 @@ def apply(name: str, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"tile op {name!r} has no emulator rule")
     rt = core.current()
     rt.seq += 1
-    return fn(rt, *args, **kwargs)
+    if rt.op_site is not None:  # an op inside an op: the outer one's kernel line
+        return fn(rt, *args, **kwargs)
+    rt.op_site = site = core.caller_site()
+    core.op_files[site[0]] = core.op_files.get(site[0], 0) + 1
+    try:
+        return fn(rt, *args, **kwargs)
+    finally:
+        rt.op_site = None
 
 
 # -- helpers ---------------------------------------------------------------------------------
