@@ -389,8 +389,9 @@ class Harness:
             kind = f"pypto.runtime.{cls.__name__.removeprefix('Runtime')}" \
                 if cls.__name__.startswith("Runtime") else f"{cls.__module__}.{cls.__qualname__}"
             raise KernelDefect(
-                f"spec {getattr(s, 'name', s)!r} is a {kind}, not a golden.TensorSpec / ScalarSpec: golden.run makes no input for it "
-                f"({len(foreign)} of {len(specs)} specs)"
+                f"spec {getattr(s, 'name', s)!r} is a {kind}, not a golden.TensorSpec / "
+                f"ScalarSpec: golden.run makes no input for it ({len(foreign)} of {len(specs)} "
+                "specs)"
                 + (f" (used at {s.site})" if getattr(s, "site", "") else ""))
 
     def _judge(self, case: Case, fn: Any, specs: list, golden_fn: Callable | None,
