@@ -381,3 +381,44 @@ def test_the_golden_sees_the_inputs_as_made_when_the_kernel_stores_into_one(tmp_
     assert y.ok and y.diff.differ_ratio == 0.0, y.detail  # golden: pristine x + 1
     assert any("x" in f.message for c in res.cases for f in c.findings), \
         "the store into the input is reported"
+
+
+RUNTIME_SPECS = '''
+import pypto.language as pl
+
+
+@pl.jit
+def copy(x: pl.Tensor[[8, 32], pl.FP32], y: pl.Out[pl.Tensor[[8, 32], pl.FP32]]):
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="copy"):
+        y[:, :] = pl.add(x[:, :], 0.0)
+    return y
+
+
+def build_tensor_specs():
+    import torch
+    from pypto.runtime import TensorSpec  # the runtime's class, not golden's
+
+    return [TensorSpec("x", [8, 32], torch.float32, init_value=torch.randn),
+            TensorSpec("y", [8, 32], torch.float32, is_output=True)]
+
+
+def golden_copy(tensors):
+    tensors["y"][:] = tensors["x"]
+
+
+if __name__ == "__main__":
+    from golden import run_jit
+
+    run_jit(fn=copy, specs=build_tensor_specs(), golden_fn=golden_copy)
+'''
+
+
+def test_specs_of_pypto_runtime_are_a_fail_golden_run_would_meet_too(tmp_path):
+    """pypto-lib's golden.run sorts specs by isinstance on its own classes: it makes no input
+    for a pypto.runtime.TensorSpec, so such a file cannot pass upstream either."""
+    f = tmp_path / "runtime_specs.py"
+    f.write_text(RUNTIME_SPECS)
+    res = run_file(f)
+    assert res.verdict == FAIL
+    assert "spec 'x' is a pypto.runtime.TensorSpec, not a golden.TensorSpec" in res.reason
+    assert "(2 of 2 specs)" in res.reason and "runtime_specs.py:16" in res.reason
