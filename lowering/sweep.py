@@ -25,6 +25,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -122,7 +123,7 @@ CHILD_ENV = {"PYPTO_GOLDEN_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHAS
 PRELOAD = ["torch", "lowering.cli", "lowering.harness", "lowering.run_kernel"]
 
 
-def _launcher() -> Any:
+def _forkserver() -> Any:
     """The multiprocessing context whose fork server has :data:`PRELOAD` imported. The server
     starts (once per process) with :data:`CHILD_ENV` in its environment: the hash seed is
     fixed when an interpreter starts, so it must be there, not set in the child."""
@@ -142,6 +143,77 @@ def _launcher() -> Any:
             else:
                 os.environ[k] = v
     return ctx
+
+
+def _meminfo() -> tuple[int, int] | None:
+    """(MemAvailable, MemTotal) in bytes, from /proc/meminfo; None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            kv = dict(line.split(":", 1) for line in f)
+        return (int(kv["MemAvailable"].split()[0]) * 1024, int(kv["MemTotal"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class Launcher:
+    """Starts the sweep's children (forked from the preloaded server) and keeps memory in hand.
+
+    Whole-model files can take most of the machine's memory. Left to itself the kernel's
+    out-of-memory killer stops the *largest* process — as a rule the file that has run
+    longest — and the sweep must run it again alone. Instead, while more than one child
+    runs and less than :attr:`floor` of the memory is available, the launcher stops the child
+    started last (the least work lost; it is run again alone at the end like any killed
+    file), and it starts no new child while less than :attr:`start_floor` is available and
+    another still runs."""
+
+    floor = 0.12  # share of MemTotal below which the youngest of several children is stopped
+    start_floor = 0.25  # share below which no child starts beside a running one
+    poll_s = 0.2
+
+    def __init__(self, guard: bool = True) -> None:
+        self.ctx = _forkserver()
+        self._lock = threading.Lock()
+        self._alive: dict[int, tuple[float, Any]] = {}  # pid -> (start time, process)
+        self.yielded: set[int] = set()  # pids stopped to free memory
+        self._stop = threading.Event()
+        self._guard = None
+        if guard and _meminfo() is not None:
+            self._guard = threading.Thread(target=self._watch, name="sweep-memory", daemon=True)
+            self._guard.start()
+
+    def start(self, target: Any, args: tuple) -> Any:
+        while self._guard is not None and not self._room():
+            time.sleep(self.poll_s)
+        proc = self.ctx.Process(target=target, args=args)
+        with self._lock:
+            proc.start()
+            self._alive[proc.pid] = (time.monotonic(), proc)
+        return proc
+
+    def done(self, proc: Any) -> None:
+        with self._lock:
+            self._alive.pop(proc.pid, None)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _room(self) -> bool:
+        mem = _meminfo()
+        with self._lock:
+            return not self._alive or mem is None or mem[0] >= self.start_floor * mem[1]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            mem = _meminfo()
+            if mem is None or mem[0] >= self.floor * mem[1]:
+                continue
+            with self._lock:
+                if len(self._alive) < 2:
+                    continue
+                pid, (_, proc) = max(self._alive.items(), key=lambda kv: kv[1][0])
+                self.yielded.add(pid)
+                proc.kill()
+                self._alive.pop(pid)
 
 
 def _child(argv: list[str], cwd: str, stdout: str, stderr: str) -> None:
@@ -165,29 +237,35 @@ def _child(argv: list[str], cwd: str, stdout: str, stderr: str) -> None:
 
 
 def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
-            ctx: Any = None) -> SweepRow:
-    """One file in a child process (forked from ``ctx``'s preloaded server), judged from its
-    ``--json`` result."""
+            launcher: Launcher | None = None) -> SweepRow:
+    """One file in a child process (started by ``launcher``), judged from its ``--json``
+    result."""
     rel, ci = str(path.relative_to(root)), ci_class(path)
-    ctx = ctx or _launcher()
+    launcher = launcher or Launcher(guard=False)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "result.json", Path(tmp) / "stderr"
         argv = ["run-kernel", str(path), "--quiet", "--progress", "--json", str(out),
                 "--seed", str(seed), "--platform", platform]
         t0 = time.perf_counter()
-        proc = ctx.Process(target=_child, args=(argv, str(path.parent), os.devnull, str(err)))
-        proc.start()
-        proc.join(timeout)
+        proc = launcher.start(_child, (argv, str(path.parent), os.devnull, str(err)))
+        try:
+            proc.join(timeout)
+            timed_out = proc.exitcode is None  # still running
+            if timed_out:
+                proc.kill()
+                proc.join()
+        finally:
+            launcher.done(proc)
         stderr = err.read_text(errors="replace") if err.is_file() else ""
-        if proc.exitcode is None:  # still running
-            proc.kill()
-            proc.join()
+        if timed_out:
             return SweepRow(rel, TIMEOUT, time.perf_counter() - t0,
                             f"no verdict within {timeout:g} s ({_last_phase(stderr)})", ci)
         secs, rc = time.perf_counter() - t0, proc.exitcode
         if not out.is_file():
             lines = [ln for ln in stderr.strip().splitlines() if not ln.startswith(PHASE_MARK)]
             why = f"killed by signal {-rc}" if rc < 0 else f"exited {rc}"
+            if proc.pid in launcher.yielded:
+                why = "stopped by the sweep to leave memory to the file beside it"
             return SweepRow(rel, CANNOT_RUN, secs,
                             f"run-kernel {why} without a result ({_last_phase(stderr)})"
                             + (f": {lines[-1]}" if lines else ""), ci,
@@ -200,27 +278,32 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
 
 def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str = "a2a3",
           progress: Any = None) -> list[SweepRow]:
-    """Every kernel file, ``jobs`` at a time; a file killed (out of memory, as a rule) while
-    others ran beside it is run again alone at the end."""
+    """Every kernel file, ``jobs`` at a time; a file killed (out of memory, as a rule, or
+    stopped by the :class:`Launcher` to leave memory to another) while others ran beside it
+    is run again alone at the end."""
     root = root.resolve()
     files = kernel_files(root)
     rows: list[SweepRow] = []
     # the largest files first (the whole-model forwards): fewer of them left alone at the end
     files.sort(key=lambda f: -f.stat().st_size)
-    ctx = _launcher()
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futs = {pool.submit(run_one, f, root, timeout, seed, platform, ctx): f for f in files}
-        for fut in as_completed(futs):
-            row = fut.result()
-            rows.append(row)
-            if progress is not None:
-                progress(row, len(rows), len(files))
-    for i, row in enumerate(rows):
-        if row.killed and jobs > 1:
-            rows[i] = run_one(root / row.file, root, timeout, seed, platform, ctx)
-            rows[i].alone = True
-            if progress is not None:
-                progress(rows[i], len(rows), len(files))
+    launcher = Launcher(guard=jobs > 1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futs = {pool.submit(run_one, f, root, timeout, seed, platform, launcher): f
+                    for f in files}
+            for fut in as_completed(futs):
+                row = fut.result()
+                rows.append(row)
+                if progress is not None:
+                    progress(row, len(rows), len(files))
+        for i, row in enumerate(rows):
+            if row.killed and jobs > 1:
+                rows[i] = run_one(root / row.file, root, timeout, seed, platform, launcher)
+                rows[i].alone = True
+                if progress is not None:
+                    progress(rows[i], len(rows), len(files))
+    finally:
+        launcher.close()
     rows.sort(key=lambda r: r.file)
     return judge_modules(rows, root)
 

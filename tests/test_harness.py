@@ -197,6 +197,50 @@ def test_sweep_timeout_is_a_verdict(tmp_path):
     assert time.perf_counter() - t0 < 30  # killed, not waited for
 
 
+SLEEPY = (MINI / "examples" / "scale.py").read_text().replace(
+    "if __name__ == \"__main__\":\n", "if __name__ == \"__main__\":\n    import time\n"
+    "    time.sleep(3)\n")
+
+
+def test_short_of_memory_the_sweep_stops_the_child_started_last(tmp_path, monkeypatch):
+    """With two files running and memory nearly gone, the launcher stops the younger (the
+    kernel's killer would take the larger, usually the one that ran longest); the elder
+    finishes, and the stopped one is marked for a run alone."""
+    import threading
+
+    from lowering import sweep as sw
+
+    (tmp_path / "models").mkdir()
+    elder, younger = tmp_path / "models" / "elder.py", tmp_path / "models" / "younger.py"
+    for f in (elder, younger):
+        f.write_text(SLEEPY)
+    assert "time.sleep(3)" in SLEEPY
+    low = threading.Event()
+    monkeypatch.setattr(sw, "_meminfo", lambda: (5, 100) if low.is_set() else (90, 100))
+    launcher = sw.Launcher()
+    rows = {}
+
+    def go(f):  # noqa: ANN001
+        rows[f.name] = sw.run_one(f, tmp_path, 60, 0, "a2a3", launcher)
+
+    try:
+        ta = threading.Thread(target=go, args=(elder,))
+        ta.start()
+        time.sleep(0.5)
+        tb = threading.Thread(target=go, args=(younger,))
+        tb.start()
+        time.sleep(0.5)
+        low.set()  # both run: the guard stops the younger; the elder is then alone
+        ta.join(60)
+        tb.join(60)
+    finally:
+        launcher.close()
+    assert rows["elder.py"].verdict == PASS, rows["elder.py"].reason
+    y = rows["younger.py"]
+    assert y.verdict == CANNOT_RUN and y.killed
+    assert "stopped by the sweep to leave memory to the file beside it" in y.reason
+
+
 def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     from lowering import sweep as sw
 
@@ -213,11 +257,11 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     calls = []
     real = sw.run_one
 
-    def once_killed(path, root, timeout, seed, platform, ctx):
+    def once_killed(path, root, timeout, seed, platform, launcher):
         calls.append(path.name)
         if path.name == "scale.py" and calls.count("scale.py") == 1:
             return sw.SweepRow(str(path.relative_to(root)), CANNOT_RUN, 1.0, killed=True)
-        return real(path, root, timeout, seed, platform, ctx)
+        return real(path, root, timeout, seed, platform, launcher)
 
     monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
     monkeypatch.setattr(sw, "run_one", once_killed)

@@ -164,6 +164,28 @@ def test_spmd_blocks_are_race_checked() -> None:
     assert good.ok and not good.findings, good.summary()
 
 
+def test_spmd_blocks_setting_one_flag_to_the_same_bits_is_a_warning_not_a_race() -> None:
+    """Several blocks store one ready flag unordered (pypto-lib's qwen3_14b decode_layer_a8w8
+    sets kv_ready[b] from every KV head's block): with the same bits the outcome is one, so
+    the finding is a warning; with bits that differ by block it is a race, a FAIL."""
+    def kernel(x, ready, *, per_block: bool):  # noqa: ANN001
+        for i in pl.spmd(4, name_hint="heads"):
+            pl.tensor.write(ready, [i // 2], (i + 1) if per_block else 1)
+
+    x = f32(4, 32)
+    same = run_kernel(kernel, inputs={"x": x}, outputs={"ready": ((2,), pl.INT32)},
+                      kwargs={"per_block": False})
+    assert same.ok, same.summary()
+    [w] = [f for f in same.findings if f.check == "race"]
+    assert w.severity == "warning" and "unordered writes of the same bits" in w.message
+    assert "i=0 writes ready[0]" in w.message and "i=1" in w.message
+    np.testing.assert_array_equal(same.outputs["ready"], [1, 1])
+    differ = run_kernel(kernel, inputs={"x": x}, outputs={"ready": ((2,), pl.INT32)},
+                        kwargs={"per_block": True})
+    [msg] = races(differ)
+    assert not differ.ok and "same bits" not in msg and "i=0 writes ready[0]" in msg
+
+
 def test_spmd_block_reusing_a_previous_blocks_tile_is_a_race() -> None:
     def kernel(x, y, *, carry: bool):  # noqa: ANN001
         acc = None

@@ -801,7 +801,8 @@ class Run:
             rec = (key, kind, lo, hi, fr.value, fr.epoch)
             if rec not in fr.seen:
                 fr.seen.add(rec)
-                fr.log.setdefault(key, []).append((kind, lo, hi, fr.value, None, fr.epoch))
+                fr.log.setdefault(key, []).append((kind, lo, hi, fr.value, None, fr.epoch,
+                                                   None))
                 fr.tiles[key] = home
 
     def _carried(self, fr: LoopFrame, home: Buf) -> None:
@@ -823,10 +824,12 @@ class Run:
         return m
 
     # -- GM accesses -------------------------------------------------------------------
-    def access(self, view: Tensor, lo: tuple, hi: tuple, write: bool, atomic: bool = False
-               ) -> None:
+    def access(self, view: Tensor, lo: tuple, hi: tuple, write: bool, atomic: bool = False,
+               value: bytes | None = None) -> None:
         """Record a GM access of ``view[lo:hi]``: a read, a write, or (``atomic``) an atomic
-        add, which reads and writes each element in one indivisible step."""
+        add, which reads and writes each element in one indivisible step. ``value``: the bits
+        a scalar write stores (``pl.write``), so that two iterations storing the same bits
+        unordered are told apart from a race whose outcome depends on the order."""
         if not self.checks:
             return
         base = view.base
@@ -845,10 +848,10 @@ class Run:
                 if recs is None:
                     recs = fr.log[bid] = []
                 for blo, bhi in boxes:
-                    rec = (bid, kind, blo, bhi, it, ep)
+                    rec = (bid, kind, blo, bhi, it, ep, value)
                     if rec not in seen:
                         seen.add(rec)
-                        recs.append((kind, blo, bhi, it, scope, ep))
+                        recs.append((kind, blo, bhi, it, scope, ep, value))
         for blo, bhi in boxes:
             key = box_key(blo, bhi)
             if kind != READ:
@@ -1216,24 +1219,39 @@ def _race_check(rt: Run, frame: LoopFrame) -> None:
         hi = np.array([r[2] for r in recs], dtype=np.int64)
         it = np.array([r[3] for r in recs], dtype=np.int64)
         ep = np.fromiter((r[5] for r in recs), np.int64, n)
+        # scalar writes carry their bits: two plain writes of the same bits are unordered
+        # but cannot change the outcome (e.g. every block setting one ready flag to 1)
+        vals: dict = {}
+        vid = np.fromiter((-1 if r[6] is None else vals.setdefault(r[6], len(vals))
+                           for r in recs), np.int64, n)
         widx = np.nonzero(kind)[0]
         step = max(1, 4_000_000 // (n * lo.shape[1] + 1))
-        hits = 0
-        first = None
+        hits = same = 0
+        first = benign = None
         for s in range(0, len(widx), step):
             wi = widx[s:s + step]
             ov = np.all((lo[wi, None, :] < hi[None, :, :]) & (lo[None, :, :] < hi[wi, None, :]),
                         axis=2)
             ov &= (it[wi, None] != it[None, :]) & (ep[wi, None] == ep[None, :])
             ov &= (kind[wi, None] != ATOMIC) | (kind[None, :] != ATOMIC)
+            if vals:
+                eq = ov & (vid[wi, None] >= 0) & (vid[wi, None] == vid[None, :])
+                eq &= (kind[wi, None] == WRITE) & (kind[None, :] == WRITE)
+                if eq.any():
+                    a, b = np.nonzero(eq)
+                    same += len(a)
+                    if benign is None:
+                        benign = (int(wi[a[0]]), int(b[0]))
+                    ov &= ~eq
             if ov.any():
                 a, b = np.nonzero(ov)
                 hits += len(a)
                 if first is None:
                     first = (int(wi[a[0]]), int(b[0]))
-        if first is None:
-            continue
-        _report_race(rt, frame, bid, recs, first, hits, outer, lo, hi)
+        if first is not None:
+            _report_race(rt, frame, bid, recs, first, hits, outer, lo, hi)
+        elif benign is not None:
+            _report_race(rt, frame, bid, recs, benign, same, outer, lo, hi, same_bits=True)
 
 
 #: above this many touched elements the race check compares boxes pairwise, without a raster
@@ -1265,7 +1283,7 @@ def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
         adder = np.full(ext, -1, np.int32)  # -2: several iterations add here
 
         def rbox(lo: tuple, hi: tuple, org: tuple = org) -> tuple[slice, ...]:
-            return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, org))
+            return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, org, strict=True))
 
         for kind, lo, hi, it, *_ in group:
             box = rbox(lo, hi)
@@ -1290,7 +1308,9 @@ def _race_free(recs: list, shape: tuple[int, ...]) -> bool:
 
 
 def _report_race(rt: Run, frame: LoopFrame, bid: int, recs: list, first: tuple, hits: int,
-                 outer: tuple, lo: np.ndarray, hi: np.ndarray) -> None:
+                 outer: tuple, lo: np.ndarray, hi: np.ndarray, same_bits: bool = False) -> None:
+    """A 'race' finding: a FAIL, or a warning when every conflicting pair is two scalar
+    writes of the same bits (``same_bits``: unordered, yet the outcome is one)."""
     i, j = first
     home = frame.tiles.get(bid)
     if home is not None:
@@ -1308,8 +1328,10 @@ def _report_race(rt: Run, frame: LoopFrame, bid: int, recs: list, first: tuple, 
         return f" in scope {rec[4]!r}" if rec[4] is not None else ""
 
     rt.report(
-        "race", "fail",
-        f"race on {what} in pl.{frame.kind} loop {frame.name!r} "
+        "race", "warning" if same_bits else "fail",
+        ("unordered writes of the same bits (the outcome does not depend on their order) "
+         if same_bits else "")
+        + f"race on {what} in pl.{frame.kind} loop {frame.name!r} "
         f"({fmt_site(frame.site)}): iteration {frame.name}={int(recs[i][3])} "
         f"{_VERB[recs[i][0]]} {fmt_box(name, recs[i][1], recs[i][2])}{in_scope(recs[i])} and "
         f"iteration {frame.name}={int(recs[j][3])} {_VERB[recs[j][0]]} "

@@ -308,10 +308,11 @@ def _write(rt: Run, dst: Tensor, offset: Any, value: float | int) -> None:
     idx = _ints(offset)
     key = tuple(slice(i, i + 1) for i in idx)
     lo, hi, _ = core.parse_key(dst.shape, key, f"pl.write of {dst!r}")
-    rt.bk.write(dst.data, core.box_key(lo, hi),
-                rt.bk.full((1,) * len(idx), dst.dtype.name, value))
+    v = rt.bk.full((1,) * len(idx), dst.dtype.name, value)
+    rt.bk.write(dst.data, core.box_key(lo, hi), v)
     if isinstance(dst, Tensor):
-        rt.access(dst, lo, hi, write=True)
+        rt.access(dst, lo, hi, write=True,
+                  value=rt.bk.to_numpy(v).tobytes() if rt.checks and rt.par else None)
 
 
 @rule("dim")
