@@ -92,9 +92,10 @@ def make_inputs(
     """Inputs of ``model`` at ``cfg`` for ``batch`` (× ``seq`` for V4), keyed by tensor name.
 
     Weights ~ N(0, 1/fan_in) rounded to bf16; norm weights ~ N(1, 0.1²) on the bf16 grid
-    (stored fp32, as checkpoints hold them in bf16); RoPE tables real
-    (the official ``precompute_freqs_cis``). ``tables="adversarial"``: V3.2 tables whose halves differ (the hi half uses
-    angles of a different frequency set); V4 tables with NaN in the never-read columns R/2...
+    (stored fp32, as checkpoints hold them in bf16); RoPE tables real (the official
+    ``precompute_freqs_cis``). ``tables="adversarial"``: V3.2 tables whose halves differ
+    (the hi half uses angles of a different frequency set); V4 tables with NaN in the
+    never-read columns R/2...
     ``ties=True``: the first norm's inputs are built so that most of its outputs are exact bf16
     ties (±1024 rows, 9-bit weights) — for cast-mode tests.
     """

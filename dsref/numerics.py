@@ -2,13 +2,13 @@
 
 XLA rewrites fp32 arithmetic (``x / c`` into ``x * (1/c)``, ``1/sqrt`` into ``rsqrt``, ``a*b + c``
 into fused multiply-adds) and may keep excess precision across bf16 round trips, in jit and in
-eager mode alike (measured on XLA CPU, jax 0.10; locked by tests/test_dsref_numerics.py). dsref therefore never computes
-in float32. Inside a stage, every fp32 value is *carried in float64* and rounded to the fp32
-grid after every operation with :func:`r32`; bf16 / fp16 narrowing rounds to those grids with
-:func:`rbf16` / :func:`rf16`. Because float64 holds the exact product of two fp32 numbers and
-53 >= 2*24 + 2, each ``r32(a op b)`` for op in + - * / sqrt is the correctly rounded fp32
-operation, whatever the compiler fuses. Divisions by data go through :func:`div`, which hides
-the divisor from the algebraic simplifier.
+eager mode alike (measured on XLA CPU, jax 0.10; locked by tests/test_dsref_numerics.py). dsref
+therefore never computes in float32. Inside a stage, every fp32 value is *carried in float64*
+and rounded to the fp32 grid after every operation with :func:`r32`; bf16 / fp16 narrowing
+rounds to those grids with :func:`rbf16` / :func:`rf16`. Because float64 holds the exact
+product of two fp32 numbers and 53 >= 2*24 + 2, each ``r32(a op b)`` for op in + - * / sqrt
+is the correctly rounded fp32 operation, whatever the compiler fuses. Divisions by data go
+through :func:`div`, which hides the divisor from the algebraic simplifier.
 
 ``reduce_precision`` flushes results below the smallest normal to zero; the grids here are
 completed with an exact subnormal branch (scale by a power of two, round to an integer, scale

@@ -1,5 +1,6 @@
 """V4 qkv_proj_rope kernels (PR #332 tiling): every region against dsref on the emulator, at
-odd token counts, under each V4 variant, and their FLASH budgets against published lifetime-model estimates."""
+odd token counts, under each V4 variant, and their FLASH budgets against published
+lifetime-model estimates."""
 
 
 import pytest

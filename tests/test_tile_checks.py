@@ -515,13 +515,13 @@ def test_race_raster_agrees_with_the_pairwise_definition() -> None:
         recs = []
         for _ in range(int(rng.integers(2, 7))):
             lo = tuple(int(rng.integers(0, n)) for n in shape)
-            hi = tuple(int(rng.integers(a + 1, min(n, a + 3) + 1)) for a, n in zip(lo, shape))
+            hi = tuple(int(rng.integers(a + 1, min(n, a + 3) + 1)) for a, n in zip(lo, shape, strict=True))
             recs.append((int(rng.integers(0, 3)), lo, hi, int(rng.integers(0, 3)), None,
                          int(rng.integers(0, 2))))
         pairwise = not any(
             a[3] != b[3] and a[5] == b[5] and (a[0] or b[0])
             and not (a[0] == core.ATOMIC and b[0] == core.ATOMIC)
-            and all(x0 < y1 and y0 < x1 for x0, x1, y0, y1 in zip(a[1], a[2], b[1], b[2]))
+            and all(x0 < y1 and y0 < x1 for x0, x1, y0, y1 in zip(a[1], a[2], b[1], b[2], strict=True))
             for i, a in enumerate(recs) for b in recs[i + 1:])
         assert core._race_free(recs, shape) == pairwise, recs
         seen[pairwise] += 1

@@ -11,9 +11,10 @@ only when that sum lies within a float64 rounding error of an fp32 rounding boun
   compute in float32 and round once with ``.to()`` (round to nearest even);
 - except ``div``, ``recip`` and ``sqrt``, whose torch kernels are not correctly rounded on
   every CPU (torch 2.13's fp32 ``sqrt`` is 1 ulp off on ~17% of random elements on an
-  AVX2-only AMD EPYC, AVX2 and scalar ATen kernels alike; docs/backends.md): quotients are computed in float64 and rounded once (exact: 53 >= 2·24 +
-  2), square roots in float64, rounded, then corrected by an exact residual test against the
-  two neighbouring midpoints — correctly rounded on any CPU, bitwise equal to numpy;
+  AVX2-only AMD EPYC, AVX2 and scalar ATen kernels alike; docs/backends.md): quotients are
+  computed in float64 and rounded once (exact: 53 >= 2·24 + 2), square roots in float64,
+  rounded, then corrected by an exact residual test against the two neighbouring midpoints —
+  correctly rounded on any CPU, bitwise equal to numpy;
 - a Python-number operand is an fp32 *device* tensor, never a CPU scalar (torch's CUDA divide
   turns a CPU-scalar divisor into a multiplication by its reciprocal);
 - casts: widening and round-to-nearest-even narrowing of fp32/fp16/bf16 use ``.to()``; every

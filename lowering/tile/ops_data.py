@@ -522,10 +522,10 @@ def _create_tensor(rt: Run, shape: Sequence[int], dtype: Any, layout: Any = None
     enclosing ``pl.parallel`` / ``pl.spmd`` loops (pypto allocates a body's tensors at the
     body's entry, per iteration; see the comment below for sequential loops), starting as NaN
     / the int dtype's minimum or ``init_value`` (the runtime pre-fills the buffer at each
-    allocation; pypto rejects a non-zero fill of FP16/BF16). ``manual_dep=True`` opts the tensor out of the runtime's
-    automatic task dependencies; the emulator runs tasks in program order, so it changes no
-    value here (it is recorded in ``MANUAL_DEP`` for the task-ordering checks). Inside a scope:
-    a Vec tile (filled with ``init_value`` or poison)."""
+    allocation; pypto rejects a non-zero fill of FP16/BF16). ``manual_dep=True`` opts the
+    tensor out of the runtime's automatic task dependencies; the emulator runs tasks in program
+    order, so it changes no value here (it is recorded in ``MANUAL_DEP`` for the task-ordering
+    checks). Inside a scope: a Vec tile (filled with ``init_value`` or poison)."""
     shape_t, dt = _ints(shape), as_dtype(dtype)
     if layout is not None and getattr(layout, "name", str(layout)) != "ND":
         raise NotImplementedError(f"pl.create_tensor(layout={layout}) is not emulated "
