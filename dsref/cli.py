@@ -88,6 +88,8 @@ def _cmd_golden(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     g = dsref.write_golden(args.out, args.model, cfg, batch=args.batch, seq=args.seq, seed=args.seed,
                            fmt=args.format, progress=show, force=args.force)
+    if args.quiet:  # as everywhere: no progress and no summary, errors and the exit code only
+        return 0
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     print(f"wrote {args.out} ({args.format}): {args.model} config={cfg.name} batch={args.batch} "
           f"seq={args.seq} seed={args.seed}; {len(g.inputs)} inputs, {len(g.outputs)} outputs, "
@@ -140,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, metavar="DIR")
     g.add_argument("--format", choices=FORMATS, default="safetensors")
     _semantics_flags(g)
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true",
+                   help="print nothing (no progress bar, no summary line); errors still go to "
+                        "stderr")
     g.add_argument("--force", action="store_true",
                    help="replace the golden already in --out (refused otherwise: two goldens "
                         "in one directory would mix)")

@@ -188,3 +188,7 @@ def test_golden_cli_refuses_a_used_directory_unless_forced(tmp_path, capsys):
     assert len(err) == 1 and "not empty" in err[0] and "--force" in err[0]
     assert main([*args, "--format", "npz", "--force"]) == 0
     assert detect_format(tmp_path) == "npz"
+    assert capsys.readouterr().out == ""  # --quiet: nothing printed, as in `lowering`
+    loud = [a for a in args if a != "--quiet"]
+    assert main([*loud, "--force"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path} (safetensors)")
