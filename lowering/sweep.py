@@ -402,7 +402,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def progress(row: SweepRow, done: int, total: int) -> None:
         if not args.quiet:
             print(f"[{done}/{total}] {row.verdict:<10} {row.seconds:6.1f}s  {row.file}"
-                  + (" (run alone after a kill)" if row.alone else ""),
+                  + (" (run alone after a kill)" if row.alone else
+                     " (killed beside another file: runs again alone at the end)"
+                     if row.killed and jobs > 1 else ""),
                   file=sys.stderr, flush=True)
 
     jobs = args.jobs or len(os.sched_getaffinity(0))
