@@ -19,6 +19,7 @@ through the runs of the files that execute its kernels (:func:`judge_modules`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -220,6 +221,8 @@ def _child(argv: list[str], cwd: str, stdout: str, stderr: str) -> None:
     """A forked child: ``python -m lowering ARGV`` run in ``cwd``, its output to files."""
     os.environ.update(CHILD_ENV)
     os.chdir(cwd)
+    with contextlib.suppress(OSError):  # `top` / `ps -o comm` show the file, not "python"
+        Path("/proc/self/comm").write_text(Path(argv[1]).stem[:15])
     for fd, path in ((1, stdout), (2, stderr)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(f, fd)
