@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -33,24 +34,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(text: str, indent: str = "", more: str = "      ") -> None:
+    """One entry of ``dsref list``, wrapped at 100 columns (later lines indented ``more``)."""
+    print(textwrap.fill(text, width=100, initial_indent=indent,
+                        subsequent_indent=indent + more, break_long_words=False,
+                        break_on_hyphens=False))
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     print("models:")
     for name in dsref.model_names():
         m = dsref.get_model(name)
         configs = [c for c in dsref.config_names() if dsref.config(c).model == name]
-        print(f"  {name}  (configs: {', '.join(configs)})")
-        print(f"    stages: {' → '.join(m.stages)}")
-        print(f"    variants: {', '.join(MODEL_VARIANTS[name])}")
-        print(f"    semantics: {', '.join(semantics_names(name))}")
+        _say(f"{name}  (configs: {', '.join(configs)})", "  ")
+        _say(f"stages: {' → '.join(m.stages)}", "    ")
+        _say(f"variants: {', '.join(MODEL_VARIANTS[name])}", "    ")
+        _say(f"semantics: {', '.join(semantics_names(name))}", "    ")
     print("variants (first value is the default):")
     for key, values in VARIANTS.items():
-        print(f"  {key:<18} {' | '.join(str(v) for v in values)}")
+        _say(f"{key:<18} {' | '.join(str(v) for v in values)}", "  ", " " * 19)
     print("named semantics (--semantics NAME; the other variants at their defaults):")
     from dsref.spec import semantics_line
 
     for sem in SEMANTICS.values():
-        print(f"  {semantics_line(sem)}")
-    print(f"helper ops (dsref spec NAME): {', '.join(dsref.spec_names('op'))}")
+        _say(semantics_line(sem), "  ")
+    _say(f"helper ops (dsref spec NAME): {', '.join(dsref.spec_names('op'))}")
     return 0
 
 

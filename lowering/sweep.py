@@ -427,7 +427,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             + f"\nwith a verdict: {with_verdict(counts):.0f}% of all files, "
               f"{with_verdict(per[SIM_SET]):.0f}% of the {sum(per[SIM_SET].values())} in the "
               f"{SIM_SET}")
-    if args.json == "-":  # stdout is the JSON's: the summary goes to stderr
+    if args.quiet:  # as everywhere: nothing printed; the exit code and --json say it all
+        pass
+    elif args.json == "-":  # stdout is the JSON's: the summary goes to stderr
         print(line, file=sys.stderr)
     else:
         console.print(line, markup=False, highlight=False)
@@ -450,5 +452,7 @@ def add_subparser(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     s.add_argument("--json", metavar="FILE")
-    s.add_argument("--quiet", action="store_true", help="no progress lines and no table")
+    s.add_argument("--quiet", action="store_true",
+                   help="print nothing (no progress lines, table or summary): the exit code and "
+                        "--json")
     s.set_defaults(fn=cmd_sweep)

@@ -36,6 +36,8 @@ def test_list(capsys):
     assert "input_rmsnorm → q_lora_proj → q_lora_rmsnorm" in out
     assert "qr_prequant_round  True | False" in out and "rope_layout        half | interleaved" in out
     assert "rms_norm, inv_rms, rope, quant_int8" in out
+    assert max(len(line) for line in out.splitlines()) <= 100  # wrapped, hanging indent
+    assert "\n          kv_proj_matmul → kv_rms_rope\n" in out
 
 
 def test_spec_text(capsys):

@@ -169,6 +169,12 @@ def test_sweep_end_to_end_on_a_miniature_checkout(tmp_path, capsys):
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
+def test_sweep_quiet_prints_nothing(capsys):
+    assert main(["sweep", str(MINI / "examples"), "--quiet", "--jobs", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+
+
 def test_a_helper_module_stays_cannot_run_when_no_run_executes_it():
     from lowering.sweep import SweepRow, judge_modules
 
