@@ -19,14 +19,17 @@ import torch
 _FACTORIES = (torch.randn, torch.rand, torch.zeros, torch.ones)
 
 
-class _Creates:
-    """``create_tensor`` of a tensor spec: ``init_value`` None (zeros), a number (filled), a
-    tensor, a torch factory (called with the shape and dtype) or a no-argument callable."""
+@dataclass
+class _TensorFields:
+    """The fields of a tensor spec and its ``create_tensor``: ``init_value`` None (zeros), a
+    number (filled), a tensor, a torch factory (called with the shape and dtype) or a
+    no-argument callable."""
 
     name: str
     shape: list[int]
     dtype: torch.dtype
-    init_value: Any
+    init_value: Any = None
+    is_output: bool = False
 
     def create_tensor(self) -> torch.Tensor:
         v = self.init_value
@@ -44,30 +47,17 @@ class _Creates:
 
 
 @dataclass
-class TensorSpec(_Creates):
-    """A kernel tensor (see :class:`_Creates` for ``init_value``)."""
+class TensorSpec(_TensorFields):
+    """A kernel tensor (``golden.TensorSpec``)."""
 
-    name: str
-    shape: list[int]
-    dtype: torch.dtype
-    init_value: Any = None
-    is_output: bool = False
     resident: Any = None
 
 
-@dataclass
-class RuntimeTensorSpec(_Creates):
-    """``pypto.runtime.TensorSpec``: the runtime's own spec class, a *different* class from
-    ``golden.TensorSpec``. pypto-lib's ``golden.run`` sorts specs by ``isinstance`` against its
-    own classes, so it makes no input for one of these; the harness says so (a FAIL of the
-    file) rather than running it as if it were a golden spec. ``site`` is where it was made."""
+class _MadeAt:
+    """A spec of ``pypto.runtime``: it keeps where it was made (``site``), for the harness's
+    message."""
 
-    name: str
-    shape: list[int]
-    dtype: torch.dtype
-    init_value: Any = None
-    is_output: bool = False
-    site: str = field(default="", repr=False)
+    site: str
 
     def __post_init__(self) -> None:
         from lowering.pypto_compat.language import _site
@@ -76,18 +66,23 @@ class RuntimeTensorSpec(_Creates):
 
 
 @dataclass
-class RuntimeScalarSpec:
+class RuntimeTensorSpec(_MadeAt, _TensorFields):
+    """``pypto.runtime.TensorSpec``: the runtime's own spec class, a *different* class from
+    ``golden.TensorSpec``. pypto-lib's ``golden.run`` sorts specs by ``isinstance`` against its
+    own classes, so it makes no input for one of these; the harness says so (a FAIL of the
+    file) rather than running it as if it were a golden spec."""
+
+    site: str = field(default="", repr=False)
+
+
+@dataclass
+class RuntimeScalarSpec(_MadeAt):
     """``pypto.runtime.ScalarSpec``: like :class:`RuntimeTensorSpec`, not ``golden``'s."""
 
     name: str
     dtype: Any
     value: Any
     site: str = field(default="", repr=False)
-
-    def __post_init__(self) -> None:
-        from lowering.pypto_compat.language import _site
-
-        self.site = _site(3)  # past the dataclass __init__
 
 
 @dataclass
