@@ -51,6 +51,7 @@ def test_data_fingerprint_names_pr134(pr134_dir):
                                                                     "pypto-lib-head"}
     text = fp.to_text()
     assert "q_lora_rmsnorm" in text and "pypto-lib-pr134 = pypto-lib-head 100.000%" in text
+    assert max(len(line) for line in text.splitlines()) <= 100  # wrapped under the region
 
 
 def test_kernels_fingerprint_as_the_semantics_they_were_built_for():
