@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -407,8 +408,8 @@ class Spec:
         return json.dumps(d, indent=2, ensure_ascii=False)
 
     def to_text(self, cfg: Config | str | None = None) -> str:
-        """A terminal rendering (plain text)."""
-        return _render(self, cfg, _TEXT)
+        """A terminal rendering (plain text), wrapped at 100 columns."""
+        return _wrap_lines(_render(self, cfg, _TEXT))
 
     def to_markdown(self, cfg: Config | str | None = None) -> str:
         """A Markdown rendering (notebooks)."""
@@ -419,6 +420,22 @@ class Spec:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+def _wrap_lines(text: str, width: int = 100) -> str:
+    """Each line longer than ``width`` wrapped, its continuation indented under its text (past
+    a leading ``- `` bullet)."""
+    out = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            out.append(line)
+            continue
+        body = line.lstrip(" ")
+        lead = line[:len(line) - len(body)]
+        hang = lead + ("  " if body.startswith(("- ", "· ", "* ")) else "")
+        out.append(textwrap.fill(line, width=width, subsequent_indent=hang,
+                                 break_long_words=False, break_on_hyphens=False))
+    return "\n".join(out)
 
 
 @functools.cache

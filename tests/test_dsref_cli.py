@@ -43,6 +43,7 @@ def test_list(capsys):
 def test_spec_text(capsys):
     code, out, _ = _run(capsys, "spec", "q_rope")
     assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 100  # long prose lines wrapped
     assert out.startswith("q_rope  (stage, v32.decode_front)")
     assert "q_pe_out = rope(q3[..., NOPE:], pos_b)" in out and "Shapes" not in out
 
