@@ -190,7 +190,8 @@ def _one_line(e: BaseException) -> str:
 def _describe(e: BaseException, roots: tuple[str, ...]) -> str:
     """One line: the exception and, unless its message already says where, file:line."""
     line = _one_line(e)
-    return line if "(used at " in line else f"{line} (at {_site_in(e, roots)})"
+    site = _site_in(e, roots)
+    return line if "(used at " in line or site == "?" else f"{line} (at {site})"
 
 
 #: exceptions that say the emulator (or its surroundings) lacks something, wherever raised

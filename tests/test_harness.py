@@ -472,3 +472,16 @@ def test_specs_of_pypto_runtime_are_a_fail_golden_run_would_meet_too(tmp_path):
     assert res.verdict == FAIL
     assert "spec 'x' is a pypto.runtime.TensorSpec, not a golden.TensorSpec" in res.reason
     assert "(2 of 2 specs)" in res.reason and "runtime_specs.py:16" in res.reason
+
+
+def test_a_spec_of_the_wrong_shape_names_the_parameters_line(tmp_path):
+    """A spec whose tensor is not the kernel parameter's annotated shape (pypto-lib's
+    prefill_cp_fwd_draft.py cmp_kv): a FAIL naming the parameter, both shapes and the line of
+    the kernel that declares it — never "(at ?)"."""
+    f = tmp_path / "wrong_shape.py"
+    f.write_text(SCALE_WITH_DRAWN_WEIGHTS.replace("x = torch.randn(8, 32)",
+                                                  "x = torch.randn(8, 16)"))
+    res = run_file(f, env={"DRAWS_LOG": str(tmp_path / "log")})
+    assert res.verdict == FAIL
+    assert "parameter 'x' of scale: expected pl.Tensor[[8, 32], pl.FP32]" in res.reason
+    assert f"(the parameter of {f}:6)" in res.reason and "(at ?)" not in res.reason

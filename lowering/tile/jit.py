@@ -243,7 +243,14 @@ class JITFunction:
             raise TypeError(f"{self.__name__}(): {e}") from None
         for name, t in params:
             if name in bound.arguments:
-                check_value(name, self.__name__, t, bound.arguments[name], rt)
+                try:
+                    check_value(name, self.__name__, t, bound.arguments[name], rt)
+                except DslError as e:  # say where the annotation is: nothing else will
+                    code = getattr(self.fn, "__code__", None)
+                    if code is None:
+                        raise
+                    raise DslError(f"{e} (the parameter of {code.co_filename}:"
+                                   f"{code.co_firstlineno})") from None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "device" in kwargs:  # a HOST program's per-rank dispatch (lowering.tile.distributed)
