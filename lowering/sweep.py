@@ -191,6 +191,12 @@ class Launcher:
             self._alive[proc.pid] = (time.monotonic(), proc)
         return proc
 
+    @property
+    def running(self) -> int:
+        """How many of its children run now."""
+        with self._lock:
+            return len(self._alive)
+
     def done(self, proc: Any) -> None:
         with self._lock:
             self._alive.pop(proc.pid, None)

@@ -230,12 +230,19 @@ def test_short_of_memory_the_sweep_stops_the_child_started_last(tmp_path, monkey
         rows[f.name] = sw.run_one(f, tmp_path, 60, 0, "a2a3", launcher)
 
     try:
+        deadline = time.monotonic() + 30
+
+        def until(n: int) -> None:
+            while launcher.running < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert launcher.running == n
+
         ta = threading.Thread(target=go, args=(elder,))
         ta.start()
-        time.sleep(0.5)
+        until(1)
         tb = threading.Thread(target=go, args=(younger,))
         tb.start()
-        time.sleep(0.5)
+        until(2)
         low.set()  # both run: the guard stops the younger; the elder is then alone
         ta.join(60)
         tb.join(60)
