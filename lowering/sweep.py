@@ -89,6 +89,7 @@ class SweepRow:
     result: dict[str, Any] = field(default_factory=dict, repr=False)
     killed: bool = False  # SIGKILL: the kernel's out-of-memory killer, as a rule
     alone: bool = False  # run again with no other file beside it (after a kill)
+    first: str = ""  # for a file run again alone: why its first run ended (killed / stopped)
 
     @property
     def emulator_s(self) -> float:
@@ -101,6 +102,7 @@ class SweepRow:
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "verdict": self.verdict, "seconds": round(self.seconds, 2),
                 "reason": self.reason, "ci": self.ci, "alone": self.alone,
+                **({"first_run": self.first} if self.alone else {}),
                 **{k: round(self.phases.get(k, 0.0), 3) for k in PHASES},
                 "result": self.result}
 
@@ -308,7 +310,7 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
         for i, row in enumerate(rows):
             if row.killed and jobs > 1:
                 rows[i] = run_one(root / row.file, root, timeout, seed, platform, launcher)
-                rows[i].alone = True
+                rows[i].alone, rows[i].first = True, row.reason
                 if progress is not None:
                     progress(rows[i], len(rows), len(files))
     finally:

@@ -273,7 +273,8 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     def once_killed(path, root, timeout, seed, platform, launcher):
         calls.append(path.name)
         if path.name == "scale.py" and calls.count("scale.py") == 1:
-            return sw.SweepRow(str(path.relative_to(root)), CANNOT_RUN, 1.0, killed=True)
+            return sw.SweepRow(str(path.relative_to(root)), CANNOT_RUN, 1.0, "killed first",
+                               killed=True)
         return real(path, root, timeout, seed, platform, launcher)
 
     monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
@@ -282,6 +283,8 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     assert [(Path(r.file).name, r.verdict, r.alone) for r in rows] == [
         ("modes.py", PASS, False), ("scale.py", PASS, True)]
     assert calls.count("scale.py") == 2
+    assert rows[1].to_dict()["first_run"] == "killed first"  # the record keeps why
+    assert "first_run" not in rows[0].to_dict()
 
 
 def test_progress_names_each_phase_and_the_sweep_reads_the_last(capsys):
