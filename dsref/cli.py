@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -36,9 +35,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _say(text: str, indent: str = "", more: str = "      ") -> None:
     """One entry of ``dsref list``, wrapped at 100 columns (later lines indented ``more``)."""
-    print(textwrap.fill(text, width=100, initial_indent=indent,
-                        subsequent_indent=indent + more, break_long_words=False,
-                        break_on_hyphens=False))
+    from dsref.progress import wrap
+
+    print(wrap(indent + text, indent + more))
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -1,10 +1,12 @@
-"""A step-wise progress bar on stderr for long runs (golden writes, full-dims diffs)."""
+"""Terminal output: a step-wise progress bar on stderr for long runs (golden writes, full-dims
+diffs), lines wrapped at 100 columns, a closed stdout."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 
 
@@ -33,6 +35,18 @@ def progress_steps(enabled: bool, total: int) -> Iterator[Callable[[str], None]]
 
         yield step
         bar.update(task, completed=total)
+
+
+def wrap(line: str, hang: str | None = None, width: int = 100) -> str:
+    """``line`` as is when it fits ``width`` columns, else wrapped with its continuation lines
+    indented ``hang`` (default: under its text, past a leading ``- `` / ``· `` bullet)."""
+    if len(line) <= width:
+        return line
+    if hang is None:
+        body = line.lstrip(" ")
+        hang = line[:len(line) - len(body)] + ("  " if body.startswith(("- ", "· ", "* ")) else "")
+    return textwrap.fill(line, width=width, subsequent_indent=hang, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def quiet_broken_pipe() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -409,7 +408,9 @@ class Spec:
 
     def to_text(self, cfg: Config | str | None = None) -> str:
         """A terminal rendering (plain text), wrapped at 100 columns."""
-        return _wrap_lines(_render(self, cfg, _TEXT))
+        from dsref.progress import wrap
+
+        return "\n".join(wrap(line) for line in _render(self, cfg, _TEXT).split("\n"))
 
     def to_markdown(self, cfg: Config | str | None = None) -> str:
         """A Markdown rendering (notebooks)."""
@@ -420,22 +421,6 @@ class Spec:
 
     def __str__(self) -> str:
         return self.to_text()
-
-
-def _wrap_lines(text: str, width: int = 100) -> str:
-    """Each line longer than ``width`` wrapped, its continuation indented under its text (past
-    a leading ``- `` bullet)."""
-    out = []
-    for line in text.split("\n"):
-        if len(line) <= width:
-            out.append(line)
-            continue
-        body = line.lstrip(" ")
-        lead = line[:len(line) - len(body)]
-        hang = lead + ("  " if body.startswith(("- ", "· ", "* ")) else "")
-        out.append(textwrap.fill(line, width=width, subsequent_indent=hang,
-                                 break_long_words=False, break_on_hyphens=False))
-    return "\n".join(out)
 
 
 @functools.cache

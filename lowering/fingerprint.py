@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 import dsref
 from dsref.config import MODEL_VARIANTS, STAGE_VARIANTS, VARIANTS
 from dsref.model import STAGES
+from dsref.progress import wrap
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -120,16 +120,13 @@ class Fingerprint:
         width = max((len(r.region) for r in self.regions), default=0)
         for r in self.regions:  # wrapped at 100 columns, under the region's column
             body = _groups(r.matches) if r.matches else r.note
-            lines.append(textwrap.fill(f"  {r.region:<{width}}  {body}", width=100,
-                                       subsequent_indent=" " * (width + 4),
-                                       break_long_words=False, break_on_hyphens=False))
+            lines.append(wrap(f"  {r.region:<{width}}  {body}", " " * (width + 4)))
         best = self.overall()
         if best:
             top = [m for m in best if m.equal == best[0].equal]
             lines.append(f"  overall: {' = '.join(m.label for m in top)} "
                          f"{_pct(top[0].fraction)} of the observed elements")
-        lines += [textwrap.fill(f"  note: {n}", width=100, subsequent_indent="        ",
-                                break_long_words=False) for n in self.notes]
+        lines += [wrap(f"  note: {n}", "        ") for n in self.notes]
         return "\n".join(lines)
 
 

@@ -386,9 +386,7 @@ class Harness:
         foreign = [s for s in specs if not isinstance(s, ok)]
         if foreign:
             s = foreign[0]
-            cls = type(s)
-            kind = f"pypto.runtime.{cls.__name__.removeprefix('Runtime')}" \
-                if cls.__name__.startswith("Runtime") else f"{cls.__module__}.{cls.__qualname__}"
+            kind = f"{type(s).__module__}.{type(s).__qualname__}"
             raise KernelDefect(
                 f"spec {getattr(s, 'name', s)!r} is a {kind}, not a golden.TensorSpec / "
                 f"ScalarSpec: golden.run makes no input for it ({len(foreign)} of {len(specs)} "
@@ -586,22 +584,36 @@ def _seeded(torch: Any, seed: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` inside the ``with``; those keys as before after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def _file_world(path: Path, checkout: Path | None, argv: list[str],
                 env: Mapping[str, str]) -> Iterator[ModuleType]:
     """sys.argv, sys.path, os.environ and sys.modules as the file's own run would see them;
     all restored afterwards. Yields the ``golden`` module the file will import."""
     dirs = [str(path.parent)] + ([str(checkout)] if checkout else [])
     saved_argv, saved_path = sys.argv[:], sys.path[:]
-    saved_env = {k: os.environ.get(k) for k in env}
+    threads = {"PYPTO_GOLDEN_NUM_THREADS": os.environ.get(
+        "PYPTO_GOLDEN_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)))))}
     before = set(sys.modules)
     stashed = {n: sys.modules.pop(n) for n in list(sys.modules)
                if n.split(".")[0] == "golden"}
     sys.argv = [str(path), *argv]
     sys.path[:0] = dirs
-    os.environ.update(env)
-    os.environ.setdefault("PYPTO_GOLDEN_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)))))
     try:
-        with pypto_compat.installed(force=True):
+        with environ({**threads, **env}), pypto_compat.installed(force=True):
             if checkout is not None:
                 golden = importlib.import_module("golden")
             else:
@@ -613,11 +625,6 @@ def _file_world(path: Path, checkout: Path | None, argv: list[str],
     finally:
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         for n in set(sys.modules) - before:
             f = getattr(sys.modules.get(n), "__file__", None) or ""
             if n.split(".")[0] == "golden" or any(f.startswith(d) for d in dirs):

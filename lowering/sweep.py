@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowering.harness import CANNOT_RUN, PHASE_MARK
+from lowering.harness import CANNOT_RUN, PHASE_MARK, environ
 from lowering.report import FAIL, PASS, make_console, table_wanted, write_json
 
 TIMEOUT = "TIMEOUT"
@@ -107,11 +107,9 @@ class SweepRow:
                 "result": self.result}
 
 
-def _last_phase(stderr: str | bytes | None) -> str:
+def _last_phase(stderr: str) -> str:
     """The last ``--progress`` line of a child's stderr, as ``since 12.3 s: what``."""
-    if isinstance(stderr, bytes):
-        stderr = stderr.decode(errors="replace")
-    for line in reversed((stderr or "").splitlines()):
+    for line in reversed(stderr.splitlines()):
         if line.startswith(PHASE_MARK) and "] " in line:
             when, _, what = line[len(PHASE_MARK):].partition("] ")
             return f"since {when.strip()}: {what}"
@@ -135,16 +133,8 @@ def _forkserver() -> Any:
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    saved = {k: os.environ.get(k) for k in CHILD_ENV}
-    os.environ.update(CHILD_ENV)
-    try:
+    with environ(CHILD_ENV):
         forkserver.ensure_running()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return ctx
 
 
@@ -225,13 +215,14 @@ class Launcher:
                 self._alive.pop(pid)
 
 
-def _child(argv: list[str], cwd: str, stdout: str, stderr: str) -> None:
-    """A forked child: ``python -m lowering ARGV`` run in ``cwd``, its output to files."""
+def _child(argv: list[str], cwd: str, stderr: str) -> None:
+    """A forked child: ``python -m lowering ARGV`` run in ``cwd``, stdout discarded, stderr
+    (its progress lines) to the file ``stderr``."""
     os.environ.update(CHILD_ENV)
     os.chdir(cwd)
     with contextlib.suppress(OSError):  # `top` / `ps -o comm` show the file, not "python"
         Path("/proc/self/comm").write_text(Path(argv[1]).stem[:15])
-    for fd, path in ((1, stdout), (2, stderr)):
+    for fd, path in ((1, os.devnull), (2, stderr)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(f, fd)
         os.close(f)
@@ -258,7 +249,7 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
         argv = ["run-kernel", str(path), "--quiet", "--progress", "--json", str(out),
                 "--seed", str(seed), "--platform", platform]
         t0 = time.perf_counter()
-        proc = launcher.start(_child, (argv, str(path.parent), os.devnull, str(err)))
+        proc = launcher.start(_child, (argv, str(path.parent), str(err)))
         try:
             proc.join(timeout)
             timed_out = proc.exitcode is None  # still running
@@ -336,9 +327,9 @@ def judge_modules(rows: list[SweepRow], root: Path) -> list[SweepRow]:
             continue
         here = [r for r in ran if r.verdict == FAIL and path in r.reason]
         passed = [r for r in ran if r.verdict == PASS]
-        names = ", ".join(r.file for r in (here or passed or ran)[:3]) \
-            + (f" and {len(here or passed or ran) - 3} more"
-               if len(here or passed or ran) > 3 else "")
+        shown = here or passed or ran
+        names = ", ".join(r.file for r in shown[:3]) \
+            + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
         if here:
             rows[i] = SweepRow(row.file, FAIL, row.seconds, f"fails in {names}: {here[0].reason}",
                                row.ci, row.phases, row.result)

@@ -299,7 +299,7 @@ def test_progress_names_each_phase_and_the_sweep_reads_the_last(capsys):
         "scale.py: the file's own code (imports, specs, weights)",
         "scale #1: making the inputs", "scale #1: the emulator", "scale #1: the file's golden",
         "scale #1: comparing", "scale #1 done: the file's own code"]
-    assert _last_phase("\n".join(err[:3]).encode()).endswith(": scale #1: the emulator")
+    assert _last_phase("\n".join(err[:3])).endswith(": scale #1: the emulator")
     assert ci_class(MINI / "models" / "toy" / "nomain.py") == "lib"
     assert main(["run-kernel", str(TOY / "race.py"), "--progress", "--config", "v32-tiny"]) == 2
 

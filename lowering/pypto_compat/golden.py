@@ -85,6 +85,11 @@ class RuntimeScalarSpec(_MadeAt):
     site: str = field(default="", repr=False)
 
 
+# named as pypto names them, in reprs and in the harness's message alike
+for _cls, _name in ((RuntimeTensorSpec, "TensorSpec"), (RuntimeScalarSpec, "ScalarSpec")):
+    _cls.__module__, _cls.__qualname__ = "pypto.runtime", _name
+
+
 @dataclass
 class ScalarSpec:
     """A scalar argument, kept as a 0-dim tensor of ``dtype``."""

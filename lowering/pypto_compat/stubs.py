@@ -100,16 +100,16 @@ def _module(name: str, doc: str, known: dict[str, Any], what: str,
     return m
 
 
-def _runtime_tensor_spec() -> type:
-    from lowering.pypto_compat.golden import RuntimeTensorSpec
+def _from_golden(name: str) -> Any:
+    """A no-argument function returning ``lowering.pypto_compat.golden.<name>`` (which
+    imports torch, so only when a file uses it)."""
 
-    return RuntimeTensorSpec
+    def get() -> type:
+        from lowering.pypto_compat import golden
 
+        return getattr(golden, name)
 
-def _runtime_scalar_spec() -> type:
-    from lowering.pypto_compat.golden import RuntimeScalarSpec
-
-    return RuntimeScalarSpec
+    return get
 
 
 def _distributed() -> types.ModuleType:
@@ -129,8 +129,8 @@ def modules() -> dict[str, types.ModuleType]:
         "pypto.ir": ir,
         "pypto.ir.distributed_compiled_program": dcp,
         "pypto.runtime": _module("pypto.runtime", "Stub.", {"RunConfig": RunConfig},
-                                 "pypto.runtime", lazy={"TensorSpec": _runtime_tensor_spec,
-                                                        "ScalarSpec": _runtime_scalar_spec}),
+                                 "pypto.runtime", lazy={"TensorSpec": _from_golden("RuntimeTensorSpec"),
+                                                        "ScalarSpec": _from_golden("RuntimeScalarSpec")}),
         "pypto.backend": _module("pypto.backend", "Stub.",
                                  {"BackendType": BackendType,
                                   "set_backend_type": set_backend_type}, "pypto.backend"),
