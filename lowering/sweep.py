@@ -116,8 +116,9 @@ def _last_phase(stderr: str) -> str:
     return "before the file was imported"
 
 
-#: the environment of every child: one thread each (``--jobs`` children share the cores) and
-#: a fixed hash seed, so that set order, and so a run, is the same every time
+#: the environment of every child: one OpenMP thread unless told otherwise (``--jobs``
+#: children share the cores; :func:`_child` sets its own torch threads) and a fixed hash
+#: seed, so that set order, and so a run, is the same every time
 CHILD_ENV = {"PYPTO_GOLDEN_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 #: what every child needs before its file: imported once by the fork server, so a child
 #: starts in milliseconds rather than the ~4 s that importing torch, jax and the harness takes
@@ -215,10 +216,12 @@ class Launcher:
                 self._alive.pop(pid)
 
 
-def _child(argv: list[str], cwd: str, stderr: str) -> None:
-    """A forked child: ``python -m lowering ARGV`` run in ``cwd``, stdout discarded, stderr
-    (its progress lines) to the file ``stderr``."""
+def _child(argv: list[str], cwd: str, stderr: str, threads: int = 1) -> None:
+    """A forked child: ``python -m lowering ARGV`` run in ``cwd`` on ``threads`` torch threads
+    (the file's own code and its golden), stdout discarded, stderr (its progress lines) to
+    the file ``stderr``."""
     os.environ.update(CHILD_ENV)
+    os.environ["PYPTO_GOLDEN_NUM_THREADS"] = str(threads)  # pypto-lib's golden reads it
     os.chdir(cwd)
     with contextlib.suppress(OSError):  # `top` / `ps -o comm` show the file, not "python"
         Path("/proc/self/comm").write_text(Path(argv[1]).stem[:15])
@@ -228,7 +231,7 @@ def _child(argv: list[str], cwd: str, stderr: str) -> None:
         os.close(f)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from lowering.cli import main
 
     sys.argv = [sys.executable, "-m", "lowering", *argv]
@@ -239,9 +242,9 @@ def _child(argv: list[str], cwd: str, stderr: str) -> None:
 
 
 def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
-            launcher: Launcher | None = None) -> SweepRow:
-    """One file in a child process (started by ``launcher``), judged from its ``--json``
-    result."""
+            launcher: Launcher | None = None, threads: int = 1) -> SweepRow:
+    """One file in a child process (started by ``launcher``) on ``threads`` torch threads,
+    judged from its ``--json`` result."""
     rel, ci = str(path.relative_to(root)), ci_class(path)
     launcher = launcher or Launcher(guard=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,7 +252,7 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
         argv = ["run-kernel", str(path), "--quiet", "--progress", "--json", str(out),
                 "--seed", str(seed), "--platform", platform]
         t0 = time.perf_counter()
-        proc = launcher.start(_child, (argv, str(path.parent), str(err)))
+        proc = launcher.start(_child, (argv, str(path.parent), str(err), threads))
         try:
             proc.join(timeout)
             timed_out = proc.exitcode is None  # still running
@@ -282,8 +285,10 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
           progress: Any = None) -> list[SweepRow]:
     """Every kernel file, ``jobs`` at a time; a file killed (out of memory, as a rule, or
     stopped by the :class:`Launcher` to leave memory to another) while others ran beside it
-    is run again alone at the end."""
+    is run again alone at the end, on every core."""
     root = root.resolve()
+    cores = max(1, len(os.sched_getaffinity(0)))
+    threads = max(1, cores // max(1, jobs))  # the cores shared out among the children
     files = kernel_files(root)
     rows: list[SweepRow] = []
     # the largest files first (the whole-model forwards): fewer of them left alone at the end
@@ -291,7 +296,7 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
     launcher = Launcher(guard=jobs > 1)
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futs = {pool.submit(run_one, f, root, timeout, seed, platform, launcher): f
+            futs = {pool.submit(run_one, f, root, timeout, seed, platform, launcher, threads): f
                     for f in files}
             for fut in as_completed(futs):
                 row = fut.result()
@@ -300,7 +305,8 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
                     progress(row, len(rows), len(files))
         for i, row in enumerate(rows):
             if row.killed and jobs > 1:
-                rows[i] = run_one(root / row.file, root, timeout, seed, platform, launcher)
+                rows[i] = run_one(root / row.file, root, timeout, seed, platform, launcher,
+                                  cores)
                 rows[i].alone, rows[i].first = True, row.reason
                 if progress is not None:
                     progress(rows[i], len(rows), len(files))

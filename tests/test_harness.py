@@ -270,12 +270,16 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     calls = []
     real = sw.run_one
 
-    def once_killed(path, root, timeout, seed, platform, launcher):
+    def once_killed(path, root, timeout, seed, platform, launcher, threads):
         calls.append(path.name)
+        given.append((path.name, threads))
         if path.name == "scale.py" and calls.count("scale.py") == 1:
             return sw.SweepRow(str(path.relative_to(root)), CANNOT_RUN, 1.0, "killed first",
                                killed=True)
-        return real(path, root, timeout, seed, platform, launcher)
+        return real(path, root, timeout, seed, platform, launcher, threads)
+
+    given = []
+    monkeypatch.setattr(sw.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
 
     monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
     monkeypatch.setattr(sw, "run_one", once_killed)
@@ -283,8 +287,25 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     assert [(Path(r.file).name, r.verdict, r.alone) for r in rows] == [
         ("modes.py", PASS, False), ("scale.py", PASS, True)]
     assert calls.count("scale.py") == 2
+    # the cores shared out between two children; a file run alone gets them all
+    assert sorted(given) == [("modes.py", 2), ("scale.py", 2), ("scale.py", 4)]
+    assert given[-1] == ("scale.py", 4)
     assert rows[1].to_dict()["first_run"] == "killed first"  # the record keeps why
     assert "first_run" not in rows[0].to_dict()
+
+
+def test_a_child_runs_its_file_on_the_threads_it_is_given(tmp_path):
+    from lowering.sweep import run_one
+
+    probe = tmp_path / "models" / "probe.py"  # says what its own code runs on
+    probe.parent.mkdir()
+    probe.write_text("import os\nimport torch\nimport pypto.language as pl\n\n\n@pl.jit\n"
+                     "def k():\n    pass\n\n\nif __name__ == '__main__':\n"
+                     "    raise RuntimeError(f'torch {torch.get_num_threads()} golden '\n"
+                     "                       f'{os.environ[\"PYPTO_GOLDEN_NUM_THREADS\"]}')\n")
+    for n in (1, 2):
+        row = run_one(probe, tmp_path, timeout=60, seed=0, platform="a2a3", threads=n)
+        assert f"torch {n} golden {n}" in row.reason, row.reason
 
 
 def test_progress_names_each_phase_and_the_sweep_reads_the_last(capsys):

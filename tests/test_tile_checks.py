@@ -96,6 +96,33 @@ def test_coverage_stray_cache_row(width: int) -> None:
 # -- races -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("chain", [
+    [("reshape", (6, 20)), ("window", (1, 4), (5, 16)), ("reshape", (4, 3, 4))],
+    [("window", (0, 0, 2), (4, 5, 6)), ("reshape", (20, 4)), ("reshape", (2, 10, 2, 2))],
+    [("reshape", (120,)), ("window", (7,), (103,)), ("reshape", (8, 12)),
+     ("window", (2, 1), (7, 11))],
+])
+def test_access_boxes_of_single_elements_through_view_chains(chain) -> None:  # noqa: ANN001
+    """Every element of a view (reshapes and windows, chained) maps to the one base element
+    numpy's own view of the same storage holds: the race, coverage and dead-write records of
+    a scalar ``pl.read`` / ``pl.write`` name the element it touches."""
+    from lowering.tile import core
+
+    base = core.BaseTensor("x", np.arange(120, dtype=np.int32).reshape(4, 5, 6),
+                           pl.INT32, "input")
+    view = core.Tensor(base)
+    for step in chain:
+        view = view.reshaped(step[1]) if step[0] == "reshape" else view.window(*step[1:])
+    flat = base.data.reshape(-1)
+    for idx in np.ndindex(*view.shape):
+        boxes = view.to_base(idx, tuple(i + 1 for i in idx))
+        assert len(boxes) == 1
+        lo, hi = boxes[0]
+        assert all(b - a == 1 for a, b in zip(lo, hi, strict=True))
+        assert flat[np.ravel_multi_index(lo, base.shape)] == view.data[idx]
+
+
+
 def row_sums(x, y, *, cross: bool):  # noqa: ANN001, ANN201
     for i in pl.parallel(0, x.shape[0], 1):
         with pl.at(level=CG, name_hint="row"):

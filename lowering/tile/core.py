@@ -335,6 +335,17 @@ class Tensor:
                                   tuple(b + o for b, o in zip(hi, self._offset, strict=True)))
         if self._groups is None:
             boxes = [(tuple(lo), tuple(hi))]
+        elif all(b - a == 1 for a, b in zip(lo, hi, strict=True)):
+            # one element (a scalar read or write): its flat index in each group, no boxes
+            src_shape = parent.shape if parent is not None else self.base.shape
+            src = [0] * len(src_shape)
+            for vdims, bdims in self._groups:
+                flat = 0
+                for d in vdims:
+                    flat = flat * self.shape[d] + lo[d]
+                for d in reversed(bdims):
+                    flat, src[d] = divmod(flat, src_shape[d])
+            boxes = [(tuple(src), tuple(i + 1 for i in src))]
         else:
             src_shape = parent.shape if parent is not None else self.base.shape
             per_group = []
