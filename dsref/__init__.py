@@ -25,9 +25,9 @@ from dsref.config import (
 )
 from dsref.inputs import make_inputs, rope_tables
 from dsref.io import load_golden, write_golden
-from dsref.model import MODELS, STAGES, get_model, model_names
+from dsref.model import MODELS, STAGES, get_model, model_names, range_name
 from dsref.prepared import Prepared, prepare
-from dsref.run import InputError, model_jaxpr, run, run_stage, validate
+from dsref.run import InputError, model_jaxpr, range_inputs, run, run_stage, validate
 from dsref.spec import spec, spec_names
 
 __version__ = "0.1.0"
@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MODELS", "SEMANTICS", "STAGES", "VARIANTS", "InputError", "V32Config", "V4Config", "config",
     "config_names", "get_model", "load_golden", "make_inputs", "model_jaxpr", "model_names",
-    "Prepared", "parse_variants", "prepare", "rope_tables", "run", "run_stage", "semantics_names",
-    "semantics_of", "spec", "spec_names", "validate", "variant_values", "with_semantics",
-    "with_variants", "write_golden",
+    "Prepared", "parse_variants", "prepare", "range_inputs", "range_name", "rope_tables", "run",
+    "run_stage", "semantics_names", "semantics_of", "spec", "spec_names", "validate",
+    "variant_values", "with_semantics", "with_variants", "write_golden",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 
 from dsref.config import Config, V4Config, YarnRope
 from dsref.model import get_model
-from dsref.run import InputError
+from dsref.run import InputError, range_inputs
 
 BF16 = ml_dtypes.bfloat16
 TABLES = ("real", "adversarial")
@@ -109,6 +109,9 @@ def make_inputs(
     if isinstance(cfg, V4Config) and seq > cfg.max_pos:
         raise InputError(f"seq={seq}: above {cfg.name}'s max_pos {cfg.max_pos} (the positions its "
                          "RoPE tables cover)")
+    if m.base:  # a stage range: the whole model's inputs carried through the stages before it
+        whole = make_inputs(m.base, cfg, batch=batch, seed=seed, seq=seq, tables=tables, ties=ties)
+        return range_inputs(m.name, cfg, whole)
     _fits_in_memory(m, cfg, batch, seq)
     rng = np.random.default_rng(seed)
     if isinstance(cfg, V4Config):

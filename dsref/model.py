@@ -8,12 +8,16 @@ shows one ``jit[name=<stage>]`` call per stage. Inside, values are carried fp32
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
 import numpy as np
+
+from dsref.config import config, config_names
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,19 @@ class Model:
     doc: str
     step_inputs: tuple[str, ...] = ()  # the per-call activations; the rest is resident
     matmul_weights: tuple[str, ...] = ()  # projection weights (dot / idot operands)
+    input_names: tuple[str, ...] = ()  # the names of input_specs, in order
+    output_names: tuple[str, ...] = ()  # the names of output_specs, in order
+    #: for a stage range (``MODEL[A:B]``), the whole model it is cut from; else ""
+    base: str = ""
+    #: other names pypto-lib's kernels give a tensor of this model at a stage-range boundary
+    #: (V4's normalised token ``tok`` is ``x_normed`` out of ``rmsnorm.py`` and ``x`` into
+    #: ``qkv_proj_rope.py`` at pypto-lib HEAD): what a kernel parameter may bind to
+    kernel_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def family(self) -> str:
+        """The whole model's name: its stages' ``Stage.model``, its configs' ``cfg.model``."""
+        return self.base or self.name
 
 
 STAGES: dict[str, Stage] = {}
@@ -75,15 +92,146 @@ def stage(model: str, *outputs: str) -> Callable[[Callable], Callable]:
 
 
 def register_model(model: Model) -> Model:
+    """Register ``model``, its input and output names read off its specs."""
+    cfg = next(c for c in map(config, config_names()) if isinstance(c, model.config_type))
+    model = dataclasses.replace(model, input_names=tuple(model.input_specs(cfg, 1, 1)),
+                                output_names=tuple(model.output_specs(cfg, 1, 1)))
     MODELS[model.name] = model
     return model
 
 
+
 def get_model(name: str) -> Model:
+    """The model ``name``: a registered model, or a stage range of one, ``MODEL[A:B]`` —
+    stages ``A`` through ``B`` inclusive, in model order (either end may be left out;
+    ``MODEL[A]`` is the one stage) — run on its own: see :func:`stage_range`."""
+    if "[" in name:
+        return _range_model(name)
     try:
         return MODELS[name]
     except KeyError:
         raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}") from None
+
+
+def range_name(model: str, start: str | None = None, stop: str | None = None) -> str:
+    """``MODEL[A:B]`` for stages ``start`` through ``stop`` (``MODEL`` itself when that is all
+    of it; ``MODEL[A]`` for one stage)."""
+    m = get_model(model)
+    stages = get_model(m.family).stages
+    a = stages[0] if start is None else start
+    b = stages[-1] if stop is None else stop
+    for what, s in (("start", a), ("stop", b)):
+        if s not in stages:
+            raise ValueError(f"{what}: expected a stage of {m.family} ({', '.join(stages)}), "
+                             f"got {s!r}")
+    if stages.index(a) > stages.index(b):
+        raise ValueError(f"stage range: {a!r} comes after {b!r} in {m.family}")
+    if (a, b) == (stages[0], stages[-1]):
+        return m.family
+    if a == b:
+        return f"{m.family}[{a}]"
+    return f"{m.family}[{'' if a == stages[0] else a}:{'' if b == stages[-1] else b}]"
+
+
+def _parse_range(name: str) -> tuple[Model, tuple[str, ...], str]:
+    base, _, rest = name.partition("[")
+    whole = get_model(base)
+    if not rest.endswith("]") or "[" in rest:
+        raise ValueError(f"model: expected MODEL[START:STOP], got {name!r}")
+    a, colon, b = rest[:-1].partition(":")
+    a, b = a.strip() or None, b.strip() or None
+    if not colon:
+        if a is None:
+            raise ValueError(f"model: expected MODEL[STAGE] or MODEL[START:STOP], got {name!r}")
+        b = a
+    canonical = range_name(base, a, b)  # checks the stage names
+    stages = whole.stages
+    i, j = stages.index(a or stages[0]), stages.index(b or stages[-1])
+    return whole, stages[i:j + 1], canonical
+
+
+def range_io(model: Model, stages: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(inputs, outputs) of running ``stages`` of ``model`` on their own: the inputs are the
+    stage arguments no earlier stage of the range produces; the outputs are the model's outputs
+    the range produces, plus every value it produces that no later stage of it reads (so a
+    prefix ends in its last values)."""
+    inputs: list[str] = []
+    made: list[str] = []
+    for s in stages:
+        st = STAGES[s]
+        inputs += [n for n in st.inputs if n not in made and n not in inputs]
+        made += [n for n in st.outputs if n not in made]
+    finals = set(model.output_names)
+    outputs = []
+    for k, s in enumerate(stages):
+        later = {n for t in stages[k + 1:] for n in STAGES[t].inputs}
+        outputs += [n for n in STAGES[s].outputs
+                    if (n in finals or n not in later) and n not in outputs]
+    return tuple(inputs), tuple(outputs)
+
+
+def dataflow(stages: tuple[str, ...], names: tuple[str, ...]) -> Callable:
+    """``fn(inputs, *, cfg) -> {name: value}``: ``stages`` called in order, each on the values
+    of its argument names (the models are written this way: a stage's arguments are named
+    after the values they take), returning the values ``names``."""
+
+    def fn(inputs: dict, *, cfg):
+        values = dict(inputs)
+        for s in stages:
+            st = STAGES[s]
+            out = st.fn(*[values[n] for n in st.inputs], cfg=cfg)
+            values.update(zip(st.outputs, out if len(st.outputs) > 1 else (out,), strict=True))
+        return {n: values[n] for n in names}
+
+    return fn
+
+
+_RANGES: dict[str, Model] = {}
+
+
+def _range_model(name: str) -> Model:
+    whole, stages, canonical = _parse_range(name)
+    if canonical == whole.name:
+        return whole
+    hit = _RANGES.get(canonical)
+    if hit is not None:
+        return hit
+    ins, outs = range_io(whole, stages)
+    everything = dataflow(whole.stages, tuple(n for s in whole.stages
+                                              for n in STAGES[s].outputs))
+
+    def specs_of(names: tuple[str, ...]) -> Callable:
+        @functools.cache
+        def specs(cfg, batch: int, seq: int = 1) -> dict[str, TensorSpec]:
+            full = whole.input_specs(cfg, batch, seq)
+            known = dict(full)
+            missing = [n for n in names if n not in known]
+            if missing:  # the shapes of intermediate values, traced without computing
+                from dsref.numerics import x64
+
+                with x64():
+                    shapes = jax.eval_shape(
+                        functools.partial(everything, cfg=cfg),
+                        {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in full.items()})
+                known.update({k: TensorSpec(tuple(v.shape), np.dtype(v.dtype))
+                              for k, v in shapes.items()})
+            return {n: known[n] for n in names}
+
+        return specs
+
+    m = Model(
+        name=canonical, fn=dataflow(stages, outs), stages=stages, config_type=whole.config_type,
+        input_specs=specs_of(ins), output_specs=specs_of(outs),
+        inouts=tuple(n for n in whole.inouts if n in ins and n in outs),
+        doc=f"Stages {stages[0]} .. {stages[-1]} of {whole.name}, run on their own.",
+        input_names=ins, output_names=outs,
+        step_inputs=tuple(n for n in ins if n in whole.step_inputs or n not in
+                          whole.input_names),
+        matmul_weights=tuple(n for n in whole.matmul_weights if n in ins),
+        base=whole.name, kernel_names=whole.kernel_names,
+    )
+    _RANGES[canonical] = m
+    return m
 
 
 def model_names() -> list[str]:

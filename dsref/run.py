@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from dsref.config import Config, V4Config
-from dsref.model import Model, TensorSpec, get_model
+from dsref.model import Model, TensorSpec, dataflow, get_model
 from dsref.numerics import x64
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -22,7 +22,15 @@ class InputError(ValueError):
 
 
 def infer_batch_seq(model: Model, inputs: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """(batch, seq) implied by the model's leading activation (``x`` or ``hidden_states``)."""
+    """(batch, seq) implied by the model's leading activation (``x`` or ``hidden_states``);
+    for a stage range without it, by the first per-call activation it takes (``[T, ...]``:
+    batch T, seq 1)."""
+    if model.base and not {"x", "hidden_states"} & set(model.input_names):
+        for n in model.step_inputs:
+            if n in inputs and np.ndim(inputs[n]) >= 1:
+                return int(np.shape(inputs[n])[0]), 1
+        raise InputError(f"{model.step_inputs[0]}: missing, cannot infer the number of tokens "
+                         f"of {model.name}")
     if model.name.startswith("v4"):
         if "x" in inputs and np.ndim(inputs["x"]) == 3:
             b, s = np.shape(inputs["x"])[:2]
@@ -179,3 +187,21 @@ def model_jaxpr(model: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> ja
     m = get_model(model)
     with x64():
         return jax.make_jaxpr(functools.partial(m.fn, cfg=cfg))(dict(inputs))
+
+
+def range_inputs(model: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs of the stage range ``model`` (``MODEL[A:B]``) from the whole model's
+    ``inputs``: those it shares with the whole model as given, the values the stages before
+    ``A`` produce computed by them (jitted, the reference itself)."""
+    m = get_model(model)
+    whole = get_model(m.family)
+    validate(whole.name, cfg, inputs)
+    made = tuple(n for n in m.input_names if n not in whole.input_names)
+    values: dict = {}
+    if made:
+        prefix = whole.stages[:whole.stages.index(m.stages[0])]
+        fn = functools.partial(dataflow(prefix, made), cfg=cfg)
+        with x64():
+            values = jax.jit(fn)({k: jnp.asarray(v) for k, v in inputs.items()})
+            values = {k: np.asarray(v) for k, v in values.items()}
+    return {n: np.asarray(inputs[n]) if n in inputs else values[n] for n in m.input_names}

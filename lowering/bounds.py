@@ -827,7 +827,7 @@ def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], ac
     Under a sequential ``ordered`` ``acc`` each output also carries its ``envelope`` (the same
     stage under ``acc.relaxed()``), which must contain dsref's own output.
     Raises :class:`Unmodelled` for semantics without a bound model."""
-    from dsref.model import STAGES
+    from dsref.model import STAGES, get_model
 
     check_modelled(stage, cfg)
     st = STAGES[stage]
@@ -838,11 +838,12 @@ def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], ac
         acc = ANY  # the reference itself sums in an unspecified fp32 order
     ins = {n: _iv(v) for n, v in inputs.items()}
     raw = {n: v for n, v in inputs.items() if not isinstance(v, Iv)}
-    out = MODELS[model](stage, cfg, ins, acc, raw)
+    family = get_model(model).family
+    out = MODELS[family](stage, cfg, ins, acc, raw)
     if acc.sequential:
         # the kernel's order pins each sum to one value; dsref rounds the exact sum once, so its
         # output is checked against the interval of the same chunks in order instead
-        env = MODELS[model](stage, cfg, ins, acc.relaxed(), raw)
+        env = MODELS[family](stage, cfg, ins, acc.relaxed(), raw)
         for n in st.outputs:
             _with_envelope(out[n], env[n])
     return {n: out[n] for n in st.outputs}

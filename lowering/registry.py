@@ -48,7 +48,7 @@ class Kernel:
 
 def kernel_for(model: str, stage: str) -> Kernel | None:
     """The kernel of ``stage`` in ``model``, or None when the stage has no kernel yet."""
-    name = f"{PACKAGES[model]}.{stage}"
+    name = f"{PACKAGES[dsref.get_model(model).family]}.{stage}"
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:

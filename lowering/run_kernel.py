@@ -288,7 +288,8 @@ class Reference:
 def owned_rows(ref: Reference, name: str) -> np.ndarray | slice:
     """Cache rows a decode step owns: ``b·MAX_SEQ + seq_lens[b] − 1`` (V3.2 caches); any other
     in/out tensor is owned whole."""
-    if ref.model == "v32.decode_front" and name in ("kv_cache", "pe_cache"):
+    if dsref.get_model(ref.model).family == "v32.decode_front" and name in ("kv_cache",
+                                                                             "pe_cache"):
         sl = np.asarray(ref.inputs["seq_lens"], np.int64)
         return np.arange(sl.shape[0]) * ref.cfg.max_seq + sl - 1
     return slice(None)

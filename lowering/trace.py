@@ -59,7 +59,7 @@ def stage_of(eqn: Any, model: str) -> str | None:
         return None
     name = eqn.params.get("name")
     st = STAGES.get(name)
-    return name if st is not None and st.model == model else None
+    return name if st is not None and st.model == dsref.get_model(model).family else None
 
 
 def evaluate(trace_jaxpr: Any, env_in: Mapping[str, Any], hook=None) -> dict:

@@ -258,6 +258,40 @@ def test_spmd_submit_runs_the_kernel_per_block() -> None:
     assert r.budget.get("one_row", "Vec") is not None
 
 
+@pl.jit.incore
+def negate_row(x, y):
+    b = pl.tile.get_block_idx()
+    y[b:b + 1, :] = pl.neg(x[b:b + 1, :])
+    return y
+
+
+@pl.jit
+def spmd_submit_self_kernel(x, y):
+    if False:  # pypto-lib's idiom: a plain call that makes the JIT specialise the kernel
+        negate_row(x, y)
+    out, tid = pl.spmd_submit(self.negate_row, x, pl.no_dep(y),  # noqa: F821 - the program
+                              core_num=x.shape[0])
+    return out
+
+
+@pl.jit
+def spmd_submit_self_unknown(x, y):
+    pl.spmd_submit(self.no_such_kernel, x, y, core_num=2)  # noqa: F821
+
+
+def test_self_in_a_jit_body_is_its_program() -> None:
+    """``pl.spmd_submit(self.kernel, ...)`` in a ``@pl.jit`` function (pypto-lib HEAD's
+    deepseek_v4_pro/moe.py): ``self`` is the program pypto builds, its methods the module's
+    kernels; a name it lacks says so."""
+    x = f32(3, 32)
+    r = run_kernel(spmd_submit_self_kernel, inputs={"x": x}, outputs={"y": ((3, 32), pl.FP32)})
+    assert r.ok and not r.findings, r.summary()
+    np.testing.assert_array_equal(r.outputs["y"], -x)
+    with pytest.raises(AttributeError, match="self.no_such_kernel in @pl.jit "
+                                             "spmd_submit_self_unknown: its module has no"):
+        run_kernel(spmd_submit_self_unknown, inputs={"x": x}, outputs={"y": ((3, 32), pl.FP32)})
+
+
 # -- pl.system.syncall -------------------------------------------------------------------------------
 
 

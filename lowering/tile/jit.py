@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -221,6 +222,26 @@ class JITFunction:
         self.__module__ = fn.__module__
         self._params: list[tuple[str, Any]] | None = None
         self._sig: inspect.Signature | None = None
+        self._body: Callable | None = None
+
+    def body(self) -> Callable:
+        """The function to run: ``fn``, or where its body names ``self`` without defining it
+        (``pl.spmd_submit(self.kernel, ...)`` in a ``@pl.jit`` function — pypto makes the
+        function and the kernels it calls one ``@pl.program``, whose methods they become),
+        ``fn`` with ``self`` bound to that program (:class:`JitProgram`)."""
+        if self._body is None:
+            fn = self.fn
+            code = getattr(fn, "__code__", None)
+            if code is not None and "self" in code.co_names and "self" not in fn.__globals__:
+                scope = dict(fn.__globals__)
+                scope["self"] = JitProgram(self.__name__, fn.__globals__)
+                new = types.FunctionType(code, scope, fn.__name__, fn.__defaults__,
+                                         fn.__closure__)
+                new.__kwdefaults__ = fn.__kwdefaults__
+                new.__dict__.update(getattr(fn, "__dict__", {}))
+                fn = new
+            self._body = fn
+        return self._body
 
     def _annotations(self) -> list[tuple[str, Any]]:
         if self._params is None:
@@ -275,8 +296,8 @@ class JITFunction:
             if self.kind == "incore" and rt.scope is None:
                 with core.AtScope(Level.CORE_GROUP, self.__name__, caller_site(),
                                   new_task(self.__name__)):
-                    return self.fn(*args, **kwargs)
-            return self.fn(*args, **kwargs)
+                    return self.body()(*args, **kwargs)
+            return self.body()(*args, **kwargs)
         finally:
             rt.calls.pop()
             rt.pop_dyn()
@@ -312,6 +333,23 @@ class JITFunction:
 
     def __repr__(self) -> str:
         return f"<pl.jit{'' if self.kind == 'jit' else '.' + self.kind} {self.__name__}>"
+
+
+class JitProgram:
+    """``self`` in a ``@pl.jit`` body: the program pypto builds from the function and the
+    kernels it calls, whose methods are the ``@pl.jit``-family functions of its module
+    (``self.shared_routed`` is the module's ``shared_routed``)."""
+
+    def __init__(self, owner: str, namespace: dict) -> None:
+        self._owner = owner
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._namespace.get(name)
+        if isinstance(value, JITFunction):
+            return value
+        raise AttributeError(f"self.{name} in @pl.jit {self._owner}: its module has no "
+                             f"@pl.jit-family function {name!r} to be the program's method")
 
 
 def _without_config(kwargs: dict) -> dict:
