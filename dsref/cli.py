@@ -49,6 +49,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         _say(f"stages: {' → '.join(m.stages)}", "    ")
         _say(f"variants: {', '.join(MODEL_VARIANTS[name])}", "    ")
         _say(f"semantics: {', '.join(semantics_names(name))}", "    ")
+    _say("stage ranges: MODEL[A:B] runs stages A through B on their own (either end may be left "
+         "out; MODEL[A] is one stage), e.g. v4.qkv_proj_rope[attn_norm], "
+         "v4.qkv_proj_rope[qr_proj_matmul:]", "  ", "    ")
     print("variants (first value is the default):")
     for key, values in VARIANTS.items():
         _say(f"{key:<18} {' | '.join(str(v) for v in values)}", "  ", " " * 19)
@@ -111,6 +114,14 @@ def _semantics_flags(p: argparse.ArgumentParser) -> None:
                    help="one variant, on top of --semantics")
 
 
+def model_arg(name: str) -> str:
+    """argparse type of a MODEL argument: a model or a stage range ``MODEL[A:B]``."""
+    try:
+        return dsref.get_model(name).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dsref", description="The executable numerical spec of the DeepSeek V3.2 / V4 "
@@ -118,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="the contract: docs/semantics.md (dsref spec all --markdown)")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a model on deterministic inputs and summarise outputs")
-    r.add_argument("model", choices=dsref.model_names())
+    r.add_argument("model", type=model_arg, metavar="MODEL",
+                   help="a model or a stage range MODEL[A:B] (dsref list)")
     r.add_argument("--config", required=True, choices=dsref.config_names(),
                    help="a preset of MODEL (dsref list)")
     r.add_argument("--batch", type=int, default=4, help="batch B (default 4)")
@@ -141,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=_cmd_spec)
 
     g = sub.add_parser("golden", help="write a model's inputs and outputs to a directory")
-    g.add_argument("model", choices=dsref.model_names())
+    g.add_argument("model", type=model_arg, metavar="MODEL",
+                   help="a model or a stage range MODEL[A:B] (dsref list)")
     g.add_argument("--config", required=True, choices=dsref.config_names())
     g.add_argument("--batch", type=int, required=True)
     g.add_argument("--seq", type=int, default=1)

@@ -266,7 +266,8 @@ class Semantics:
     unmodelled: str = ""  # what the implementation does that no variant expresses
 
     def applies_to(self, model: str) -> bool:
-        return model in self.variants
+        """Whether it applies to ``model`` (a stage range ``MODEL[A:B]``: to ``MODEL``)."""
+        return family(model) in self.variants
 
 
 _V32, _V4 = "v32.decode_front", "v4.qkv_proj_rope"
@@ -339,6 +340,11 @@ SEMANTICS: dict[str, Semantics] = {s.name: s for s in (
 )}
 
 
+def family(model: str) -> str:
+    """The whole model a name denotes: ``MODEL`` for a stage range ``MODEL[A:B]``."""
+    return model.split("[", 1)[0]
+
+
 def semantics_names(model: str | None = None) -> list[str]:
     """Names of the named semantics (those applying to ``model`` when given)."""
     return [n for n, s in SEMANTICS.items() if model is None or s.applies_to(model)]
@@ -370,6 +376,7 @@ def semantic_variants(model: str, semantics: str | None, overrides: dict[str, An
     with ``overrides`` on top — for callers that take a variants dict (``--semantics`` with
     ``--variant`` on a command that learns its model late)."""
     out: dict[str, Any] = {}
+    model = family(model)
     if semantics is not None:
         sem = SEMANTICS.get(semantics)
         if sem is None:

@@ -44,6 +44,18 @@ def rope_interleaved(x: jax.Array, c: jax.Array, s: jax.Array, *, table: str = "
     return jnp.stack([y_e, y_o], axis=-1).reshape(x.shape)
 
 
+def rope_interleave(cos_half: jax.Array, sin_half: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """pypto-lib's per-element tables for the interleaved rotation, from half-width rows
+    ``[..., R/2]``: ``cos_il[..., j] = cos_half[..., j // 2]``, ``sin_signed[..., j] =
+    sin_half[..., j // 2] · (−1 if j is even else +1)`` — a gather and a sign flip, exact.
+    Then ``y[j] = x[j]·cos_il[j] + x[j ^ 1]·sin_signed[j]`` is :func:`rope_interleaved`
+    (``table="pair"``) bit for bit: negating a factor is exact, and the sum's operands are the
+    same two rounded products."""
+    cos_il = jnp.repeat(cos_half, 2, axis=-1)
+    sign = jnp.tile(jnp.array([-1, 1], sin_half.dtype), sin_half.shape[-1])
+    return cos_il, jnp.repeat(sin_half, 2, axis=-1) * sign
+
+
 def rope(x: jax.Array, c: jax.Array, s: jax.Array, *, layout: str, table: str = "pair"):
     """Dispatch on ``layout`` (``half`` | ``interleaved``)."""
     if layout == "half":

@@ -34,7 +34,7 @@ from dsref.config import (
     config_names,
     semantics_names,
 )
-from dsref.model import MODELS, STAGES
+from dsref.model import MODELS, STAGES, get_model
 from dsref.numerics import x64
 
 KINDS = ("stage", "op", "model")
@@ -108,6 +108,15 @@ PR134 = Source("hw-native-sys/pypto-lib", "models/deepseek/v3_2/deepseek_v3_2_de
                "PR #134 kernel and its torch golden: layout, tensor names, half RoPE")
 PR332 = Source("hw-native-sys/pypto-lib", "models/deepseek/v4-flash/qkv_proj_rope.py",
                "qkv_proj_rope", "PR #332 kernel and its torch golden: default V4 semantics")
+HEAD_RMSNORM = Source("hw-native-sys/pypto-lib", "models/deepseek_v4_*/rmsnorm.py", "rms_norm",
+                      "HEAD 634e77bd: attn_norm is its own kernel, x [T, D] -> x_normed, with a "
+                      "bf16 norm_w (widened to fp32 exactly); run it as v4.qkv_proj_rope[attn_norm]")
+HEAD_QKV = Source("hw-native-sys/pypto-lib", "models/deepseek_v4_*/qkv_proj_rope.py",
+                  "qkv_proj_rope", "HEAD 634e77bd: starts from the normalised token, named x "
+                  "[T, D]: v4.qkv_proj_rope[qr_proj_matmul:]")
+HEAD_ROPE_IL = Source("hw-native-sys/pypto-lib", "models/deepseek_v4_flash_*/rope_interleave.py",
+                      "rope_interleave", "HEAD 634e77bd: the half tables expanded once per "
+                      "layer, the sign folded into sin")
 PR556 = Source("hw-native-sys/pypto-lib", "models/deepseek/v4-flash/qkv_proj_rope.py",
                "qkv_proj_rope", "after PR #556: qr quantised from fp32")
 HF_V3 = Source("huggingface/transformers",
@@ -345,7 +354,7 @@ class Spec:
             return {"inputs": _struct_dict(args),
                     "outputs": _struct_dict({f"out{i}": o for i, o in enumerate(outs)})}
         if self.kind == "model":
-            m = MODELS[self.name]
+            m = get_model(self.name)
             return {"batch": batch, "seq": seq,
                     "inputs": _struct_dict(m.input_specs(cfg, batch, seq)),
                     "outputs": _struct_dict(m.output_specs(cfg, batch, seq))}
@@ -359,8 +368,8 @@ class Spec:
             fn, args = self.trace(cfg)
             structs = tuple(args.values())
         elif self.kind == "model":
-            fn = functools.partial(MODELS[self.name].fn, cfg=cfg)
-            specs = MODELS[self.name].input_specs(cfg, 2, 1)
+            fn = functools.partial(get_model(self.name).fn, cfg=cfg)
+            specs = get_model(self.name).input_specs(cfg, 2, 1)
             structs = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in specs.items()},)
         else:
             fn = functools.partial(STAGES[self.name].fn, cfg=cfg)
@@ -580,6 +589,14 @@ def _trace_rope(cfg: Config):
     return fn, {"x": _s((2, 8), np.float32), "cos": _s((2, 8), np.float32), "sin": _s((2, 8), np.float32)}
 
 
+def _trace_rope_interleave(cfg: Config):
+    from dsref.rope import rope_interleave
+
+    half = max(2, getattr(cfg, "rope", 8) // 2)
+    return rope_interleave, {"cos_half": _s((2, half), np.float32),
+                             "sin_half": _s((2, half), np.float32)}
+
+
 def _trace_quant_int8(cfg: Config):
     from dsref.numerics import widen
     from dsref.quant import quant_int8
@@ -711,11 +728,12 @@ def _v4_stages() -> list[Spec]:
                f"tok = bf16(w · (x · inv_rms(x)))   x = f32(x.reshape(T, D)), w = norm_w, T = B·S\n"
                f"{INV_RMS}, N = D",
                _rms_steps("x", "bf16", "norm_w", "fp32", "D", "tok [T,D]"),
-               (PR332, DS32_RMSNORM), (DIV_HF_NORM, DIV_V4_OFFICIAL), (V_RMSNORM, V_VARIANCE, V_CAST)),
+               (PR332, DS32_RMSNORM, HEAD_RMSNORM), (DIV_HF_NORM, DIV_V4_OFFICIAL),
+               (V_RMSNORM, V_VARIANCE, V_CAST)),
         _stage("qr_proj_matmul", "Query down-projection, left in fp32 (no bf16 rounding).",
                "qr32 = tok @ wq_a   [T,D] @ [D,QL] -> [T,QL] fp32\n"
                "(proj_out=bf16: qr32 = f32(bf16(tok @ wq_a)), the official bf16 Linear output)",
-               _proj_steps("tok", "wq_a", "qr32 [T,QL]", False), (PR332, V4_OFFICIAL),
+               _proj_steps("tok", "wq_a", "qr32 [T,QL]", False), (PR332, V4_OFFICIAL, HEAD_QKV),
                (DIV_V4_OFFICIAL, DIV_V4_FP8_PROJ), (V_ACCUMULATE, V_PROJ_OUT, V_CAST)),
         _stage("qr_rms", "RMSNorm of qr32 with gamma_cq; PR #332 rounds the result to bf16 before "
                "quantisation.",
@@ -807,6 +825,18 @@ def _ops() -> list[Spec]:
              Step("difference / sum", "fp32 out", "RNE (no fused multiply-add); caller rounds to bf16")),
             (DS32_ROPE, DS32_FREQS, PR134, PR332, CANN), (DIV_HF_ROPE, DIV_PR332_ZERO),
             (V_ROPE_LAYOUT, V_ROPE_TABLE), _trace_rope),
+        _op("rope_interleave", "pypto-lib HEAD's per-element RoPE tables for the interleaved "
+            "rotation (dsref.rope.rope_interleave).",
+            "cos_il[:, j] = cos_half[:, j >> 1]\n"
+            "sin_signed[:, j] = sin_half[:, j >> 1] · sign[j],  sign = [−1, +1, −1, +1, …]\n"
+            "y[j] = x[j]·cos_il[j] + x[j ^ 1]·sin_signed[j]  ==  rope interleaved, "
+            "rope_table=pair, bit for bit\n"
+            "  (y_e = x_e·c − x_o·s: the negation is exact; y_o = x_o·c + x_e·s: the same two "
+            "rounded products)",
+            (Step("cos_half, sin_half [N, R/2]", "fp32 in", "exact"),
+             Step("gather j >> 1", "fp32", "exact (data movement)"),
+             Step("· sign", "fp32 out", "exact (flips the sign bit)")),
+            (HEAD_ROPE_IL,), (), (), _trace_rope_interleave),
         _op("quant_int8", "Per-row symmetric int8 quantisation (dsref.quant.quant_int8).",
             "amax = max(max|v|, 1e-4); sq = 127 / amax; scale = 1 / sq   (true fp32 divisions)\n"
             "codes = int8(fp16(int32_rne(v · sq)))   (fp16 → int8 truncates and saturates)",
@@ -927,13 +957,45 @@ def spec_names(kind: str | None = None) -> list[str]:
 
 
 def spec(name: str) -> Spec:
-    """The spec of a stage, helper op or model; an unknown name lists the close matches."""
+    """The spec of a stage, helper op, model or stage range (``MODEL[A:B]``); an unknown name
+    lists the close matches."""
+    if "[" in name:
+        return _range_spec(name)
     try:
         return _registry()[name]
     except KeyError:
         close = difflib.get_close_matches(name, spec_names(), n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known names: {', '.join(spec_names())}"
         raise ValueError(f"spec: unknown name {name!r}; {hint}") from None
+
+
+@functools.cache
+def _range_spec(name: str) -> Spec:
+    """A stage range's spec: its stages' formulas, dtype flows, sources, divergences and
+    variants in order (then the whole model's sources), its own inputs and outputs."""
+    m = get_model(name)
+    whole = _registry()[m.family]
+    parts = [_registry()[s] for s in m.stages]
+    seen: set[str] = set()
+    variants = tuple(v for p in parts for v in p.variants
+                     if v.name not in seen and not seen.add(v.name))
+    return Spec(
+        name=m.name, kind="model", model=m.family,
+        summary=(f"Stages {m.stages[0]} .. {m.stages[-1]} of {m.family}, run on their own: "
+                 f"inputs {', '.join(m.input_names)} (what no earlier stage of the range "
+                 f"makes); outputs {', '.join(m.output_names)}."
+                 + (" Kernel names at its boundary: " + "; ".join(
+                     f"{n} is also {' / '.join(ks)}" for n, ks in m.kernel_names
+                     if n in m.input_names + m.output_names) + "."
+                    if any(n in m.input_names + m.output_names for n, _ in m.kernel_names)
+                    else "")),
+        formula="\n".join(f"{p.name}: {p.formula}" for p in parts),
+        dtype_flow=tuple(s for p in parts for s in p.dtype_flow),
+        sources=tuple(dict.fromkeys([*(src for p in parts for src in p.sources),
+                                     *whole.sources])),
+        divergences=tuple(dict.fromkeys(d for p in parts for d in p.divergences)),
+        variants=variants,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,4 +177,7 @@ register_model(Model(
     config_type=V4Config, input_specs=input_specs, output_specs=output_specs, inouts=(),
     doc=__doc__ or "", step_inputs=("x", "rope_cos", "rope_sin"),
     matmul_weights=("wq_a", "wq_b", "wkv"),
+    # pypto-lib HEAD split attn_norm out (rmsnorm.py writes x_normed) and qkv_proj_rope.py
+    # takes the normalised token as x
+    kernel_names=(("tok", ("x", "x_normed")),),
 ))

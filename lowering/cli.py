@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import dsref
+from dsref.cli import model_arg
 from lowering import pipeline
 from lowering.registry import kernel_for
 from lowering.report import (
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, model_required: bool) -> None:
-        sp.add_argument("model", nargs=None if model_required else "?", choices=dsref.model_names())
+        sp.add_argument("model", nargs=None if model_required else "?", type=model_arg,
+                        metavar="MODEL", help="a model or a stage range MODEL[A:B] (dsref list)")
         sp.add_argument("--config", help="a config of MODEL (dsref list)")
         # without a MODEL these are an error, so an omitted one must be told from a default
         sp.add_argument("--batch", type=int, default=4 if model_required else None,

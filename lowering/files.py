@@ -35,6 +35,7 @@ import numpy as np
 import dsref
 from dsref.io import detect_format
 from dsref.run import infer_batch_seq
+from lowering import binding
 from lowering.pipeline import judge_observed
 from lowering.report import FAIL, PASS, RegionReport, Report
 from lowering.tolerances import DEFAULT_TOLERANCE, TOLERANCES
@@ -134,14 +135,19 @@ def diff_files(data: str | Path, model: str | None = None, *, config: str | None
     golden = dsref.load_golden(d)
     meta = golden.meta
     model = model or meta.get("model")
-    if model is None:
-        raise DataError(f"{d}: no meta.json naming the model: pass MODEL")
     if meta.get("model") not in (None, model):
         raise DataError(f"{d}: meta.json says model {meta['model']}, not {model}")
+    if model is None:  # a snapshot of a kernel file's own golden: bound by its tensors
+        return _diff_bound(d, fmt, golden, None, config, variants, tolerance, None)
     notes: list[str] = []
     ins = _normalise(model, golden.inputs, notes)
     outs = dict(golden.outputs)
-    cfg, batch, seq = _choose_config(model, meta, config, dict(variants or {}), ins, outs)
+    try:
+        cfg, batch, seq = _choose_config(model, meta, config, dict(variants or {}), ins, outs)
+    except DataError as e:
+        if meta.get("model") is not None or config is not None:
+            raise
+        return _diff_bound(d, fmt, golden, model, config, variants, tolerance, e)
     t0 = time.perf_counter()
     judged = {o.name: o for j in judge_observed(model, cfg, ins, outs, tolerance=tolerance)
               for o in j.outputs}
@@ -155,6 +161,41 @@ def diff_files(data: str | Path, model: str | None = None, *, config: str | None
                  platform="-", batch=batch, seq=seq, seed=meta.get("seed"), regions=regions,
                  variants=dsref.variant_values(cfg), notes=notes, tolerance=tolerance)
     return rep
+
+
+def _diff_bound(d: Path, fmt: str, golden: Any, model: str | None, config: str | None,
+                variants: Mapping[str, Any] | None, tolerance: str,
+                misfit: DataError | None) -> Report:
+    """A directory that is not a dsref model's golden (a pypto-lib file's own ``in/`` +
+    ``out/``, its names and layout): its tensors bound to a dsref model or stage range by
+    :func:`lowering.binding.bind` (``in/`` only: inputs, ``out/`` only: outputs, both: in/out),
+    each bound output judged locally; tensors dsref lacks listed as not modelled."""
+    ins, outs = dict(golden.inputs), dict(golden.outputs)
+    tensors = [binding.KernelTensor(n, "inout" if n in outs else "in", given=a,
+                                    result=outs.get(n)) for n, a in ins.items()]
+    tensors += [binding.KernelTensor(n, "out", result=a) for n, a in outs.items()
+                if n not in ins]
+    try:
+        b = binding.bind(tensors, variants=variants,
+                         models=[dsref.get_model(model).family] if model else None,
+                         configs=[config] if config else None)
+    except binding.NoBinding as e:
+        if misfit is not None:
+            raise DataError(f"{misfit}\n  (bound by names instead: {e})") from None
+        raise DataError(f"{d}: no meta.json naming the model, and {e}") from None
+    t0 = time.perf_counter()
+    judged = judge_observed(b.model, b.cfg, b.inputs, b.observed, labels=b.labels,
+                            tolerance=tolerance)
+    secs = time.perf_counter() - t0
+    regions = [RegionReport(name=o.name, status=PASS if o.ok else FAIL, kernel=f"{d}:{o.name}",
+                            outputs=[o], seconds=secs) for j in judged for o in j.outputs]
+    notes = list(b.notes)
+    if b.not_modelled:
+        notes.append("not modelled by dsref (not judged): " + ", ".join(b.not_modelled))
+    return Report(model=b.model, config=b.cfg.name, mode="files", backend=f"files:{fmt}",
+                  platform="-", batch=b.batch, seq=b.seq, seed=golden.meta.get("seed"),
+                  regions=regions, variants=dsref.variant_values(b.cfg), notes=notes,
+                  tolerance=tolerance)
 
 
 def cmd_diff_files(args: argparse.Namespace) -> int:

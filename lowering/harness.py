@@ -44,8 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from lowering import pypto_compat
+import dsref
+from lowering import binding, pypto_compat
 from lowering.diff import OutputDiff, compare
+from lowering.pipeline import judge_observed
 from lowering.report import FAIL, PASS, RegionReport, Report
 from lowering.tile import run_kernel as _run_tile_kernel
 from lowering.tile.distributed import run_host
@@ -91,6 +93,9 @@ class Case:
     emulator_s: float = 0.0
     golden_s: float = 0.0
     compare_s: float = 0.0  # the file's comparators and our metrics
+    #: ``--reference dsref``: what the kernel's tensors were bound to, and how (or why not)
+    dsref: str = ""
+    notes: list[str] = field(default_factory=list)
     #: (kernel output, golden output) per output name, numpy; not serialised
     values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -100,6 +105,7 @@ class Case:
             "setup_s": round(self.setup_s, 4), "inputs_s": round(self.inputs_s, 4),
             "emulator_s": round(self.emulator_s, 4), "golden_s": round(self.golden_s, 4),
             "compare_s": round(self.compare_s, 4),
+            **({"dsref": self.dsref, "notes": list(self.notes)} if self.dsref else {}),
             "outputs": [{"name": o.name, "ok": o.ok, "comparator": o.comparator,
                          "detail": o.detail, "metrics": o.diff.to_dict() if o.diff else None}
                         for o in self.outputs],
@@ -123,6 +129,7 @@ class FileResult:
     seed: int = 0
     #: files of the checkout whose lines called pl ops in this run, with how many ops each
     op_files: dict[str, int] = field(default_factory=dict)
+    reference: str = "golden"  # "dsref": the calls were judged against dsref too
 
     @property
     def exit(self) -> int:
@@ -131,8 +138,14 @@ class FileResult:
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "verdict": self.verdict, "reason": self.reason,
                 "seconds": round(self.seconds, 3), "platform": self.platform,
-                "seed": self.seed, "op_files": dict(self.op_files),
+                "seed": self.seed, "reference": self.reference,
+                "op_files": dict(self.op_files),
                 "cases": [c.to_dict() for c in self.cases]}
+
+    @property
+    def against(self) -> str:
+        """What the calls were judged against."""
+        return "dsref and its own golden" if self.reference == "dsref" else "its own golden"
 
     def to_report(self) -> Report:
         """The cases as a :class:`Report` (one region per case) for the usual table."""
@@ -145,7 +158,7 @@ class FileResult:
         notes = [f"{c.label}: {c.error}" for c in self.cases if c.error]
         if self.verdict != PASS and not self.cases:
             notes.append(self.reason)
-        return Report(model=os.path.basename(self.path), config="its own golden",
+        return Report(model=os.path.basename(self.path), config=self.against,
                       mode="run-kernel", backend="numpy", platform=self.platform, batch=0,
                       seq=0, seed=self.seed, regions=regions, notes=notes)
 
@@ -236,13 +249,51 @@ def _torch() -> Any:
 # -- the replaced runner ---------------------------------------------------------------------------
 
 
+@dataclass
+class DsrefJudge:
+    """``run-kernel --reference dsref`` on a file that makes its own inputs: each kernel call's
+    tensors bound to a dsref model or stage range (:mod:`lowering.binding`), its outputs judged
+    against the reference stage by stage on the kernel's own upstream values (exact or within
+    the computed bound, under ``tolerance``); tensors dsref does not have are judged by the
+    file's golden alone and named as not modelled."""
+
+    semantics: str | None = None
+    variants: Mapping[str, Any] = field(default_factory=dict)
+    tolerance: str = "bound"
+    bound: int = 0  # calls bound to a dsref model
+
+    def judge(self, case: Case, tensors: list[binding.KernelTensor]) -> None:
+        try:
+            b = binding.bind(tensors, variants=self.variants, semantics=self.semantics)
+            dsref.validate(b.model, b.cfg, b.inputs)
+        except (binding.NoBinding, ValueError) as e:
+            case.dsref = "not modelled"
+            case.notes.append(f"dsref: {e}")
+            return
+        self.bound += 1
+        count = f"T={b.batch}" if b.seq == 1 else f"B={b.batch} S={b.seq}"
+        case.dsref = f"{b.model} at {b.cfg.name}, {count}"
+        case.notes += [f"dsref: {n}" for n in b.notes]
+        if b.not_modelled:
+            case.notes.append("not modelled by dsref (judged by the file's golden alone): "
+                              + ", ".join(b.not_modelled))
+        for j in judge_observed(b.model, b.cfg, b.inputs, b.observed, labels=b.labels,
+                                tolerance=self.tolerance):
+            for d in j.outputs:
+                case.outputs.append(OutputCheck(f"dsref {d.name}", d.ok, f"dsref {j.stage}",
+                                                d.message, d))
+                if not d.ok:
+                    case.status = FAIL
+
+
 class Harness:
     """Stands in for ``golden.run_jit`` / ``golden.run``: each call is one :class:`Case`."""
 
     def __init__(self, golden: ModuleType, *, path: Path, roots: tuple[str, ...], seed: int,
-                 platform: str, permute_parallel: bool = False, progress: bool = False
-                 ) -> None:
+                 platform: str, permute_parallel: bool = False, progress: bool = False,
+                 dsref: DsrefJudge | None = None) -> None:
         self.golden = golden
+        self.dsref = dsref
         self.path = path
         self.roots = roots
         self.seed = seed
@@ -461,6 +512,12 @@ class Harness:
                       if not s.is_output or s.init_value is not None}
             case.outputs = self._validate(device, expected, given, scalars, rtol, atol,
                                           compare_fn)
+        if self.dsref is not None and world is None:
+            self.dsref.judge(case, [binding.KernelTensor(
+                s.name, "inout" if s.is_output and s.init_value is not None else
+                "out" if s.is_output else "in",
+                None if s.is_output and s.init_value is None else from_torch(torch, tensors[s.name]),
+                run.outputs[s.name] if s.is_output else None) for s in tspecs])
         case.compare_s = self.phase(f"{case.label} done: the file's own code")
         if run.failures or any(not o.ok for o in case.outputs):
             case.status = FAIL
@@ -653,15 +710,24 @@ def _patched(golden: ModuleType, harness: Harness) -> Iterator[None]:
 
 def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
              platform: str = "a2a3", env: Mapping[str, str] | None = None,
-             permute_parallel: bool = False, progress: bool = False) -> FileResult:
+             permute_parallel: bool = False, progress: bool = False,
+             dsref: DsrefJudge | None = None) -> FileResult:
     """Run the kernel file ``path`` as ``python FILE [--mode MODE]`` would, with the device
     runner replaced by the emulator (see the module docstring). ``progress``: each phase on
-    stderr as it starts (:meth:`Harness.phase`). ``FileResult.op_files`` names the files of
-    the checkout (or the file's folder) whose lines called pl ops."""
+    stderr as it starts (:meth:`Harness.phase`). ``dsref``: each call also judged against
+    dsref (``run-kernel --reference dsref``); a file none of whose calls maps onto a dsref
+    model is CANNOT RUN. ``FileResult.op_files`` names the files of the checkout (or the
+    file's folder) whose lines called pl ops."""
     from lowering.tile import core
 
     core.op_files.clear()
-    res = _run_file(path, mode, seed, platform, env, permute_parallel, progress)
+    res = _run_file(path, mode, seed, platform, env, permute_parallel, progress, dsref)
+    res.reference = "dsref" if dsref is not None else "golden"
+    if dsref is not None and res.cases and not dsref.bound and res.verdict != FAIL:
+        why = next((n for c in res.cases for n in c.notes if n.startswith("dsref: ")), "")
+        res.verdict = CANNOT_RUN
+        res.reason = (f"--reference dsref: no kernel call of the file maps onto a dsref model "
+                      f"({why.removeprefix('dsref: ')})")
     p = Path(path).resolve()
     root = str(find_checkout(p) or p.parent)
     res.op_files = {f: n for f, n in sorted(core.op_files.items()) if f.startswith(root)}
@@ -670,7 +736,7 @@ def run_file(path: str | os.PathLike, *, mode: str | None = None, seed: int = 0,
 
 def _run_file(path: str | os.PathLike, mode: str | None, seed: int, platform: str,
               env: Mapping[str, str] | None, permute_parallel: bool,
-              progress: bool) -> FileResult:
+              progress: bool, dsref: DsrefJudge | None = None) -> FileResult:
     p = Path(path).resolve()
     t0 = time.perf_counter()
     res = FileResult(str(path), PASS, platform=platform, seed=seed)
@@ -687,7 +753,7 @@ def _run_file(path: str | os.PathLike, mode: str | None, seed: int, platform: st
         with _file_world(p, checkout, argv, dict(env or {})) as golden:
             h = Harness(golden, path=p, roots=roots, seed=seed,
                         platform=PLATFORM_OF.get(platform, platform),
-                        permute_parallel=permute_parallel, progress=progress)
+                        permute_parallel=permute_parallel, progress=progress, dsref=dsref)
             h.phase(f"{p.name}: the file's own code (imports, specs, weights)")
             try:
                 # seeded before the file's own code runs: weights it draws while building its
@@ -777,7 +843,8 @@ def render(res: FileResult, console: Any = None) -> None:
     from lowering.report import make_console
 
     console = console or make_console()
-    t = Table(title=f"{esc(res.path)}  (its own golden, platform {res.platform}, seed {res.seed})",
+    t = Table(title=f"{esc(res.path)}  ({res.against}, platform {res.platform}, "
+                    f"seed {res.seed})",
               title_justify="left", box=None, pad_edge=False)
     for col, just in (("case", "left"), ("status", "left"), ("output", "left"),
                       ("comparator", "left"), ("max abs", "right"), ("max ulp", "right"),
@@ -808,6 +875,10 @@ def render(res: FileResult, console: Any = None) -> None:
                           f"{esc(f.message)}", highlight=False)
         if c.error:
             console.print(f"  [red]{esc(c.label)}[/]: {esc(c.error)}", highlight=False)
+        if c.dsref:
+            console.print(f"  {esc(c.label)} against dsref: {esc(c.dsref)}", highlight=False)
+        for n in c.notes:
+            console.print(f"    {esc(n)}", highlight=False)
     if not res.cases and res.reason:
         console.print(f"  {esc(res.reason)}", highlight=False)
     color = {PASS: "green", FAIL: "red", CANNOT_RUN: "yellow"}[res.verdict]

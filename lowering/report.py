@@ -240,10 +240,11 @@ def semantics_text(model: str, variants: dict[str, Any]) -> str:
     import dsref
     from dsref.config import semantics_of
 
-    if not variants or model not in dsref.model_names():
+    if not variants or model.split("[")[0] not in dsref.model_names():
         return ""
+    family = dsref.get_model(model).family
     cfg = dsref.with_variants(dsref.config(next(
-        c for c in dsref.config_names() if dsref.config(c).model == model)), **variants)
+        c for c in dsref.config_names() if dsref.config(c).model == family)), **variants)
     name = semantics_of(cfg)
     if name is not None:
         return f"semantics={name}"
@@ -255,12 +256,13 @@ def render(reports: list[Report], console: Any = None, wide: bool = False) -> No
     """Print each report as a rich table, then its findings, then the verdict line. The
     default table fits 100 columns (:data:`_NARROW`); ``wide``: every column."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or make_console(wide)
     cols = _COLUMNS if wide else _NARROW
     for rep in reports:
-        title = (f"{rep.model}  config={rep.config}  batch={rep.batch} seq={rep.seq}  "
+        title = (f"{escape(rep.model)}  config={rep.config}  batch={rep.batch} seq={rep.seq}  "
                  f"mode={rep.mode}" + (f"  tolerance={rep.tolerance}" if rep.tolerance else "")
                  + f"\n{semantics_text(rep.model, rep.variants)}  backend={rep.backend}  "
                  f"platform={rep.platform}")
@@ -306,8 +308,10 @@ def render(reports: list[Report], console: Any = None, wide: bool = False) -> No
 def verdict_line(rep: Report) -> str:
     """``PASS model``, ``FAIL model (first FAIL: region)``, or ``PARTIAL model — N region(s)
     ran the reference, not a kernel: a, b (exit 3)`` (rich markup)."""
+    from rich.markup import escape
+
     color = {PASS: "green", FAIL: "red", PARTIAL: "yellow"}[rep.verdict]
-    line = f"[{color}]{rep.verdict}[/] {rep.model}"
+    line = f"[{color}]{rep.verdict}[/] {escape(rep.model)}"
     if rep.first_fail:
         line += f" (first FAIL: {rep.first_fail})"
     if rep.verdict == PARTIAL:

@@ -587,13 +587,16 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
     # no --reference: dsref when a dsref-only flag says so, else the file's own golden
     if (args.reference or ("dsref" if _dsref_flags(args) else "golden")) == "golden":
         return _cmd_golden(args)
+    if not _made_by_dsref(args) and _has_own_main(args.file):
+        return _cmd_golden(args, against_dsref=True)  # its own inputs, judged against dsref
     if args.progress:
         print("lowering: error: --progress belongs to --reference golden", file=sys.stderr)
         return 2
     try:
         res = run_file(args.file, args.entry or _default_entry(args.file, args.emulate),
                        model=args.model, config=args.config,
-                       batch=args.batch, seq=args.seq, seed=args.seed, data=args.data,
+                       batch=4 if args.batch is None else args.batch,
+                       seq=1 if args.seq is None else args.seq, seed=args.seed, data=args.data,
                        maps=_pairs(args.map, "--map"), scalars=_pairs(args.scalar, "--scalar"),
                        variants=_cli_variants(args), platform=args.platform,
                        emulate=args.emulate, permute_parallel=args.permute_parallel,
@@ -609,11 +612,30 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
     return exit_code([res.report])
 
 
-def _cmd_golden(args: argparse.Namespace) -> int:
-    """``run-kernel FILE``: the file's own __main__, specs, golden and comparators."""
+def _made_by_dsref(args: argparse.Namespace) -> list[str]:
+    """The flags that ask for dsref to make the inputs and bind them by name (the first way in
+    to ``--reference dsref``: a kernel file with no ``__main__`` of its own)."""
+    return [f for f, v in (("--entry", args.entry), ("--model", args.model),
+                           ("--config", args.config), ("--data", args.data), ("--map", args.map),
+                           ("--scalar", args.scalar), ("--batch", args.batch),
+                           ("--seq", args.seq)) if v]
+
+
+def _has_own_main(path: str) -> bool:
+    from lowering.harness import has_main
+
+    try:
+        return has_main(Path(path).read_text())
+    except (OSError, SyntaxError):
+        return False
+
+
+def _cmd_golden(args: argparse.Namespace, against_dsref: bool = False) -> int:
+    """``run-kernel FILE``: the file's own __main__, specs, golden and comparators
+    (``against_dsref``: and each call judged against dsref, its tensors bound without flags)."""
     from lowering import harness
 
-    dsref_only = _dsref_flags(args)
+    dsref_only = [] if against_dsref else _dsref_flags(args)
     if dsref_only:
         print(f"lowering: error: {', '.join(dsref_only)} belong to --reference dsref",
               file=sys.stderr)
@@ -623,9 +645,13 @@ def _cmd_golden(args: argparse.Namespace) -> int:
     except KernelFileError as e:
         print(f"lowering: error: {e}", file=sys.stderr)
         return 2
+    judge = None
+    if against_dsref:
+        judge = harness.DsrefJudge(args.semantics, dsref.parse_variants(args.variant),
+                                   args.tolerance or DEFAULT_TOLERANCE)
     res = harness.run_file(args.file, mode=args.mode, seed=args.seed, platform=args.platform,
                            env=env, permute_parallel=args.permute_parallel,
-                           progress=args.progress)
+                           progress=args.progress, dsref=judge)
     if args.json:
         write_json(args.json, res.to_dict())
     if res.verdict == harness.CANNOT_RUN:
@@ -673,8 +699,10 @@ def add_subparser(sub: Any) -> None:
     r.add_argument("--model", choices=dsref.model_names(),
                    help="dsref model (default: inferred from the parameter names)")
     r.add_argument("--config", help="dsref config (default: the model's tiny preset)")
-    r.add_argument("--batch", type=int, default=4)
-    r.add_argument("--seq", type=int, default=1)
+    r.add_argument("--batch", type=int, default=None,
+                   help="(dsref-made inputs) batch entries (default 4)")
+    r.add_argument("--seq", type=int, default=None,
+                   help="(dsref-made inputs) tokens per entry (default 1)")
     r.add_argument("--seed", type=int, default=0)
     from lowering.cli import semantics_flags
 

@@ -1,8 +1,10 @@
 """Both models and every stage against the independent oracle, bitwise; jit == eager."""
 
 import dataclasses
+import re
 
 import jax
+import ml_dtypes
 import numpy as np
 import oracle
 import pytest
@@ -12,6 +14,7 @@ import dsref
 from dsref.model import STAGES
 
 V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
+BF16 = np.dtype(ml_dtypes.bfloat16)
 ORACLE = {V32: oracle.v32_stages, V4: oracle.v4_stages}
 CASES = {V32: ("v32-tiny", dict(batch=5)), V4: ("v4-tiny", dict(batch=3, seq=3))}
 
@@ -205,3 +208,57 @@ def test_config_is_frozen_and_variants_validated():
     with pytest.raises(ValueError, match="rmsnorm"):
         dsref.with_variants(cfg, rmsnorm="layer")
     assert dsref.config_names() == ["v32", "v32-tiny", "v4-flash", "v4-pro", "v4-tiny"]
+
+
+# -- stage ranges: MODEL[A:B] ------------------------------------------------------------------
+
+RANGES = {V32: [("q_lora_proj", "q_head_proj"), (None, "kv_a_proj"), ("kv_rmsnorm", None)],
+          V4: [("attn_norm", "attn_norm"), ("qr_proj_matmul", None), (None, "qr_quant")]}
+
+
+@pytest.mark.parametrize("model", [V32, V4])
+def test_stage_ranges_equal_oracle_bitwise(model):
+    """A stage range run on its own, fed the oracle's values of its inputs (intermediates
+    included), gives the oracle's values of its outputs, bitwise; its inputs are what no
+    earlier stage of the range makes, its outputs what leaves it."""
+    cfg_name, kw = CASES[model]
+    cfg = dsref.config(cfg_name)
+    ins = dsref.make_inputs(model, cfg, seed=5, **kw)
+    env = _env(model, cfg, ins)
+    for start, stop in RANGES[model]:
+        name = dsref.range_name(model, start, stop)
+        m = dsref.get_model(name)
+        given = {n: ins[n] if n in ins else env[n] for n in m.input_names}  # caches as given
+        outs = dsref.run(name, cfg, given)
+        assert set(outs) == set(m.output_names)
+        for n, got in outs.items():
+            assert_bitwise(got, env[n], f"{name}: {n}")
+        # its own inputs: the whole model's, carried through the stages before it
+        made = dsref.make_inputs(name, cfg, seed=5, **kw)
+        assert tuple(made) == m.input_names
+        for n, got in made.items():
+            assert_bitwise(got, given[n], f"make_inputs({name}): {n}")
+
+
+def test_stage_range_names_and_boundaries():
+    assert dsref.range_name(V4, "qr_proj_matmul") == "v4.qkv_proj_rope[qr_proj_matmul:]"
+    assert dsref.range_name(V4, None, "qr_quant") == "v4.qkv_proj_rope[:qr_quant]"
+    assert dsref.range_name(V4, "attn_norm", "attn_norm") == "v4.qkv_proj_rope[attn_norm]"
+    assert dsref.range_name(V4, "attn_norm", "kv_rms_rope") == V4
+    m = dsref.get_model("v4.qkv_proj_rope[qr_proj_matmul:kv_rms_rope]")
+    assert m.name == "v4.qkv_proj_rope[qr_proj_matmul:]" and m.family == V4
+    assert m.input_names == ("tok", "wq_a", "gamma_cq", "wq_b", "wq_b_scale", "rope_cos",
+                             "rope_sin", "wkv", "gamma_ckv")
+    assert m.output_names == ("qr", "qr_scale", "q", "kv")
+    assert dsref.get_model(f"{V4}[attn_norm]").output_names == ("tok",)
+    # a prefix ends in the values it makes that none of its stages reads
+    assert dsref.get_model(f"{V32}[:q_lora_rmsnorm]").output_names == ("qr_out",)
+    caches = dsref.get_model(f"{V32}[kv_rmsnorm:]")
+    assert caches.inouts == ("kv_cache", "pe_cache")
+    assert dsref.get_model(f"{V4}[qr_proj_matmul:]").input_specs(
+        dsref.config("v4-tiny"), 2, 3)["tok"] == dsref.model.TensorSpec((6, 1536), BF16)
+    for bad, msg in [(f"{V4}[qr_rms:attn_norm]", "'qr_rms' comes after 'attn_norm'"),
+                     (f"{V4}[nope:]", "start: expected a stage of v4.qkv_proj_rope"),
+                     (f"{V4}[]", "expected MODEL"), ("v5.x[attn_norm]", "model: expected one of")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            dsref.get_model(bad)

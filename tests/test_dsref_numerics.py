@@ -146,3 +146,33 @@ def test_division_is_not_rewritten_to_a_reciprocal_multiply():
     want = x / np.float32(7168)
     assert (want != x * np.float32(1 / 7168)).mean() > 0.2  # the test can tell them apart
     assert_bitwise(got, want.astype(np.float64), "div")
+
+
+def test_rope_interleave_tables_and_their_rotation_equal_the_pair_rope_bitwise():
+    """pypto-lib HEAD's rope_interleave.py tables, against numpy: ``cos_il[j] =
+    cos_half[j >> 1]``, ``sin_signed[j] = ±sin_half[j >> 1]`` (− for even j); the rotation
+    ``x·cos_il + x[j ^ 1]·sin_signed`` in numpy float32 (one rounding per op) equals dsref's
+    interleaved pair rope bit for bit, signed zeros included."""
+    from dsref.rope import rope_interleave, rope_interleaved
+
+    rng = np.random.default_rng(3)
+    n, r = 5, 16
+    ch = rng.standard_normal((n, r // 2)).astype(np.float32)
+    sh = rng.standard_normal((n, r // 2)).astype(np.float32)
+    sh[0, 0], ch[1, 1] = 0.0, -0.0
+    x = rng.standard_normal((n, r)).astype(np.float32)
+    x[2, 4:6] = [0.0, -0.0]
+    with x64():
+        cos_il, sin_signed = (np.asarray(a) for a in rope_interleave(jnp.asarray(ch),
+                                                                      jnp.asarray(sh)))
+        full_c = np.concatenate([ch, np.full_like(ch, np.nan)], axis=-1)  # pair: cols < R/2
+        full_s = np.concatenate([sh, np.full_like(sh, np.nan)], axis=-1)
+        want = np.asarray(rope_interleaved(jnp.asarray(x, jnp.float64),
+                                           jnp.asarray(full_c, jnp.float64),
+                                           jnp.asarray(full_s, jnp.float64))).astype(np.float32)
+    j = np.arange(r)
+    assert_bitwise(cos_il, ch[:, j >> 1], "cos_il")
+    assert_bitwise(sin_signed, sh[:, j >> 1] * np.where(j % 2, 1, -1).astype(np.float32),
+                   "sin_signed")
+    got = x * cos_il + x[:, j ^ 1] * sin_signed  # numpy float32: each op rounded once
+    assert_bitwise(got, want, "rotation")

@@ -13,12 +13,13 @@ ALL = dsref.spec_names()
 JSON_KEYS = {"name", "kind", "model", "summary", "formula", "dtype_flow", "shapes", "sources",
              "divergences", "variants", "semantics"}
 OPS = {"rms_norm", "inv_rms", "rope", "quant_int8", "proj_bf16", "proj_f32", "proj_int8",
-       "cache_write", "to_bf16", "r32", "fp8_qdq", "head_norm_bf16"}
+       "cache_write", "to_bf16", "r32", "fp8_qdq", "head_norm_bf16", "rope_interleave"}
 # primitives each helper op's jaxpr must show (the rounding point, or the scatter of a cache write)
 OP_PRIMITIVES = {name: ("reduce_precision",) for name in OPS} | {"cache_write": ("scatter",)}
 OP_PRIMITIVES["proj_int8"] = ("dot_general", "reduce_precision")
 OP_PRIMITIVES["to_bf16"] = ("reduce_precision[exponent_bits=8 mantissa_bits=7]",)
 OP_PRIMITIVES["r32"] = ("reduce_precision[exponent_bits=8 mantissa_bits=23]",)
+OP_PRIMITIVES["rope_interleave"] = ("mul",)  # a gather and a sign flip: nothing to round
 
 
 def test_registry_covers_every_stage_op_and_model():
@@ -180,3 +181,18 @@ def test_docs_semantics_md_is_the_registry_rendered(capsys):
     assert "only with --markdown" in capsys.readouterr().err
     assert main(["spec", "q_rope", "--markdown"]) == 0
     assert capsys.readouterr().out.startswith("### `q_rope` (stage, `v32.decode_front`)")
+
+
+def test_a_stage_range_has_a_spec_of_its_own():
+    s = dsref.spec("v4.qkv_proj_rope[qr_proj_matmul:]")
+    assert s.kind == "model" and s.model == "v4.qkv_proj_rope"
+    assert "inputs tok, wq_a, gamma_cq" in s.summary and "tok is also x / x_normed" in s.summary
+    assert s.formula.startswith("qr_proj_matmul: qr32 = tok @ wq_a")
+    assert s.formula.count("\n") >= 6 and "kv_rms_rope:" in s.formula
+    shapes = s.shapes("v4-tiny", batch=3)
+    assert shapes["inputs"]["tok"] == {"shape": [3, 1536], "dtype": "bfloat16"}
+    assert set(shapes["outputs"]) == {"q", "kv", "qr", "qr_scale"}
+    assert "name=qr_proj_matmul" in s.jaxpr() and "name=attn_norm" not in s.jaxpr()
+    one = dsref.spec("v4.qkv_proj_rope[attn_norm]")
+    assert any("rmsnorm.py" in src.file for src in one.sources)
+    assert [v.name for v in one.variants] == [v.name for v in dsref.spec("attn_norm").variants]

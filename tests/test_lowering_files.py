@@ -117,3 +117,34 @@ def test_config_inferred_without_meta_and_wrong_config_rejected(tmp_path):
         diff_files(d, config="v32")
     with pytest.raises(DataError, match="not a config of"):
         diff_files(d, config="v4-tiny")
+
+
+def test_a_kernel_files_own_in_out_snapshot_is_bound_without_a_model(tmp_path):
+    """``in/`` + ``out/`` as a pypto-lib HEAD rmsnorm.py golden writes them (``x [T, D]``, a
+    bf16 ``norm_w``, ``x_normed``; no meta.json): bound to ``v4.qkv_proj_rope[attn_norm]``,
+    judged per output; an HF two-rounding ``x_normed`` fails; a tensor dsref lacks is named."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 1536, generator=g).to(torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(1536, generator=g)).to(torch.bfloat16)
+    xf = x.float()
+    inv = 1 / torch.sqrt(xf.square().sum(-1, keepdim=True) / 1536 + 1e-6)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    torch.save(x, tmp_path / "in" / "x.pt")
+    torch.save(w, tmp_path / "in" / "norm_w.pt")
+    torch.save(torch.zeros(3), tmp_path / "out" / "stats.pt")
+    torch.save((xf * inv * w.float()).to(torch.bfloat16), tmp_path / "out" / "x_normed.pt")
+    rep = diff_files(tmp_path)
+    assert rep.verdict == "PASS", [r.outputs[0].message for r in rep.regions]
+    assert (rep.model, rep.config, rep.batch, rep.seq) == (
+        "v4.qkv_proj_rope[attn_norm]", "v4-tiny", 8, 1)
+    assert [r.name for r in rep.regions] == ["x_normed (dsref tok)"]
+    assert "not modelled by dsref (not judged): stats" in rep.notes
+    assert "norm_w: bfloat16 widened to float32 (exact)" in rep.notes
+    # named, the model's own layout does not fit: bound within it the same way
+    assert diff_files(tmp_path, "v4.qkv_proj_rope").model == "v4.qkv_proj_rope[attn_norm]"
+    hf = ((xf * inv).to(torch.bfloat16).float() * w.float()).to(torch.bfloat16)
+    torch.save(hf, tmp_path / "out" / "x_normed.pt")
+    assert diff_files(tmp_path).verdict == "FAIL"
+    assert cli.main(["diff-files", "--data", str(tmp_path), "--quiet"]) == 1

@@ -174,3 +174,74 @@ def test_outputs_are_judged_locally_under_the_chosen_tolerance(tmp_path):
     assert rc == 0 and rep["tolerance"] == "pypto-lib"
     assert {o["preset"] for r in rep["regions"] for o in r["outputs"]} == {"bf16", "fp32",
                                                                           "int8_codes", "scale"}
+
+
+# -- --reference dsref on a file that makes its own inputs (pypto-lib HEAD style) -------------------
+
+HEAD_RMS = KDIR / "head" / "rmsnorm.py"
+
+
+def test_head_style_file_is_judged_against_dsref_without_flags(tmp_path):
+    """rmsnorm.py at HEAD: ``x [T, D]``, a bf16 ``norm_w``, ``x_normed`` — bound to
+    ``v4.qkv_proj_rope[attn_norm]`` (``x [B, S, D]``, fp32 ``norm_w``, ``tok``) with the file's
+    own inputs, its config and token count read off the tensors."""
+    pytest.importorskip("torch")
+    rc, rep = _json(tmp_path, [str(HEAD_RMS), "--reference", "dsref"])
+    assert rc == 0, rep.get("reason")
+    assert rep["reference"] == "dsref"
+    [case] = rep["cases"]
+    assert case["dsref"] == "v4.qkv_proj_rope[attn_norm] at v4-tiny, T=8"
+    assert "dsref: x: viewed [8, 1536] as [8, 1, 1536]" in case["notes"]
+    assert "dsref: norm_w: bfloat16 widened to float32 (exact)" in case["notes"]
+    outs = {o["name"]: o for o in case["outputs"]}
+    assert outs["x_normed"]["ok"]  # the file's own comparator
+    assert outs["dsref x_normed (dsref tok)"]["ok"]
+    assert outs["dsref x_normed (dsref tok)"]["comparator"] == "dsref attn_norm"
+
+
+def test_dsref_catches_what_the_files_ratio_comparator_lets_through(tmp_path):
+    """HF's two-rounding RMSNorm is 1 bf16 ulp off on a quarter of the elements: inside the
+    file's ratio_allclose, outside dsref's bound."""
+    pytest.importorskip("torch")
+    rc, rep = _json(tmp_path, [str(HEAD_RMS), "--reference", "dsref", "--env", "RMS_BUG=hf"])
+    assert rc == 1
+    outs = {o["name"]: o for o in rep["cases"][0]["outputs"]}
+    assert outs["x_normed"]["ok"]
+    bad = outs["dsref x_normed (dsref tok)"]
+    assert not bad["ok"] and "outside the bound" in bad["detail"]
+    assert "dsref x_normed" in rep["reason"]
+
+
+def test_a_file_no_call_of_which_dsref_models_cannot_run_against_it(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = KDIR / "scopes" / "v4_style.py"
+    rc = main(["run-kernel", str(path), "--reference", "dsref"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--reference dsref: no kernel call of the file maps onto a dsref model" in err
+    assert "no dsref model or stage range takes these tensors (x, w, y)" in err
+
+
+def test_binding_finds_the_stage_range_config_and_token_count():
+    """A HEAD qkv_proj_rope call (the normalised token as ``x``, an extra tensor dsref lacks)
+    binds to ``v4.qkv_proj_rope[qr_proj_matmul:]`` at the config its dims say; a misfit
+    names the tensor."""
+    import numpy as np
+
+    from lowering.binding import KernelTensor, NoBinding, bind
+
+    cfg = dsref.config("v4-flash")
+    name = dsref.range_name("v4.qkv_proj_rope", "qr_proj_matmul")
+    m = dsref.get_model(name)
+    ins = {n: np.zeros(s.shape, s.dtype) for n, s in m.input_specs(cfg, 2, 1).items()}
+    outs = {n: np.zeros(s.shape, s.dtype) for n, s in m.output_specs(cfg, 2, 1).items()}
+    tensors = ([KernelTensor("x" if n == "tok" else n, "in", v) for n, v in ins.items()]
+               + [KernelTensor(n, "out", result=v) for n, v in outs.items()]
+               + [KernelTensor("cos_il", "out", result=np.zeros((2, 64), np.float32))])
+    b = bind(tensors)
+    assert (b.model, b.cfg.name, b.batch, b.seq) == (name, "v4-flash", 2, 1)
+    assert b.kernel_of["tok"] == "x" and b.not_modelled == ["cos_il"]
+    assert set(b.observed) == {"q", "kv", "qr", "qr_scale"}
+    tensors[-2] = KernelTensor("qr_scale", "out", result=np.zeros((2, 1), np.float64))
+    with pytest.raises(NoBinding, match="qr_scale: dtype float64, dsref's is float32"):
+        bind(tensors)

@@ -1,0 +1,211 @@
+"""Binding a kernel's own tensors to a dsref model or stage range (``run-kernel --reference
+dsref`` on a file that makes its own inputs).
+
+A pypto-lib file at HEAD names and shapes its tensors its own way: ``rmsnorm.py`` takes the
+token ``x [T, D]`` and a bf16 ``norm_w`` and writes ``x_normed``; ``qkv_proj_rope.py`` takes the
+*normalised* token as ``x [T, D]``. :func:`bind` finds the dsref model, stage range
+(``MODEL[A:B]``), config and token count the kernel's tensors fit, without flags:
+
+- a kernel tensor binds to the dsref tensor of its name, or of which it is a known kernel name
+  (``Model.kernel_names``: ``tok`` is ``x`` into a range and ``x_normed`` out of one);
+- a range fits when every input it takes is bound and at least one output is; of those that
+  fit, the one binding the most kernel tensors;
+- the config is the preset of the model whose dims the tensors have; the token count is read
+  off them;
+- a tensor is viewed in dsref's shape when only the grouping of its elements differs
+  (``[T, D]`` ↔ ``[B, S, D]``, a flat ↔ blocked scale row), and a kernel input of a narrower
+  float type than dsref's (a bf16 ``norm_w`` for dsref's fp32) is widened, exactly; an
+  output's dtype must be dsref's;
+- kernel tensors dsref does not have are *not modelled*: listed, and judged only by the file's
+  own golden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+import dsref
+from dsref.model import Model
+
+_FLOAT_WIDTH = {np.dtype(ml_dtypes.bfloat16): 2, np.dtype(np.float16): 2,
+                np.dtype(np.float32): 4, np.dtype(np.float64): 8}
+
+
+class NoBinding(ValueError):
+    """The kernel's tensors fit no dsref model or stage range (one line: why)."""
+
+
+@dataclass
+class Binding:
+    """A kernel's tensors bound to ``model`` (a model or ``MODEL[A:B]``) at ``cfg``."""
+
+    model: str
+    cfg: Any
+    batch: int
+    seq: int
+    inputs: dict[str, np.ndarray]  # dsref input name -> value, in dsref's shape and dtype
+    observed: dict[str, np.ndarray]  # dsref output name -> the kernel's value, dsref's shape
+    labels: dict[str, str]  # dsref output name -> how the report names it
+    kernel_of: dict[str, str]  # dsref name -> kernel tensor name
+    not_modelled: list[str] = field(default_factory=list)  # kernel tensors dsref lacks
+    notes: list[str] = field(default_factory=list)  # the views and widenings made
+
+
+@dataclass(frozen=True)
+class KernelTensor:
+    """One tensor parameter of a kernel call: ``given`` what it was given (inputs, in/out
+    tensors), ``result`` what the kernel left in it (outputs, in/out tensors)."""
+
+    name: str
+    direction: str  # 'in' | 'out' | 'inout'
+    given: np.ndarray | None = None
+    result: np.ndarray | None = None
+
+
+def _names(model: Model, name: str) -> tuple[str, ...]:
+    """The kernel names a dsref tensor may have: its own, then its ``kernel_names``."""
+    return (name, *dict(model.kernel_names).get(name, ()))
+
+
+def _ranges(family: str) -> list[str]:
+    stages = dsref.get_model(family).stages
+    return [dsref.range_name(family, a, b)
+            for i, a in enumerate(stages) for b in stages[i:]]
+
+
+def _match(model: Model, tensors: Mapping[str, KernelTensor]) -> tuple[dict, dict] | None:
+    """(dsref input -> kernel tensor, dsref output -> kernel tensor), or None when an input of
+    ``model`` is unbound or no output is bound."""
+    used: set[str] = set()
+
+    def find(name: str, directions: tuple[str, ...]) -> str | None:
+        for k in _names(model, name):
+            t = tensors.get(k)
+            if t is not None and t.direction in directions and k not in used:
+                return k
+        return None
+
+    ins, outs = {}, {}
+    for n in model.input_names:
+        k = find(n, ("inout",) if n in model.inouts else ("in", "inout"))
+        if k is None:
+            return None
+        ins[n] = k
+        used.add(k)
+    for n in model.output_names:
+        if n in model.inouts:
+            outs[n] = ins[n]
+            continue
+        k = find(n, ("out", "inout"))
+        if k is not None:
+            outs[n] = k
+            used.add(k)
+    return (ins, outs) if outs else None
+
+
+def _fit(value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, widen: bool
+         ) -> tuple[np.ndarray | None, str]:
+    """``value`` as a dsref tensor of ``shape`` / ``dtype``: (array, note) or (None, why)."""
+    a = np.asarray(value)
+    note = []
+    if a.shape != shape:
+        same_rows = a.ndim == 1 or len(shape) == 1 or a.shape[-1] == shape[-1]
+        if a.size != int(np.prod(shape)) or not same_rows:
+            return None, f"shape {list(a.shape)}, dsref's is {list(shape)}"
+        note.append(f"viewed {list(a.shape)} as {list(shape)}")
+        a = a.reshape(shape)
+    if a.dtype != dtype:
+        wa, wd = _FLOAT_WIDTH.get(a.dtype), _FLOAT_WIDTH.get(dtype)
+        if not (widen and wa is not None and wd is not None and wa < wd):
+            return None, f"dtype {a.dtype.name}, dsref's is {dtype.name}"
+        note.append(f"{a.dtype.name} widened to {dtype.name} (exact)")
+        a = a.astype(dtype)
+    return a, ", ".join(note)
+
+
+def _counts(model: Model, cfg: Any, bound: Mapping[str, np.ndarray]) -> list[tuple[int, int]]:
+    """The (batch, seq) the bound activations can have: read off their leading dims."""
+    out: list[tuple[int, int]] = []
+    for n in model.step_inputs:
+        a = bound.get(n)
+        if a is None or a.ndim == 0:
+            continue
+        cands = [(a.shape[0], 1)] + ([(a.shape[0], a.shape[1])] if a.ndim >= 3 else [])
+        if isinstance(cfg, dsref.V4Config) and a.ndim >= 2:
+            for b in range(1, a.shape[0] + 1):  # [T, ...] for dsref's [B, S, ...]: T = B·S
+                if a.shape[0] % b == 0:
+                    cands.append((b, a.shape[0] // b))
+        out += [c for c in cands if c not in out]
+    return out or [(1, 1)]
+
+
+def bind(tensors: Sequence[KernelTensor], *, variants: Mapping[str, Any] | None = None,
+         semantics: str | None = None, models: Sequence[str] | None = None,
+         configs: Sequence[str] | None = None) -> Binding:
+    """The dsref model or stage range, config and token count ``tensors`` fit (see the module
+    docstring; ``models`` / ``configs``: only these); :class:`NoBinding` when none does, naming
+    the closest misfit."""
+    by_name = {t.name: t for t in tensors}
+    best: tuple[int, int, str, dict, dict] | None = None
+    for family in models or dsref.model_names():
+        for name in _ranges(family):
+            m = dsref.get_model(name)
+            hit = _match(m, by_name)
+            if hit is None:
+                continue
+            key = (len(hit[0]) + len(hit[1]), len(m.stages))
+            if best is None or key > best[:2]:
+                best = (*key, name, *hit)
+    if best is None:
+        raise NoBinding(f"no dsref model or stage range takes these tensors "
+                        f"({', '.join(by_name)}): models "
+                        f"{', '.join(models or dsref.model_names())}")
+    _, _, name, ins, outs = best
+    m = dsref.get_model(name)
+    why = ""
+    for cfg_name in configs or dsref.config_names():
+        cfg = dsref.config(cfg_name)
+        if not isinstance(cfg, m.config_type):
+            continue
+        if semantics is not None:
+            cfg = dsref.with_semantics(cfg, semantics)
+        cfg = dsref.with_variants(cfg, **dict(variants or {}))
+        raw = {n: np.asarray(by_name[k].given) for n, k in ins.items()}
+        for batch, seq in _counts(m, cfg, raw):
+            got = _fit_all(m, cfg, batch, seq, by_name, ins, outs)
+            if isinstance(got, Binding):
+                got.not_modelled = [t.name for t in tensors if t.name not in
+                                    set(ins.values()) | set(outs.values())]
+                return got
+            why = why or f"{cfg_name}: {got}"
+    raise NoBinding(f"{name}: the kernel's tensors fit no config of {m.family} ({why})")
+
+
+def _fit_all(m: Model, cfg: Any, batch: int, seq: int, by_name: Mapping[str, KernelTensor],
+             ins: Mapping[str, str], outs: Mapping[str, str]) -> Binding | str:
+    """The binding at this config and count, or why a tensor does not fit."""
+    b = Binding(m.name, cfg, batch, seq, {}, {}, {}, {**ins, **outs})
+    for n, k in ins.items():
+        a, note = _fit(by_name[k].given, *_spec(m.input_specs(cfg, batch, seq)[n]), widen=True)
+        if a is None:
+            return f"{k}: {note}"
+        b.inputs[n] = a
+        b.notes += [f"{k}: {note}"] if note else []
+    for n, k in outs.items():
+        a, note = _fit(by_name[k].result, *_spec(m.output_specs(cfg, batch, seq)[n]),
+                       widen=False)
+        if a is None:
+            return f"{k}: {note}"
+        b.observed[n] = a
+        b.labels[n] = k if k == n else f"{k} (dsref {n})"
+        b.notes += [f"{k}: {note}"] if note and n not in ins else []
+    return b
+
+
+def _spec(spec: Any) -> tuple[tuple[int, ...], np.dtype]:
+    return tuple(spec.shape), np.dtype(spec.dtype)
