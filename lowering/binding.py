@@ -15,7 +15,7 @@ token ``x [T, D]`` and a bf16 ``norm_w`` and writes ``x_normed``; ``qkv_proj_rop
 - a tensor is viewed in dsref's shape when only the grouping of its elements differs
   (``[T, D]`` ↔ ``[B, S, D]``, a flat ↔ blocked scale row), and a kernel input of a narrower
   float type than dsref's (a bf16 ``norm_w`` for dsref's fp32) is widened, exactly; an
-  output's dtype must be dsref's;
+  output of another dtype or shape than dsref's is named and not judged (``unjudged``);
 - kernel tensors dsref does not have are *not modelled*: listed, and judged only by the file's
   own golden.
 """
@@ -54,6 +54,8 @@ class Binding:
     kernel_of: dict[str, str]  # dsref name -> kernel tensor name
     not_modelled: list[str] = field(default_factory=list)  # kernel tensors dsref lacks
     notes: list[str] = field(default_factory=list)  # the views and widenings made
+    #: kernel outputs dsref has but whose shape or dtype is not dsref's: why, not judged
+    unjudged: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def bind(tensors: Sequence[KernelTensor], *, variants: Mapping[str, Any] | None 
                         f"{', '.join(models or dsref.model_names())}")
     _, _, name, ins, outs = best
     m = dsref.get_model(name)
-    why = ""
+    why, partial = "", None
     for cfg_name in configs or dsref.config_names():
         cfg = dsref.config(cfg_name)
         if not isinstance(cfg, m.config_type):
@@ -178,11 +180,17 @@ def bind(tensors: Sequence[KernelTensor], *, variants: Mapping[str, Any] | None 
         raw = {n: np.asarray(by_name[k].given) for n, k in ins.items()}
         for batch, seq in _counts(m, cfg, raw):
             got = _fit_all(m, cfg, batch, seq, by_name, ins, outs)
-            if isinstance(got, Binding):
-                got.not_modelled = [t.name for t in tensors if t.name not in
-                                    set(ins.values()) | set(outs.values())]
+            if isinstance(got, str):
+                why = why or f"{cfg_name}: {got}"
+                continue
+            got.not_modelled = [t.name for t in tensors if t.name not in
+                                set(ins.values()) | set(outs.values())]
+            if not got.unjudged:
                 return got
-            why = why or f"{cfg_name}: {got}"
+            if partial is None or len(got.unjudged) < len(partial.unjudged):
+                partial = got  # an output of another shape or dtype: kept if none fits all
+    if partial is not None:
+        return partial
     raise NoBinding(f"{name}: the kernel's tensors fit no config of {m.family} ({why})")
 
 
@@ -200,10 +208,13 @@ def _fit_all(m: Model, cfg: Any, batch: int, seq: int, by_name: Mapping[str, Ker
         a, note = _fit(by_name[k].result, *_spec(m.output_specs(cfg, batch, seq)[n]),
                        widen=False)
         if a is None:
-            return f"{k}: {note}"
+            b.unjudged[k] = f"dsref {n}: {note}"
+            continue
         b.observed[n] = a
         b.labels[n] = k if k == n else f"{k} (dsref {n})"
         b.notes += [f"{k}: {note}"] if note and n not in ins else []
+    if not b.observed:
+        return "; ".join(f"{k}: {why}" for k, why in b.unjudged.items())
     return b
 
 

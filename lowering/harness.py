@@ -277,6 +277,7 @@ class DsrefJudge:
         if b.not_modelled:
             case.notes.append("not modelled by dsref (judged by the file's golden alone): "
                               + ", ".join(b.not_modelled))
+        case.notes += [f"not judged against dsref: {k} ({why})" for k, why in b.unjudged.items()]
         for j in judge_observed(b.model, b.cfg, b.inputs, b.observed, labels=b.labels,
                                 tolerance=self.tolerance):
             for d in j.outputs:

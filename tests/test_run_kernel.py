@@ -226,6 +226,7 @@ def test_binding_finds_the_stage_range_config_and_token_count():
     """A HEAD qkv_proj_rope call (the normalised token as ``x``, an extra tensor dsref lacks)
     binds to ``v4.qkv_proj_rope[qr_proj_matmul:]`` at the config its dims say; a misfit
     names the tensor."""
+    import ml_dtypes
     import numpy as np
 
     from lowering.binding import KernelTensor, NoBinding, bind
@@ -242,6 +243,14 @@ def test_binding_finds_the_stage_range_config_and_token_count():
     assert (b.model, b.cfg.name, b.batch, b.seq) == (name, "v4-flash", 2, 1)
     assert b.kernel_of["tok"] == "x" and b.not_modelled == ["cos_il"]
     assert set(b.observed) == {"q", "kv", "qr", "qr_scale"}
-    tensors[-2] = KernelTensor("qr_scale", "out", result=np.zeros((2, 1), np.float64))
-    with pytest.raises(NoBinding, match="qr_scale: dtype float64, dsref's is float32"):
+    # an output of another dtype is named, not judged; an input that does not fit: no binding
+    tensors = [KernelTensor("qr_scale", "out", result=np.zeros((2, 1), np.float64))
+               if t.name == "qr_scale" else t for t in tensors]
+    b = bind(tensors)
+    assert b.unjudged == {"qr_scale": "dsref qr_scale: dtype float64, dsref's is float32"}
+    assert set(b.observed) == {"q", "kv", "qr"}
+    tensors = [KernelTensor("x", "in", np.zeros((2, 4000), ml_dtypes.bfloat16))
+               if t.name == "x" else t for t in tensors]
+    with pytest.raises(NoBinding, match=r"fit no config of v4.qkv_proj_rope \(v4-flash: x: "
+                                        r"shape \[2, 4000\], dsref's is \[2, 4096\]\)"):
         bind(tensors)
