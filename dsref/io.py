@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from dsref.config import Config, config, semantics_of, variant_values, with_variants
-from dsref.inputs import make_inputs
+from dsref.inputs import INPUTS_VERSION, make_inputs
 from dsref.model import get_model
 from dsref.progress import progress_steps
 from dsref.run import run
@@ -161,6 +161,7 @@ def _meta(model: str, cfg: Config, batch: int, seq: int, seed: int, fmt: str,
         "model": model, "config": cfg.name, "semantics": semantics_of(cfg),
         "variants": variant_values(cfg), "batch": batch,
         "seq": seq, "seed": seed, "format": fmt, "dsref_version": __version__,
+        "inputs_version": INPUTS_VERSION,
         "tensors": {"inputs": described(inputs), "outputs": described(outputs)},
         "dtypes": {g: {k: a.dtype.name for k, a in arrs.items()}
                    for g, arrs in (("inputs", inputs), ("outputs", outputs))},

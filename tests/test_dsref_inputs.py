@@ -184,3 +184,28 @@ def test_v4_seq_past_the_rope_tables_is_refused():
     cfg = dsref.config("v4-tiny")
     with pytest.raises(dsref.InputError, match=rf"seq={cfg.max_pos + 1}: above v4-tiny's max_pos"):
         dsref.make_inputs("v4.qkv_proj_rope", cfg, batch=1, seq=cfg.max_pos + 1)
+
+
+def test_normals_are_drawn_by_quantile_and_caches_rolled_per_entry(tmp_path):
+    """INPUTS_VERSION 2: 16 random bits pick one of 65536 equiprobable N(0, 1) quantiles
+    (checked against known quantiles and moments); each batch entry's cache block is one
+    random block rolled by its own number of rows, so no row equals the same row of another
+    entry's block; a golden records the version."""
+    from dsref import inputs as di
+
+    q = di._quantiles()
+    assert q.shape == (65536,) and (np.diff(q) > 0).all()
+    assert np.array_equal(q[:32768], -q[32768:][::-1])  # symmetric
+    assert abs(q[int(0.975 * 65536)] - 1.959964) < 1e-3  # P(Z < 1.959964) = 0.975
+    assert abs(q[-1] - 4.33) < 0.01  # the 1 - 1/131072 quantile: the largest value drawn
+    z = di._normal(np.random.default_rng(0), (1_000_000,))
+    assert abs(z.mean()) < 0.005 and abs(z.std() - 1) < 0.005
+    cfg = dsref.config("v32-tiny")
+    ins = dsref.make_inputs("v32.decode_front", cfg, batch=4, seed=0)
+    blocks = ins["kv_cache"].reshape(4, cfg.max_seq, -1)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not (blocks[a] == blocks[b]).all(axis=1).any(), (a, b)
+    d = tmp_path / "g"
+    dsref.write_golden(d, "v32.decode_front", "v32-tiny", batch=2, seed=0)
+    assert dsref.load_golden(d).meta["inputs_version"] == di.INPUTS_VERSION == 2

@@ -77,6 +77,10 @@ def test_every_v32_variant_is_followed_by_the_kernels(key, value):
     rep = lowering.diff(MODEL, cfg, ins)
     assert rep.verdict == PASS and all(r.status == PASS for r in rep.regions), rep.to_json()
     for name in VARIANTS[(key, value)]:
+        if name.endswith("rmsnorm"):  # Σx² in 512-wide fp32 chunks: another order than the
+            # exact sum, so a bf16 output may sit 1 ulp off, inside the bound (never more)
+            assert all(o.max_ulp <= 1 for o in rep.region(name).outputs), name
+            continue
         assert all(o.differ_ratio == 0.0 for o in rep.region(name).outputs), name
     if key == "variance":
         return  # sum·(1/N) vs sum/N: a 1-ulp fp32 move that bf16 rounding hides at these dims
