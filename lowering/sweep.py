@@ -282,10 +282,13 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
 
 
 def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str = "a2a3",
-          progress: Any = None) -> list[SweepRow]:
+          progress: Any = None, alone: set[str] | frozenset[str] = frozenset()
+          ) -> list[SweepRow]:
     """Every kernel file, ``jobs`` at a time; a file killed (out of memory, as a rule, or
     stopped by the :class:`Launcher` to leave memory to another) while others ran beside it
-    is run again alone at the end, on every core."""
+    is run again alone at the end, on every core. ``alone``: files (paths relative to
+    ``root``) run alone from the start, on every core — those a previous sweep had to run
+    again alone (:func:`needed_alone`), so that no first run beside another is wasted."""
     root = root.resolve()
     cores = max(1, len(os.sched_getaffinity(0)))
     threads = max(1, cores // max(1, jobs))  # the cores shared out among the children
@@ -293,8 +296,15 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
     rows: list[SweepRow] = []
     # the largest files first (the whole-model forwards): fewer of them left alone at the end
     files.sort(key=lambda f: -f.stat().st_size)
+    first = [f for f in files if str(f.relative_to(root)) in alone] if jobs > 1 else []
+    files = [f for f in files if f not in first]
     launcher = Launcher(guard=jobs > 1)
     try:
+        for f in first:
+            rows.append(run_one(f, root, timeout, seed, platform, launcher, cores))
+            rows[-1].alone, rows[-1].first = True, ALONE_FROM_THE_START
+            if progress is not None:
+                progress(rows[-1], len(rows), len(files) + len(first))
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futs = {pool.submit(run_one, f, root, timeout, seed, platform, launcher, threads): f
                     for f in files}
@@ -302,18 +312,27 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
                 row = fut.result()
                 rows.append(row)
                 if progress is not None:
-                    progress(row, len(rows), len(files))
+                    progress(row, len(rows), len(files) + len(first))
         for i, row in enumerate(rows):
             if row.killed and jobs > 1:
                 rows[i] = run_one(root / row.file, root, timeout, seed, platform, launcher,
                                   cores)
                 rows[i].alone, rows[i].first = True, row.reason
                 if progress is not None:
-                    progress(rows[i], len(rows), len(files))
+                    progress(rows[i], len(rows), len(files) + len(first))
     finally:
         launcher.close()
     rows.sort(key=lambda r: r.file)
     return judge_modules(rows, root)
+
+
+#: why a file ran alone although nothing stopped it (``first_run`` of its row)
+ALONE_FROM_THE_START = "run alone from the start: a previous sweep had to run it again alone"
+
+
+def needed_alone(history: dict[str, Any]) -> set[str]:
+    """The files a finished sweep (its ``--json``) ran again alone after a kill, by path."""
+    return {r["file"] for r in history.get("files", []) if r.get("alone")}
 
 
 def judge_modules(rows: list[SweepRow], root: Path) -> list[SweepRow]:
@@ -410,14 +429,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def progress(row: SweepRow, done: int, total: int) -> None:
         if not args.quiet:
             print(f"[{done}/{total}] {row.verdict:<10} {row.seconds:6.1f}s  {row.file}"
-                  + (" (run alone after a kill)" if row.alone else
+                  + (" (run alone from the start, --history)"
+                     if row.first == ALONE_FROM_THE_START else
+                     " (run alone after a kill)" if row.alone else
                      " (killed beside another file: runs again alone at the end)"
                      if row.killed and jobs > 1 else ""),
                   file=sys.stderr, flush=True)
 
     jobs = args.jobs or len(os.sched_getaffinity(0))
+    alone: set[str] = set()
+    if args.history:
+        try:
+            alone = needed_alone(json.loads(Path(args.history).read_text()))
+        except (OSError, ValueError) as e:
+            print(f"lowering: error: sweep --history {args.history}: {e}", file=sys.stderr)
+            return 2
     rows = sweep(root, jobs=jobs, timeout=args.timeout, seed=args.seed, platform=args.platform,
-                 progress=progress)
+                 progress=progress, alone=alone)
     wall = time.perf_counter() - t0
     if not rows:
         print(f"lowering: error: sweep {args.dir}: no kernel files (@pl.jit / @pl.program)",
@@ -457,6 +485,9 @@ def add_subparser(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     s.add_argument("--json", metavar="FILE")
+    s.add_argument("--history", metavar="FILE",
+                   help="a previous sweep's --json: the files it had to run again alone (out "
+                        "of memory beside another) run alone from the start, on every core")
     s.add_argument("--quiet", action="store_true",
                    help="print nothing (no progress lines, table or summary): the exit code and "
                         "--json")

@@ -294,6 +294,37 @@ def test_a_file_killed_beside_others_runs_again_alone(tmp_path, monkeypatch):
     assert "first_run" not in rows[0].to_dict()
 
 
+def test_history_runs_the_files_a_previous_sweep_needed_alone_first(tmp_path, monkeypatch):
+    """``--history``: a file the previous sweep ran again alone (its ``--json`` row has
+    ``alone``) runs alone from the start, on every core, before the others; nothing is run
+    twice."""
+    from lowering import sweep as sw
+
+    given = []
+    real = sw.run_one
+
+    def recorded(path, root, timeout, seed, platform, launcher, threads):
+        given.append((path.name, threads))
+        return real(path, root, timeout, seed, platform, launcher, threads)
+
+    monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
+    monkeypatch.setattr(sw, "run_one", recorded)
+    monkeypatch.setattr(sw.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    history = {"files": [{"file": "examples/scale.py", "alone": True},
+                         {"file": "examples/modes.py", "alone": False}]}
+    assert sw.needed_alone(history) == {"examples/scale.py"}
+    rows = sw.sweep(MINI, jobs=2, timeout=60, alone=sw.needed_alone(history))
+    assert given == [("scale.py", 4), ("modes.py", 2)]
+    assert [(Path(r.file).name, r.verdict, r.alone) for r in rows] == [
+        ("modes.py", PASS, False), ("scale.py", PASS, True)]
+    assert rows[1].to_dict()["first_run"] == sw.ALONE_FROM_THE_START
+    from lowering.cli import main
+
+    monkeypatch.setattr(sw, "run_one", real)
+    assert main(["sweep", str(MINI), "--history", str(tmp_path / "missing.json"),
+                 "--quiet"]) == 2  # an unreadable history is a usage error, before any run
+
+
 def test_a_child_runs_its_file_on_the_threads_it_is_given(tmp_path):
     from lowering.sweep import run_one
 
