@@ -311,14 +311,18 @@ def int8_codes(p: Iv) -> Iv:
 _TZ8 = np.array([8] + [(i & -i).bit_length() - 1 for i in range(1, 256)], np.int16)
 
 
-def _lsb_bf16(w: np.ndarray) -> np.ndarray:
-    """:func:`lsb_exponent` of a stored bf16 array from its bits (no float64 copy of a weight):
-    ``(-1)^s · 1.m · 2^(e-127)`` has its lowest set bit at ``e − 127 − 7 + tz(1m)``."""
+def _lsb_bf16_cols(w: np.ndarray) -> np.ndarray:
+    """``min(lsb_exponent(w), axis=0, keepdims=True)`` of a stored bf16 matrix, from its bits
+    and in int16 (no float64 copy of a weight): ``(-1)^s · 1.m · 2^(e-127)`` has its lowest
+    set bit at ``e − 127 − 7 + tz(1m)``; zeros and non-finite values count as +inf."""
     bits = np.ascontiguousarray(w).view(np.uint16)
     e = ((bits >> 7) & 0xFF).astype(np.int16)
-    sig = (bits & 0x7F) | np.where(e > 0, 0x80, 0).astype(np.uint16)
+    sig = (bits & 0x7F) | ((e > 0).astype(np.uint16) << 7)
     out = np.maximum(e, 1) - 134 + _TZ8[sig & 0xFF]
-    return np.where((sig == 0) | (e == 0xFF), np.inf, out.astype(np.float64))
+    out[(sig == 0) | (e == 0xFF)] = np.iinfo(np.int16).max  # +inf: never the minimum
+    col = out.min(axis=0, keepdims=True).astype(np.float64)
+    col[col == np.iinfo(np.int16).max] = np.inf
+    return col
 
 
 def lsb_exponent(x: np.ndarray) -> np.ndarray:
@@ -499,8 +503,8 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
         csc = na * np.sqrt(np.einsum("ij,ij->j", wc, wc))[None, :]
         cs += csc
         if rad is None:
-            lsb = _lsb_bf16(w[c0:c0 + width]) if w_bits else lsb_exponent(wc)
-            lsb_wc = np.min(lsb, axis=0, keepdims=True)
+            lsb_wc = (_lsb_bf16_cols(w[c0:c0 + width]) if w_bits
+                      else np.min(lsb_exponent(wc), axis=0, keepdims=True))
             lsb_w = np.minimum(lsb_w, lsb_wc)
             if acc.sequential:  # this chunk's partial: exact in float64, or within err of it
                 lsb_c = np.min(lsb_exponent(mid[:, c0:c0 + width]), axis=1, keepdims=True)

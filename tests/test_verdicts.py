@@ -554,3 +554,21 @@ def test_ordered_dot_is_bitwise_and_one_ulp_in_one_partial_fails_the_verdict():
     assert differs.any()  # the exact sum rounded once is not the kernel's order
     d = judge("qr32", want, want, bound)
     assert not d.ok and d.outside == int(differs.sum()) and d.bound_ratio == float("inf")
+
+
+def test_lowest_set_bit_of_bf16_weights_per_column_from_their_bits():
+    """The dot bound's per-column lowest set bit of a bf16 weight, read from its bits in int16,
+    equals the exponent found from float64 values by frexp — normals, subnormals, zeros (+inf:
+    they constrain nothing), a column of zeros, and powers of two alone."""
+    from lowering.bounds import _lsb_bf16_cols, lsb_exponent
+
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((64, 9)) * np.exp2(rng.integers(-140, 20, (64, 9)))).astype(
+        np.float32).astype(ml_dtypes.bfloat16)
+    w[:, 3] = 0  # a zero column: +inf
+    w[5, 4] = ml_dtypes.bfloat16(2.0**-133)  # a subnormal: its lowest bit is 2^-133
+    w[:, 6] = ml_dtypes.bfloat16(-0.75)
+    got = _lsb_bf16_cols(w)
+    want = np.min(lsb_exponent(w.astype(np.float64)), axis=0, keepdims=True)
+    assert got.shape == (1, 9) and np.array_equal(got, want), (got, want)
+    assert got[0, 3] == np.inf and got[0, 4] == -133 and got[0, 6] == -2
