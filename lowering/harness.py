@@ -278,13 +278,39 @@ class DsrefJudge:
             case.notes.append("not modelled by dsref (judged by the file's golden alone): "
                               + ", ".join(b.not_modelled))
         case.notes += [f"not judged against dsref: {k} ({why})" for k, why in b.unjudged.items()]
+        moved = False
         for j in judge_observed(b.model, b.cfg, b.inputs, b.observed, labels=b.labels,
                                 tolerance=self.tolerance):
             for d in j.outputs:
                 case.outputs.append(OutputCheck(f"dsref {d.name}", d.ok, f"dsref {j.stage}",
                                                 d.message, d))
+                moved |= d.differ_ratio > 0
                 if not d.ok:
                     case.status = FAIL
+        if moved:  # a bound can hide another semantics: say which one the bits follow
+            case.notes.append(_closest_semantics(b))
+
+
+def _closest_semantics(b: binding.Binding) -> str:
+    """One line: the share of each bound output's elements that are bit-identical to dsref
+    under every named semantics of the model, best first — a kernel within the bound of one
+    semantics may follow another bit for bit (a hidden intermediate widens the bound)."""
+    names = [n for n in b.observed]
+    rows, unfit = [], []
+    for sem in dsref.semantics_names(b.cfg.model):
+        try:  # a semantics whose inputs differ (fp32 RoPE tables) cannot take these
+            outs = dsref.run(b.model, dsref.with_semantics(b.cfg, sem), b.inputs)
+        except ValueError:
+            unfit.append(sem)
+            continue
+        same = [1.0 - compare(n, b.observed[n], outs[n], PRESETS["exact"]).differ_ratio
+                for n in names]
+        rows.append((sum(same) / len(same), sem, same))
+    rows.sort(key=lambda r: -r[0])
+    labels = "/".join(b.kernel_of.get(n, n) for n in names)
+    return ("bit-identical share (" + labels + ") under each semantics: " + "; ".join(
+        f"{sem} {'/'.join(f'{100 * x:.2f}' for x in same)} %" for _, sem, same in rows)
+        + (f"; not on these inputs: {', '.join(unfit)}" if unfit else ""))
 
 
 class Harness:

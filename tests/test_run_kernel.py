@@ -210,6 +210,9 @@ def test_dsref_catches_what_the_files_ratio_comparator_lets_through(tmp_path):
     bad = outs["dsref x_normed (dsref tok)"]
     assert not bad["ok"] and "outside the bound" in bad["detail"]
     assert "dsref x_normed" in rep["reason"]
+    # and which semantics the bits follow: HF's, every element
+    [hint] = [n for n in rep["cases"][0]["notes"] if "under each semantics" in n]
+    assert hint.startswith("bit-identical share (x_normed) under each semantics: hf 100.00 %; ")
 
 
 def test_a_file_no_call_of_which_dsref_models_cannot_run_against_it(tmp_path, capsys):
