@@ -102,8 +102,9 @@ def _normal(rng: np.random.Generator, shape, scale: float = 1.0, dtype=np.float3
 
 def _cache(rng: np.random.Generator, batch: int, rows: int, width: int) -> np.ndarray:
     """A bf16 cache ``[batch · rows, width]`` of N(0, 1) values: one random block of ``rows``,
-    rolled by a different number of rows for each batch entry, so that no row holds what the
-    same row of another entry's block holds (a read of the wrong entry's row shows)."""
+    rolled by a different number of rows for each batch entry (while ``batch ≤ rows``), so
+    that no row holds what the same row of another entry's block holds (a read of the wrong
+    entry's row shows)."""
     block = _normal(rng, (rows, width), dtype=BF16)
     shifts = rng.permutation(rows)[:batch] if batch <= rows else rng.integers(0, rows, batch)
     return np.concatenate([np.roll(block, int(s), axis=0) for s in shifts], axis=0)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from dsref.config import config, config_names
+from dsref.numerics import x64
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,10 @@ def register_model(model: Model) -> Model:
     return model
 
 
-
 def get_model(name: str) -> Model:
     """The model ``name``: a registered model, or a stage range of one, ``MODEL[A:B]`` —
     stages ``A`` through ``B`` inclusive, in model order (either end may be left out;
-    ``MODEL[A]`` is the one stage) — run on its own: see :func:`stage_range`."""
+    ``MODEL[A]`` is the one stage) — run on its own: see :func:`range_name`, :func:`range_io`."""
     if "[" in name:
         return _range_model(name)
     try:
@@ -207,8 +207,6 @@ def _range_model(name: str) -> Model:
             known = dict(full)
             missing = [n for n in names if n not in known]
             if missing:  # the shapes of intermediate values, traced without computing
-                from dsref.numerics import x64
-
                 with x64():
                     shapes = jax.eval_shape(
                         functools.partial(everything, cfg=cfg),

@@ -26,14 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 import dsref
 from dsref.model import Model
-
-_FLOAT_WIDTH = {np.dtype(ml_dtypes.bfloat16): 2, np.dtype(np.float16): 2,
-                np.dtype(np.float32): 4, np.dtype(np.float64): 8}
+from lowering.backends._rounding import is_float_dtype
 
 
 class NoBinding(ValueError):
@@ -56,6 +53,14 @@ class Binding:
     notes: list[str] = field(default_factory=list)  # the views and widenings made
     #: kernel outputs dsref has but whose shape or dtype is not dsref's: why, not judged
     unjudged: dict[str, str] = field(default_factory=dict)
+
+    def unbound_notes(self, instead: str) -> list[str]:
+        """One line for the tensors dsref lacks (``instead``: what judges them) and one per
+        output it has but cannot judge."""
+        lines = [f"not modelled by dsref ({instead}): " + ", ".join(self.not_modelled)
+                 ] if self.not_modelled else []
+        return lines + [f"not judged against dsref: {k} ({why})"
+                        for k, why in self.unjudged.items()]
 
 
 @dataclass(frozen=True)
@@ -122,26 +127,25 @@ def _fit(value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, *, widen: b
         note.append(f"viewed {list(a.shape)} as {list(shape)}")
         a = a.reshape(shape)
     if a.dtype != dtype:
-        wa, wd = _FLOAT_WIDTH.get(a.dtype), _FLOAT_WIDTH.get(dtype)
-        if not (widen and wa is not None and wd is not None and wa < wd):
+        wider = is_float_dtype(a.dtype) and is_float_dtype(dtype) and \
+            a.dtype.itemsize < dtype.itemsize
+        if not (widen and wider):
             return None, f"dtype {a.dtype.name}, dsref's is {dtype.name}"
         note.append(f"{a.dtype.name} widened to {dtype.name} (exact)")
         a = a.astype(dtype)
     return a, ", ".join(note)
 
 
-def _counts(model: Model, cfg: Any, bound: Mapping[str, np.ndarray]) -> list[tuple[int, int]]:
-    """The (batch, seq) the bound activations can have: read off their leading dims."""
+def _counts(model: Model, bound: Mapping[str, np.ndarray]) -> list[tuple[int, int]]:
+    """The (batch, seq) the bound activations can have, read off their leading dims: ``[T,
+    ...]`` is T entries of one token (dsref's ``[B, S, ...]`` views it whatever B·S is),
+    ``[B, S, ...]`` B entries of S."""
     out: list[tuple[int, int]] = []
     for n in model.step_inputs:
         a = bound.get(n)
         if a is None or a.ndim == 0:
             continue
         cands = [(a.shape[0], 1)] + ([(a.shape[0], a.shape[1])] if a.ndim >= 3 else [])
-        if isinstance(cfg, dsref.V4Config) and a.ndim >= 2:
-            for b in range(1, a.shape[0] + 1):  # [T, ...] for dsref's [B, S, ...]: T = B·S
-                if a.shape[0] % b == 0:
-                    cands.append((b, a.shape[0] // b))
         out += [c for c in cands if c not in out]
     return out or [(1, 1)]
 
@@ -170,6 +174,7 @@ def bind(tensors: Sequence[KernelTensor], *, variants: Mapping[str, Any] | None 
     _, _, name, ins, outs = best
     m = dsref.get_model(name)
     why, partial = "", None
+    counts = _counts(m, {n: np.asarray(by_name[k].given) for n, k in ins.items()})
     for cfg_name in configs or dsref.config_names():
         cfg = dsref.config(cfg_name)
         if not isinstance(cfg, m.config_type):
@@ -177,8 +182,7 @@ def bind(tensors: Sequence[KernelTensor], *, variants: Mapping[str, Any] | None 
         if semantics is not None:
             cfg = dsref.with_semantics(cfg, semantics)
         cfg = dsref.with_variants(cfg, **dict(variants or {}))
-        raw = {n: np.asarray(by_name[k].given) for n, k in ins.items()}
-        for batch, seq in _counts(m, cfg, raw):
+        for batch, seq in counts:
             got = _fit_all(m, cfg, batch, seq, by_name, ins, outs)
             if isinstance(got, str):
                 why = why or f"{cfg_name}: {got}"

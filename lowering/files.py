@@ -189,10 +189,7 @@ def _diff_bound(d: Path, fmt: str, golden: Any, model: str | None, config: str |
     secs = time.perf_counter() - t0
     regions = [RegionReport(name=o.name, status=PASS if o.ok else FAIL, kernel=f"{d}:{o.name}",
                             outputs=[o], seconds=secs) for j in judged for o in j.outputs]
-    notes = list(b.notes)
-    if b.not_modelled:
-        notes.append("not modelled by dsref (not judged): " + ", ".join(b.not_modelled))
-    notes += [f"not judged against dsref: {k} ({why})" for k, why in b.unjudged.items()]
+    notes = [*b.notes, *b.unbound_notes("not judged")]
     return Report(model=b.model, config=b.cfg.name, mode="files", backend=f"files:{fmt}",
                   platform="-", batch=b.batch, seq=b.seq, seed=golden.meta.get("seed"),
                   regions=regions, variants=dsref.variant_values(b.cfg), notes=notes,

@@ -266,7 +266,7 @@ class DsrefJudge:
         try:
             b = binding.bind(tensors, variants=self.variants, semantics=self.semantics)
             dsref.validate(b.model, b.cfg, b.inputs)
-        except (binding.NoBinding, ValueError) as e:
+        except ValueError as e:  # NoBinding, or dsref's InputError on the file's values
             case.dsref = "not modelled"
             case.notes.append(f"dsref: {e}")
             return
@@ -274,10 +274,7 @@ class DsrefJudge:
         count = f"T={b.batch}" if b.seq == 1 else f"B={b.batch} S={b.seq}"
         case.dsref = f"{b.model} at {b.cfg.name}, {count}"
         case.notes += [f"dsref: {n}" for n in b.notes]
-        if b.not_modelled:
-            case.notes.append("not modelled by dsref (judged by the file's golden alone): "
-                              + ", ".join(b.not_modelled))
-        case.notes += [f"not judged against dsref: {k} ({why})" for k, why in b.unjudged.items()]
+        case.notes += b.unbound_notes("judged by the file's golden alone")
         moved = False
         for j in judge_observed(b.model, b.cfg, b.inputs, b.observed, labels=b.labels,
                                 tolerance=self.tolerance):
@@ -539,12 +536,12 @@ class Harness:
                       if not s.is_output or s.init_value is not None}
             case.outputs = self._validate(device, expected, given, scalars, rtol, atol,
                                           compare_fn)
-        if self.dsref is not None and world is None:
-            self.dsref.judge(case, [binding.KernelTensor(
-                s.name, "inout" if s.is_output and s.init_value is not None else
-                "out" if s.is_output else "in",
-                None if s.is_output and s.init_value is None else from_torch(torch, tensors[s.name]),
-                run.outputs[s.name] if s.is_output else None) for s in tspecs])
+        if self.dsref is not None and world is None:  # the arrays the emulator was given
+            self.dsref.judge(case, [
+                *(binding.KernelTensor(n, "in", a) for n, a in inputs.items()),
+                *(binding.KernelTensor(n, "out", result=run.outputs[n]) for n in outputs),
+                *(binding.KernelTensor(n, "inout", a, run.outputs[n])
+                  for n, (a, _) in inouts.items())])
         case.compare_s = self.phase(f"{case.label} done: the file's own code")
         if run.failures or any(not o.ok for o in case.outputs):
             case.status = FAIL

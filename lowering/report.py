@@ -238,13 +238,12 @@ def semantics_text(model: str, variants: dict[str, Any]) -> str:
     """``semantics=ds32``, or the variants off their defaults when no named semantics has
     exactly these (``variants: variance=mul_inv``)."""
     import dsref
-    from dsref.config import semantics_of
+    from dsref.config import family, semantics_of
 
-    if not variants or model.split("[")[0] not in dsref.model_names():
+    if not variants or family(model) not in dsref.model_names():
         return ""
-    family = dsref.get_model(model).family
     cfg = dsref.with_variants(dsref.config(next(
-        c for c in dsref.config_names() if dsref.config(c).model == family)), **variants)
+        c for c in dsref.config_names() if dsref.config(c).model == family(model))), **variants)
     name = semantics_of(cfg)
     if name is not None:
         return f"semantics={name}"

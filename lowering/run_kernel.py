@@ -559,12 +559,18 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+#: the flags of dsref making the inputs and binding them by name (a file with no __main__)
+_MADE_BY_DSREF = ("entry", "model", "config", "data", "map", "scalar")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The ``--flags`` among ``names`` given on the command line."""
+    return [f"--{n}" for n in names if getattr(args, n)]
+
+
 def _dsref_flags(args: argparse.Namespace) -> list[str]:
-    return [f for f, v in (("--entry", args.entry), ("--model", args.model),
-                           ("--config", args.config), ("--data", args.data), ("--map", args.map),
-                           ("--scalar", args.scalar), ("--variant", args.variant),
-                           ("--semantics", args.semantics),
-                           ("--tolerance", args.tolerance)) if v]
+    """The flags that say ``--reference dsref`` when ``--reference`` is not given."""
+    return _given(args, (*_MADE_BY_DSREF, "variant", "semantics", "tolerance"))
 
 
 def _cli_variants(args: argparse.Namespace) -> dict[str, Any]:
@@ -615,10 +621,7 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
 def _made_by_dsref(args: argparse.Namespace) -> list[str]:
     """The flags that ask for dsref to make the inputs and bind them by name (the first way in
     to ``--reference dsref``: a kernel file with no ``__main__`` of its own)."""
-    return [f for f, v in (("--entry", args.entry), ("--model", args.model),
-                           ("--config", args.config), ("--data", args.data), ("--map", args.map),
-                           ("--scalar", args.scalar), ("--batch", args.batch),
-                           ("--seq", args.seq)) if v]
+    return _given(args, (*_MADE_BY_DSREF, "batch", "seq"))
 
 
 def _has_own_main(path: str) -> bool:

@@ -298,13 +298,14 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
     files.sort(key=lambda f: -f.stat().st_size)
     first = [f for f in files if str(f.relative_to(root)) in alone] if jobs > 1 else []
     files = [f for f in files if f not in first]
+    total = len(files) + len(first)
     launcher = Launcher(guard=jobs > 1)
     try:
         for f in first:
             rows.append(run_one(f, root, timeout, seed, platform, launcher, cores))
             rows[-1].alone, rows[-1].first = True, ALONE_FROM_THE_START
             if progress is not None:
-                progress(rows[-1], len(rows), len(files) + len(first))
+                progress(rows[-1], len(rows), total)
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futs = {pool.submit(run_one, f, root, timeout, seed, platform, launcher, threads): f
                     for f in files}
@@ -312,14 +313,14 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
                 row = fut.result()
                 rows.append(row)
                 if progress is not None:
-                    progress(row, len(rows), len(files) + len(first))
+                    progress(row, len(rows), total)
         for i, row in enumerate(rows):
             if row.killed and jobs > 1:
                 rows[i] = run_one(root / row.file, root, timeout, seed, platform, launcher,
                                   cores)
                 rows[i].alone, rows[i].first = True, row.reason
                 if progress is not None:
-                    progress(rows[i], len(rows), len(files) + len(first))
+                    progress(rows[i], len(rows), total)
     finally:
         launcher.close()
     rows.sort(key=lambda r: r.file)

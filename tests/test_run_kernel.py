@@ -197,6 +197,8 @@ def test_head_style_file_is_judged_against_dsref_without_flags(tmp_path):
     assert outs["x_normed"]["ok"]  # the file's own comparator
     assert outs["dsref x_normed (dsref tok)"]["ok"]
     assert outs["dsref x_normed (dsref tok)"]["comparator"] == "dsref attn_norm"
+    # Σx² in three 512-wide fp32 chunks: at most 1 bf16 ulp from dsref's exactly rounded sum
+    assert outs["dsref x_normed (dsref tok)"]["metrics"]["max_ulp"] <= 1
 
 
 def test_dsref_catches_what_the_files_ratio_comparator_lets_through(tmp_path):
