@@ -32,6 +32,8 @@ import inspect
 import io
 import os
 import random
+import re
+import resource
 import runpy
 import sys
 import time
@@ -202,9 +204,77 @@ def _one_line(e: BaseException) -> str:
 
 def _describe(e: BaseException, roots: tuple[str, ...]) -> str:
     """One line: the exception and, unless its message already says where, file:line."""
-    line = _one_line(e)
+    line = _oom_line(e) if out_of_memory(e) else _one_line(e)
     site = _site_in(e, roots)
     return line if "(used at " in line or site == "?" else f"{line} (at {site})"
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+
+def machine_memory() -> int:
+    """Bytes this process can ever hold: physical memory plus swap, or less where an
+    ``RLIMIT_DATA`` says so."""
+    kb = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "SwapTotal"):
+                kb[key] = int(rest.split()[0])
+    total = (kb.get("MemTotal", 0) + kb.get("SwapTotal", 0)) * 1024 or \
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    return total if soft == resource.RLIM_INFINITY else min(total, soft)
+
+
+def cap_memory() -> None:
+    """Hold this process to :func:`machine_memory`: an allocation past it raises (torch's
+    ``RuntimeError``, numpy's ``MemoryError``: CANNOT RUN, out of memory, file:line) instead of
+    the machine thrashing until the kernel's OOM killer ends the run with no word."""
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    limit = machine_memory()
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """``e`` says an allocation failed (numpy's MemoryError, torch's allocator error)."""
+    return isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def _oom_line(e: BaseException) -> str:
+    asked = re.search(r"allocate (\d+) bytes", str(e)) or \
+        re.search(r"allocate ([\d.]+ [KMGTPE]iB)", str(e))
+    what = "" if asked is None else (
+        f" asking for {_gib(int(asked[1]))}" if asked[1].isdigit() else f" asking for {asked[1]}")
+    return f"out of memory{what} ({_gib(machine_memory())} on this machine)"
+
+
+def _check_fits(specs: list) -> None:
+    """CANNOT RUN before making one tensor when the specs alone outgrow the machine."""
+    sizes = sorted(((_spec_bytes(s), s.name) for s in specs), key=lambda t: (-t[0], t[1]))
+    need, have = sum(n for n, _ in sizes), machine_memory()
+    if need > have:
+        top = ", ".join(f"{name} {_gib(n)}" for n, name in sizes[:3])
+        more = ", ..." if len(sizes) > 3 else ""
+        raise CannotRun(f"its {len(sizes)} tensors take {_gib(need)} ({top}{more}), "
+                        f"more than this machine's {_gib(have)} of memory")
+
+
+def _spec_bytes(spec: Any) -> int:
+    n = 1
+    for d in spec.shape:
+        n *= int(d)
+    itemsize = getattr(spec.dtype, "itemsize", None)
+    if itemsize is None:  # torch < 2.1
+        itemsize = _torch().empty(0, dtype=spec.dtype).element_size()
+    return n * itemsize
 
 
 #: exceptions that say the emulator (or its surroundings) lacks something, wherever raised
@@ -226,6 +296,8 @@ def _is_gap(e: BaseException, roots: tuple[str, ...] = ()) -> bool:
     one that says a name or a form is missing."""
     if isinstance(e, KernelDefect):
         return False
+    if out_of_memory(e):
+        return True
     if isinstance(e, AttributeError) and _defined_in(type(getattr(e, "obj", None)), roots):
         return False  # the file's own object lacks the attribute: its own code is broken
     if isinstance(e, _GAPS):
@@ -389,7 +461,7 @@ class Harness:
         self.phase(f"{case.label} stopped: the file's own code")
         where = e.args[0] if isinstance(e, CannotRun) else _describe(e, self.roots)
         case.status = CANNOT_RUN if _is_gap(e, self.roots) else FAIL
-        case.error = where if isinstance(e, CannotRun) else \
+        case.error = where if isinstance(e, CannotRun) or out_of_memory(e) else \
             ("kernel defect: " if case.status == FAIL else "emulator cannot run this: ") + where
 
     def dispatch(self, fn: Any, args: tuple, kwargs: dict) -> None:
@@ -478,6 +550,7 @@ class Harness:
         tspecs = [s for s in specs if isinstance(s, self.golden.TensorSpec)]
         if golden_data is not None:
             raise CannotRun("golden_data= replay is not modelled; run without --golden-data")
+        _check_fits(tspecs)
         with _seeded(torch, self.seed):
             tensors = {s.name: s.create_tensor() for s in tspecs}
         case.inputs_s = self.phase(f"{case.label}: the emulator")

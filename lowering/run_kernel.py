@@ -648,6 +648,7 @@ def _cmd_golden(args: argparse.Namespace, against_dsref: bool = False) -> int:
     except KernelFileError as e:
         print(f"lowering: error: {e}", file=sys.stderr)
         return 2
+    harness.cap_memory()  # past the machine's memory: a clean CANNOT RUN, not an OOM kill
     judge = None
     if against_dsref:
         judge = harness.DsrefJudge(args.semantics, dsref.parse_variants(args.variant),

@@ -547,3 +547,33 @@ def test_a_spec_of_the_wrong_shape_names_the_parameters_line(tmp_path):
     assert res.verdict == FAIL
     assert "parameter 'x' of scale: expected pl.Tensor[[8, 32], pl.FP32]" in res.reason
     assert f"(the parameter of {f}:6)" in res.reason and "(at ?)" not in res.reason
+
+
+def test_specs_larger_than_the_machine_cannot_run_before_one_tensor_is_made(tmp_path):
+    """pypto-lib's whole-model files (deepseek_v4_flash_mtp/decode_fwd.py: 85 GiB of
+    weights) cannot fit a 24 GiB machine: CANNOT RUN at once, naming the largest tensors and
+    both sizes, not an out-of-memory kill minutes later."""
+    f = tmp_path / "huge.py"
+    f.write_text(SCALE_WITH_DRAWN_WEIGHTS.replace(
+        '''TensorSpec("y", [8, 32], torch.float32, is_output=True)''',
+        '''TensorSpec("y", [8, 32], torch.float32, is_output=True),
+            TensorSpec("w", [1 << 40], torch.int8, init_value=torch.ones)'''))
+    res = run_file(f, env={"DRAWS_LOG": str(tmp_path / "log")})
+    assert res.verdict == CANNOT_RUN
+    assert "its 3 tensors take 1024.0 GiB (w 1024.0 GiB, x 0.0 GiB" in res.reason
+    have = harness.machine_memory() / 2**30
+    assert f"more than this machine's {have:.1f} GiB of memory" in res.reason
+
+
+def test_the_files_own_code_out_of_memory_cannot_run_naming_size_and_line(tmp_path):
+    """An allocation of the file's own code past the machine (pypto-lib's
+    deepseek_v4_pro/moe.py draws 17 GiB of float32 weights at a time) is CANNOT RUN: out of
+    memory, how much it asked for, file:line."""
+    f = tmp_path / "greedy.py"
+    f.write_text(SCALE_WITH_DRAWN_WEIGHTS.replace(
+        "x = torch.randn(8, 32)", "x = torch.randn(8, 32)\n    np.empty(1 << 50, np.int8)"
+    ).replace("import os\n", "import os\nimport numpy as np\n"))
+    res = run_file(f, env={"DRAWS_LOG": str(tmp_path / "log")})
+    assert res.verdict == CANNOT_RUN
+    assert res.reason.startswith("out of memory asking for 1.00 PiB")
+    assert f"(at {f}:19)" in res.reason
