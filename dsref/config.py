@@ -33,11 +33,20 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "kv_nope_fp8": (False, True),  # V4 only: FP8 e4m3 quantise-dequantise of kv's nope dims
     "rope_table_dtype": ("bf16", "fp32"),  # V4 only: dtype of the rope_cos / rope_sin inputs
     "qr_scale_form": ("div", "mul_recip"),  # V4 only: sq = 127 / amax | 127 · (1/amax)
+    # V3.2 only, the indexer and sparse attention (scopes 2-4); first value: the official code
+    "index_input": ("normed", "hidden"),  # k_idx / weights from normed | raw hidden_states
+    "index_score": ("relu", "reduce_q"),  # Σ_h w_h·relu(q_h·k) | (bf16 Σ_h w_h·q_h)·k
+    "index_weights": ("bf16", "fp32"),  # bf16(x @ Wp)·IH^-½ then ·ID^-½ | f32(x @ Wp)·(IH·ID)^-½
+    "attn_scale": ("yarn", "plain"),  # (NOPE+ROPE)^-½ · mscale² | (NOPE+ROPE)^-½
+    "q_latent": ("bf16", "fp32"),  # q_nope @ W_uk rounded to bf16 | left in fp32
+    "attn_probs": ("bf16", "exact"),  # softmax probabilities to bf16 | exact softmax mean
 }
 
 
 MODEL_VARIANTS = {
-    "v32.decode_front": ("rmsnorm", "variance", "cast", "accumulate", "rope_layout", "q_norm_input"),
+    "v32.decode_front": ("rmsnorm", "variance", "cast", "accumulate", "rope_layout", "q_norm_input",
+                         "index_input", "index_score", "index_weights", "attn_scale", "q_latent",
+                         "attn_probs"),
     "v4.qkv_proj_rope": (
         "rmsnorm", "variance", "cast", "accumulate", "qr_prequant_round", "rope_preround",
         "rope_table", "proj_out", "q_head_norm", "kv_nope_fp8", "rope_table_dtype",
@@ -57,6 +66,19 @@ STAGE_VARIANTS: dict[str, tuple[str, ...]] = {
     "q_rope": ("cast", "rope_layout"),
     "kv_rmsnorm": ("rmsnorm", "variance", "cast"),
     "decode_cache_write": ("cast", "rope_layout"),
+    "q_idx_proj": ("accumulate", "cast"),
+    "k_idx_proj": ("accumulate", "cast", "index_input"),
+    "k_idx_layernorm": ("variance", "cast"),
+    "idx_rope": ("cast",),
+    "idx_hadamard": ("accumulate", "cast"),
+    "idx_weights": ("accumulate", "cast", "index_input", "index_weights"),
+    "k_idx_cache_write": (),
+    "index_score": ("accumulate", "cast", "index_score"),
+    "index_topk": (),
+    "q_nope_latent": ("accumulate", "cast", "q_latent"),
+    "sparse_attn": ("accumulate", "cast", "attn_scale", "attn_probs"),
+    "v_proj": ("accumulate", "cast"),
+    "dispatch": (),
     "attn_norm": ("rmsnorm", "variance", "cast"),
     "qr_proj_matmul": ("accumulate", "cast", "proj_out"),
     "qr_rms": ("variance", "cast", "qr_prequant_round"),
@@ -109,6 +131,12 @@ class V32Config:
     rope: int  # ROPE (qk_rope_head_dim)
     kv_lora: int  # KL
     max_seq: int  # MAX_SEQ: cache rows per batch entry (PR #134: 4096)
+    # the indexer and sparse attention (pypto-lib HEAD decode_front.py scopes 2-4)
+    index_heads: int = 64  # IH
+    index_head_dim: int = 128  # ID; its first ROPE dims are rotated
+    index_topk: int = 2048  # TOPK: cache positions each token attends to
+    v_head: int = 128  # V: value head dim (the latent-to-V projection)
+    ep_nodes: int = 128  # EP: dispatch_buf's node axis
     eps: float = EPS
     rope_params: YarnRope = field(
         default_factory=lambda: YarnRope(
@@ -122,6 +150,12 @@ class V32Config:
     accumulate: str = "exact"
     rope_layout: str = "half"
     q_norm_input: str = "bf16"  # "fp32": variance of the fp32 qr, normalising bf16(qr) (PR #134)
+    index_input: str = "normed"
+    index_score: str = "relu"
+    index_weights: str = "bf16"
+    attn_scale: str = "yarn"
+    q_latent: str = "bf16"
+    attn_probs: str = "bf16"
 
     model = "v32.decode_front"
 
@@ -132,6 +166,10 @@ class V32Config:
     def __post_init__(self) -> None:
         _check_variants(self)
         _check_even("rope", self.rope)
+        if not self.rope < self.index_head_dim or not 0 < self.index_topk <= self.max_seq:
+            raise ValueError(f"{self.name}: expected rope {self.rope} < index_head_dim "
+                             f"{self.index_head_dim} and 0 < index_topk {self.index_topk} <= "
+                             f"max_seq {self.max_seq}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,7 +230,7 @@ _PRESETS: dict[str, Config] = {
     ),
     "v32-tiny": V32Config(
         name="v32-tiny", hidden=1536, q_lora=1024, heads=4, nope=64, rope=32, kv_lora=160,
-        max_seq=64,
+        max_seq=64, index_heads=4, index_head_dim=64, index_topk=16, v_head=32, ep_nodes=4,
     ),
     "v4-flash": V4Config(name="v4-flash", hidden=4096, q_lora=1024, heads=64, head_dim=512, rope=64),
     "v4-pro": V4Config(name="v4-pro", hidden=7168, q_lora=1536, heads=128, head_dim=512, rope=64),
@@ -275,13 +313,26 @@ _PR134_FILE = "hw-native-sys/pypto-lib PR #134 · models/deepseek/v3_2/deepseek_
 _HEAD_V32 = "hw-native-sys/pypto-lib (HEAD) · models/deepseek_v3_2/decode_front.py"
 _HEAD_V4 = "hw-native-sys/pypto-lib (HEAD) · models/deepseek_v4_pro/qkv_proj_rope.py"
 _PR134_V32 = {"variance": "mul_inv", "cast": "rhaz", "q_norm_input": "fp32"}
+#: HEAD decode_front.py scopes 2-4: the indexer reads the raw hidden_states, reduces its heads
+#: into one query before scoring (no ReLU), keeps fp32 weights, scales by (NOPE+ROPE)^-½ only,
+#: keeps q_nope's latent fp32 and runs an online fp32 softmax
+_HEAD_V32_SPARSE = {"index_input": "hidden", "index_score": "reduce_q", "index_weights": "fp32",
+                    "attn_scale": "plain", "q_latent": "fp32", "attn_probs": "exact"}
 
 SEMANTICS: dict[str, Semantics] = {s.name: s for s in (
     Semantics(
-        "ds32", "DeepSeek's official V3.2 code: every variant at its default (the dsref default)",
+        "ds32", "DeepSeek's official V3.2 code: every variant at its default (the dsref default); "
+        "V3.2's indexer on the normed token with per-head ReLU and bf16 weights, its RoPE half "
+        "(DeepSeek's fix), YaRN attention scale, bf16 q_nope latent and bf16 probabilities; its "
+        "FP8 indexer (act_quant q / k, FP8 k cache, fp8_index) is not emulated",
         {_V32: {}, _V4: {}},
         ("deepseek-ai/DeepSeek-V3.2-Exp · inference/model.py · RMSNorm.forward, MLA.forward, "
-         "apply_rotary_emb, precompute_freqs_cis",)),
+         "apply_rotary_emb, precompute_freqs_cis",
+         "deepseek-ai/DeepSeek-V3.2-Exp · inference/model.py · Indexer.forward, LayerNorm, "
+         "rotate_activation, MLA.forward decode branch (softmax_scale, bf16 probabilities)",
+         "deepseek-ai/DeepSeek-V3.2-Exp · inference/kernel.py · fp8_index, act_quant (FP8 scheme, "
+         "documented only)",
+         "vllm-project/vllm PR #28968 · the indexer RoPE is not interleaved")),
     Semantics(
         "hf", "HF transformers' two-rounding RMSNorm bf16(bf16(w) · bf16(x · inv_rms))",
         {_V32: {"rmsnorm": "hf"}, _V4: {"rmsnorm": "hf"}},
@@ -304,10 +355,15 @@ SEMANTICS: dict[str, Semantics] = {s.name: s for s in (
          "qkv_proj_rope (and its torch golden)",)),
     Semantics(
         "pypto-lib-head",
-        "pypto-lib kernels as at HEAD: V3.2 as PR #134; V4 as PR #332 with qr quantised from "
-        "the fp32 qrn (after PR #556)",
-        {_V32: dict(_PR134_V32), _V4: {"variance": "mul_inv", "qr_prequant_round": False}},
+        "pypto-lib kernels as at HEAD: V3.2 scope 1 as PR #134, scopes 2-4 with the indexer on "
+        "the raw hidden_states, heads reduced before scoring (no ReLU), fp32 weights, scale "
+        "(NOPE+ROPE)^-0.5 without mscale², fp32 q_nope latent, online fp32 softmax (exact "
+        "probabilities); V4 as PR #332 with qr quantised from the fp32 qrn (after PR #556)",
+        {_V32: dict(_PR134_V32) | _HEAD_V32_SPARSE,
+         _V4: {"variance": "mul_inv", "qr_prequant_round": False}},
         (f"{_HEAD_V32} · Stage 1.3 q_norm (q_variance from qr_fp32; qr_chunk_bf16 normalised)",
+         f"{_HEAD_V32} · scopes 2-4 (Stage 2.1-2.8 indexer, 3.0-3.4 scores and top-k, scope 4 "
+         "sparse attention, V projection, dispatch)",
          f"{_HEAD_V4} · qr_rms_quant (qr_q_normed quantised from fp32), "
          "qproj_dequant_rms_nope_rope, kv_rms_rope",
          "hw-native-sys/pypto-lib PR #556 · qr quantised from fp32"),

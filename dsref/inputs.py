@@ -234,7 +234,45 @@ def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool) -> dict[str, np.n
     if ties:
         ins["hidden_states"] = _tie_rows(rng, (batch, d))
         ins["input_rms_weight"] = _tie_weights(rng, (1, d))
-    return ins
+    return ins | _v32_sparse_inputs(cfg, rng, batch)
+
+
+def _v32_sparse_inputs(cfg, rng, batch: int) -> dict[str, np.ndarray]:
+    """The indexer's and the sparse attention's inputs (drawn after scope 1's, whose bits they
+    leave as they were): weights ~ N(0, 1/fan_in) in bf16 (``weights_proj`` on the bf16 grid,
+    stored fp32 as pypto-lib does), the LayerNorm's weight ~ N(1, 0.1²) and bias ~ N(0, 0.1²),
+    both Hadamard matrices the normalised Walsh–Hadamard matrix in bf16 (what the official
+    ``rotate_activation`` applies), a random ``layer_id``, and ``dispatch_buf`` filled with one
+    random block rolled by a different amount per node (a write to the wrong node shows)."""
+    d, ql, kl, h = cfg.hidden, cfg.q_lora, cfg.kv_lora, cfg.heads
+    ih, idim, hv = cfg.index_heads, cfg.index_head_dim, cfg.heads * cfg.v_head
+    block = _normal(rng, (batch, hv), dtype=BF16)
+    shifts = rng.integers(1, hv, cfg.ep_nodes)
+    return {
+        "wq_b_idx": _normal(rng, (ql, ih * idim), ql**-0.5, BF16),
+        "wk_idx": _normal(rng, (d, idim), d**-0.5, BF16),
+        "weights_proj": _normal(rng, (d, ih), d**-0.5, BF16).astype(np.float32),
+        "k_norm_weight": _norm_weight(rng, (1, idim)),
+        "k_norm_bias": _bf16(_normal(rng, (1, idim), 0.1)).astype(np.float32),
+        "hadamard_q": walsh_hadamard(idim), "hadamard_k": walsh_hadamard(idim),
+        "layer_id_t": rng.integers(0, cfg.ep_nodes, 1).astype(np.int32),
+        "w_q_nope_to_latent": _normal(rng, (h, cfg.nope, kl), cfg.nope**-0.5, BF16),
+        "w_latent_to_v": _normal(rng, (h, kl, cfg.v_head), kl**-0.5, BF16),
+        "k_cache_idx": _cache(rng, batch, cfg.max_seq, idim),
+        "dispatch_buf": np.stack([np.roll(block, int(k), axis=1) for k in shifts]),
+    }
+
+
+def walsh_hadamard(n: int) -> np.ndarray:
+    """The Sylvester-ordered Walsh–Hadamard matrix of order ``n`` (a power of two) times
+    ``n^-½``, in bf16 (``bf16(2^-3.5) = 0.08837890625`` for n = 128: the official transform
+    scales by the exact fp32 ``128^-½`` instead)."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"index_head_dim: the Hadamard transform needs a power of two, got {n}")
+    m = np.ones((1, 1))
+    while m.shape[0] < n:
+        m = np.block([[m, m], [m, -m]])
+    return _bf16(m * n**-0.5)
 
 
 def v4_positions(cfg: V4Config, rng: np.random.Generator, batch: int, seq: int) -> np.ndarray:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
@@ -63,6 +64,15 @@ class Model:
     #: (V4's normalised token ``tok`` is ``x_normed`` out of ``rmsnorm.py`` and ``x`` into
     #: ``qkv_proj_rope.py`` at pypto-lib HEAD): what a kernel parameter may bind to
     kernel_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: ``owned(cfg, name, inputs)``: the index of the elements of in/out tensor ``name`` one run
+    #: writes (V3.2's cache rows ``b·MAX_SEQ + pos_b``); None: the whole tensor
+    owned: Callable | None = None
+
+    def owned_index(self, cfg: Any, name: str, inputs: Mapping[str, Any]) -> Any:
+        """The elements of in/out tensor ``name`` a run on ``inputs`` writes (every other one
+        must stay bit-identical); ``slice(None)`` where the run owns all of it."""
+        index = None if self.owned is None else self.owned(cfg, name, inputs)
+        return slice(None) if index is None else index
 
     @property
     def family(self) -> str:
@@ -226,7 +236,7 @@ def _range_model(name: str) -> Model:
         step_inputs=tuple(n for n in ins if n in whole.step_inputs or n not in
                           whole.input_names),
         matmul_weights=tuple(n for n in whole.matmul_weights if n in ins),
-        base=whole.name, kernel_names=whole.kernel_names,
+        base=whole.name, kernel_names=whole.kernel_names, owned=whole.owned,
     )
     _RANGES[canonical] = m
     return m

@@ -203,6 +203,19 @@ def dot(a: jax.Array, b, accumulate: str = "exact") -> jax.Array:
     raise ValueError(f"accumulate: expected 'exact' or 'fp32', got {accumulate!r}")
 
 
+def edot(spec: str, a: jax.Array, b: jax.Array, accumulate: str = "exact") -> jax.Array:
+    """The contraction ``jnp.einsum(spec, a, b)`` (per-head and batched dots) with :func:`dot`'s
+    rounding: ``exact`` products summed in float64 and rounded once to fp32; ``fp32`` XLA's
+    fp32 accumulation. Operands are bf16 or fp32 values (stored or carried)."""
+    if accumulate == "exact":
+        return r32(jnp.einsum(spec, widen(a), widen(b), precision=jax.lax.Precision.HIGHEST))
+    if accumulate == "fp32":
+        f = jnp.float32
+        return widen(jnp.einsum(spec, jnp.asarray(a).astype(f), jnp.asarray(b).astype(f),
+                                precision=jax.lax.Precision.HIGHEST, preferred_element_type=f))
+    raise ValueError(f"accumulate: expected 'exact' or 'fp32', got {accumulate!r}")
+
+
 def idot(a: jax.Array, b) -> jax.Array:
     """int8 x int8 -> the exact int32 accumulator, carried as float64.
 

@@ -1,5 +1,5 @@
 """RMSNorm: the ds32 form (one rounding), HF's two-rounding variant, and the official V4
-per-head q norm in bf16 tensor arithmetic.
+per-head q norm in bf16 tensor arithmetic; the V3.2 indexer's LayerNorm with bias.
 
 All values are carried fp32 (float64 arrays on the fp32 grid, see :mod:`dsref.numerics`).
 """
@@ -18,15 +18,34 @@ def inv_rms(v: jax.Array, *, eps: float, variance: str = "mean") -> jax.Array:
     ``variance="mean"``: ``sum(r32(v·v)) / N`` (true division); ``"mul_inv"``:
     ``sum · f32(1/N)``, what the kernels compute. The sum is exact, rounded once.
     """
-    n = v.shape[-1]
-    s = row_sum(r32(v * v))
-    if variance == "mean":
-        var = div(s, float(n))
-    elif variance == "mul_inv":
-        var = r32(s * float(np.float32(1.0 / n)))
-    else:
-        raise ValueError(f"variance: expected 'mean' or 'mul_inv', got {variance!r}")
+    var = mean_of(row_sum(r32(v * v)), v.shape[-1], variance)
     return div(1.0, sqrt(r32(var + float(np.float32(eps)))))
+
+
+def mean_of(s: jax.Array, n: int, variance: str = "mean") -> jax.Array:
+    """A mean from its fp32 sum ``s`` over ``n`` values: ``s / n`` (a true fp32 division) or,
+    ``variance="mul_inv"``, ``s · f32(1/n)`` (what the kernels compute)."""
+    if variance == "mean":
+        return div(s, float(n))
+    if variance == "mul_inv":
+        return r32(s * float(np.float32(1.0 / n)))
+    raise ValueError(f"variance: expected 'mean' or 'mul_inv', got {variance!r}")
+
+
+def layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, *, eps: float, variance: str = "mean",
+               cast: str = "rne") -> jax.Array:
+    """LayerNorm with bias over the last axis (the V3.2 indexer's ``k_norm``), to bf16:
+
+        mean = sum(x) / N;  c = x − mean;  var = sum(c·c) / N   (biased)
+        bf16(((c · (1 / sqrt(var + eps))) · w) + b)
+
+    every fp32 op one rounding, the sums exact and rounded once; ``variance`` picks how both
+    means divide (:func:`mean_of`)."""
+    n = x.shape[-1]
+    c = r32(x - mean_of(row_sum(x), n, variance))
+    var = mean_of(row_sum(r32(c * c)), n, variance)
+    inv = div(1.0, sqrt(r32(var + float(np.float32(eps)))))
+    return rbf16(r32(r32(r32(c * inv) * w) + b), cast)
 
 
 def rms_norm(

@@ -127,6 +127,37 @@ CANN = Source("hicann/cann-recipes-infer", "mla_prolog reference", "mla_prolog",
 PINNING = Source("dsref", "dsref/numerics.py", "Pinning the rounding points",
                  "values carried in float64, reduce_precision after every fp32 op")
 
+# V3.2 scopes 2-4: the indexer, top-k and sparse MLA attention
+_HEAD_V32_FILE = "models/deepseek_v3_2/decode_front.py"
+HEAD_V32_S2 = Source("hw-native-sys/pypto-lib", _HEAD_V32_FILE, "scope 2, Stage 2.1-2.8",
+                     "HEAD 634e77bd kernel: indexer q/k, LayerNorm, half RoPE, Hadamard as a bf16 "
+                     "matrix, fp32 weights, k_cache_idx write, heads reduced into one query")
+HEAD_V32_S3 = Source("hw-native-sys/pypto-lib", _HEAD_V32_FILE, "scope 3, Stage 3.0-3.4",
+                     "HEAD 634e77bd kernel: scores, sort32 + mrgsort (stable), top-k padded with "
+                     "INT32_MIN")
+HEAD_V32_S4 = Source("hw-native-sys/pypto-lib", _HEAD_V32_FILE, "scope 4",
+                     "HEAD 634e77bd kernel: absorbed q_nope (fp32), online fp32 softmax, V "
+                     "projection, dispatch")
+HEAD_V32_GOLDEN = Source("hw-native-sys/pypto-lib", _HEAD_V32_FILE, "golden_decode_front_scope1234",
+                         "HEAD 634e77bd torch golden of scopes 1-4")
+DS32_INDEXER = Source(_DS32_REPO, _DS32_FILE, "Indexer.forward",
+                      "ds32 @ 3b99a53: [rope | nope] split, k_norm, rotate_activation, FP8 q / k, "
+                      "fp8_index, topk(min(index_topk, end_pos))")
+DS32_LAYERNORM = Source(_DS32_REPO, _DS32_FILE, "LayerNorm",
+                        "F.layer_norm(x.float(), weight, bias, eps=1e-6).type_as(x): bf16 out")
+DS32_HADAMARD = Source(_DS32_REPO, _DS32_FILE, "rotate_activation",
+                       "fast_hadamard_transform.hadamard_transform(x, scale=ID^-0.5), bf16 in / out")
+DS32_MLA_DECODE = Source(_DS32_REPO, _DS32_FILE, "MLA.forward (decode branch), softmax_scale",
+                         "absorbed q_nope (bf16 einsum), YaRN softmax_scale, fp32 softmax, bf16 "
+                         "probabilities")
+DS32_FP8_INDEX = Source(_DS32_REPO, "inference/kernel.py", "fp8_index",
+                        "Σ_h relu(q8_h · k8_t) · w_h, then · k_scale[t]")
+DS32_ACT_QUANT = Source(_DS32_REPO, "inference/kernel.py", "act_quant",
+                        "e4m3, ue8m0 scale per 128-block (one per indexer head row)")
+DS32_ROPE_FIX = Source("vllm-project/vllm", "PR #28968", "[DeepSeek] Fix DeepSeek V3.2 Rope Embedding",
+                       "DeepSeek's Nov 2025 fix: the indexer RoPE is not interleaved (half; also "
+                       "sglang #13531, vllm-ascend #4641)")
+
 DIV_PR134_QNORM = Divergence(
     "pypto-lib PR #134 kernel", "q_norm variance taken from the fp32 qr while normalising bf16(qr) "
     "(variant q_norm_input=fp32)", "~0.9% of qr_out")
@@ -175,6 +206,92 @@ DIV_DS32_RESIDUAL = Divergence(
     "normalises the fp32 sum x + residual; the pypto-lib kernel takes the already-rounded bf16 sum",
     "none at layer 0; other layers not quantified")
 
+_HEAD_K = "pypto-lib HEAD decode_front.py kernel"
+_HEAD_G = "pypto-lib HEAD torch golden (golden_decode_front_scope1234)"
+_DS32_O = "official DeepSeek-V3.2-Exp inference"
+_NOT_MEASURED = "— (read from the code, not measured)"
+DIV_HEAD_CAST = Divergence(
+    _HEAD_K, "pl.cast without mode ties away from zero at every bf16 rounding (variant cast=rhaz)",
+    "exact bf16 ties only")
+DIV_DS32_FP8_GEMM = Divergence(
+    _DS32_O, "wq_b / wk are FP8 GEMMs on act_quant(x, 128, ue8m0) inputs (config dtype fp8), bf16 "
+    "out: a different scheme, documented, not emulated", _NOT_MEASURED)
+DIV_DS32_INDEX_FP8 = Divergence(
+    _DS32_O, "FP8 indexer: q and k after the Hadamard through act_quant (e4m3, ue8m0 scale per "
+    "128-block), k cache float8_e4m3fn plus an fp32 k_scale_cache, q_scale folded into the weights, "
+    "scores by fp8_index (· k_scale[t]): a different scheme, not a variant; dsref keeps bf16 q, k "
+    "and cache", "all scores (not quantified)")
+DIV_HEAD_INDEX_INPUT = Divergence(
+    _HEAD_K + " (and its golden)", "wk_idx and weights_proj read the raw pre-norm hidden_states, "
+    "not the normed token (variant index_input=hidden)", "all of k_idx / idx_weights")
+DIV_DS32_LAYERNORM = Divergence(
+    _DS32_O + " LayerNorm", "F.layer_norm: 1 / sqrt as one rsqrt, mean and variance in the "
+    "library's order", _NOT_MEASURED)
+DIV_HEAD_GOLDEN_LN = Divergence(
+    _HEAD_G, "k LayerNorm by torch.rsqrt(var + eps), one rounding, not 1 / sqrt", _NOT_MEASURED)
+DIV_DS32_IDX_ROPE = Divergence(
+    _DS32_O + " @ 3b99a53", "indexer RoPE interleaved (pairs x[2i], x[2i+1]); DeepSeek's later fix "
+    "(vLLM PR #28968) makes it half, as the kernel and dsref (whatever rope_layout says)",
+    "every rotated dim (read from the code, not measured)")
+DIV_HEAD_GOLDEN_IDX_ROUND = Divergence(
+    _HEAD_G, "indexer RoPE output not rounded to bf16; the Hadamard multiplies that fp32 value by "
+    "f32(hadamard)", _NOT_MEASURED)
+DIV_DS32_HADAMARD = Divergence(
+    _DS32_O + " rotate_activation", "exact FWHT with fp32 scale ID^-0.5; the kernel (and dsref) "
+    "multiply by a bf16 matrix input: bf16(2^-3.5) = 0.08837890625, relative −1.07e-4 from the exact "
+    "scale, so bf16(H/√128) is not the official transform (an fp32 matrix would be)", _NOT_MEASURED)
+DIV_HEAD_WEIGHTS = Divergence(
+    _HEAD_K, "weights kept fp32: (x @ bf16(weights_proj)) · f32(IH^-0.5·ID^-0.5) (variant "
+    "index_weights=fp32); the official rounds x @ Wp to bf16 and scales by IH^-0.5 in bf16; "
+    "weights_proj is an fp32 input here, a bf16 parameter there", "all of idx_weights")
+DIV_HEAD_REDUCE_Q = Divergence(
+    _HEAD_K, "no per-head ReLU; heads collapsed before scoring: q_red = bf16(Σ_h w_h·q_h), score = "
+    "q_red·k_t (variant index_score=reduce_q)", "all scores")
+DIV_HEAD_QRED_ORDER = Divergence(
+    _HEAD_K, "q_red summed over the heads sequentially, one fp32 rounding per add, where dsref sums "
+    "exactly and rounds once", "— (within the sum's rounding; not measured)")
+DIV_HEAD_GOLDEN_QRED = Divergence(
+    _HEAD_G, "q_red kept fp32, never rounded to bf16, and scored in fp32; the top-k set "
+    "can differ near rank TOPK", _NOT_MEASURED)
+DIV_DS32_TOPK = Divergence(
+    _DS32_O + " Indexer.forward", "returns exactly min(TOPK, ctx) int64 indices (torch.topk, tie "
+    "order unspecified), no padding; one start_pos for the batch. dsref and the kernel: TOPK int32 "
+    "slots, INT32_MIN = −2147483648 past min(TOPK, ctx), ties by position ascending",
+    "the padding slots (none when ctx ≥ TOPK)")
+DIV_HEAD_GOLDEN_TOPK = Divergence(
+    _HEAD_G, "torch.topk(sorted=True): tie order unspecified, the kernel's sort is stable",
+    "equal scores only (the set too, at rank TOPK)")
+DIV_HEAD_Q_LATENT = Divergence(
+    _HEAD_K, "q_nope @ w_q_nope_to_latent kept fp32 (variant q_latent=fp32); the official einsum "
+    "output is bf16", "all of q_latent")
+DIV_HEAD_ATTN_SCALE = Divergence(
+    _HEAD_K, "attention scale (NOPE+R)^-0.5 = 0.0721688 without YaRN's mscale² (variant "
+    "attn_scale=plain); the official 192^-0.5·mscale² = 0.1352338, mscale = 0.1·ln 40 + 1",
+    "all scores")
+DIV_HEAD_SOFTMAX = Divergence(
+    _HEAD_K, "online fp32 softmax in slot order (m' = max(m, s), α = exp(m − m'), β = exp(s − m'), "
+    "l = α·l + β, o = o·α + kv·β, one rounding per op), ctx = o / l, probabilities never bf16 "
+    "(variant attn_probs=exact: dsref's exact softmax mean, rounded once)",
+    "— (the recurrence differs within rounding; not measured)")
+DIV_DS32_SOFTMAX = Divergence(
+    _DS32_O + " MLA.forward", "softmax over all t < end_pos with a −inf mask off the top-k (the same "
+    "set), fp32 exp and sums each rounded where dsref rounds the exact quotient once; then bf16 "
+    "probabilities and a bf16 p @ kv GEMM", "— (within fp32 rounding before the bf16 one; not measured)")
+DIV_HEAD_GOLDEN_QPE = Divergence(
+    _HEAD_G, "q_pe in the scores is the fp32 RoPE output, not rounded to bf16", _NOT_MEASURED)
+DIV_HEAD_GOLDEN_CTX = Divergence(
+    _HEAD_G, "ctx_latent not rounded to bf16 before W_uv: fp32 matmul with f32(w_latent_to_v)",
+    _NOT_MEASURED)
+DIV_HEAD_TEST_SPEC = Divergence(
+    "pypto-lib HEAD decode_front.py build_tensor_specs", "kv_cache / pe_cache start at zero (every "
+    "selected row but the current one has kv = 0, score 0), hadamard_q / hadamard_k and the rope "
+    "tables are random, not a Hadamard matrix or cos / sin", "none (inputs only; weak coverage)")
+DIV_HEAD_GOLDEN_DISPATCH = Divergence(
+    _HEAD_G, "dispatch_buf.zero_() before the writes; the kernel leaves other entries untouched",
+    "every unwritten entry of a non-zero dispatch_buf (none with the spec's zero init)")
+DIV_DS32_NO_DISPATCH = Divergence(
+    _DS32_O + " MLA.forward", "no dispatch: the V output goes on to wo", "— (no counterpart)")
+
 V_RMSNORM = Variant("rmsnorm", "HF transformers modeling_deepseek_v3.py DeepseekV3RMSNorm",
                     "hf: bf16(bf16(w) · bf16(x·inv_rms(x))), two roundings; ~24% of elements move 1 ulp")
 V_VARIANCE = Variant("variance", "pypto-lib kernels (PR #134, PR #332)",
@@ -218,10 +335,34 @@ V_ROPE_TABLE_DTYPE = Variant(
     "rope_table_dtype", "DeepSeek-V4-Flash inference/model.py freqs_cis (complex64)",
     "fp32: rope_cos / rope_sin inputs in fp32 instead of bf16 (inputs only: no stage's math "
     "changes for given tables)")
+V_INDEX_INPUT = Variant(
+    "index_input", "pypto-lib HEAD decode_front.py Stage 2.2 k_idx, Stage 2.6 weights",
+    "hidden: wk_idx and weights_proj read the raw pre-norm hidden_states instead of the normed "
+    "token (all of k_idx and idx_weights move)")
+V_INDEX_SCORE = Variant(
+    "index_score", "pypto-lib HEAD decode_front.py Stage 2.8 head reduction, Stage 3.1 scores",
+    "reduce_q: no per-head ReLU; q_red = bf16(sum over h of f32(q_h)·w_h), score = q_red @ k_t "
+    "(all scores move)")
+V_INDEX_WEIGHTS = Variant(
+    "index_weights", "pypto-lib HEAD decode_front.py Stage 2.6 weights",
+    "fp32: idx_weights = (x @ wp) · f32(IH^-0.5·ID^-0.5), no bf16 rounding of x @ wp")
+V_ATTN_SCALE = Variant(
+    "attn_scale", "pypto-lib HEAD decode_front.py ATTN_SCALE (scope 4)",
+    "plain: scale = f32((NOPE+R)^-0.5), without YaRN's mscale² (v32: 0.0721688 instead of "
+    "0.1352338)")
+V_Q_LATENT = Variant(
+    "q_latent", "pypto-lib HEAD decode_front.py scope 4 q_nope_latent",
+    "fp32: q_nope @ w_q_nope_to_latent left in fp32 instead of rounded to bf16")
+V_ATTN_PROBS = Variant(
+    "attn_probs", "pypto-lib HEAD decode_front.py scope 4 online softmax (its exact limit)",
+    "exact: ctx = sum_j e_j·kv_j / sum_j e_j in exact arithmetic, rounded once (probabilities "
+    "never bf16); the kernel's online fp32 recurrence differs within rounding")
 _VARIANTS_BY_NAME = {v.name: v for v in (V_RMSNORM, V_VARIANCE, V_CAST, V_ACCUMULATE, V_ROPE_LAYOUT,
                                           V_PREQUANT, V_PREROUND, V_ROPE_TABLE, V_Q_NORM_INPUT,
                                           V_PROJ_OUT, V_Q_HEAD_NORM, V_KV_NOPE_FP8,
-                                          V_ROPE_TABLE_DTYPE, V_QR_SCALE_FORM)}
+                                          V_ROPE_TABLE_DTYPE, V_QR_SCALE_FORM, V_INDEX_INPUT,
+                                          V_INDEX_SCORE, V_INDEX_WEIGHTS, V_ATTN_SCALE, V_Q_LATENT,
+                                          V_ATTN_PROBS)}
 
 # ---------------------------------------------------------------------------------------------
 # Shared formula and dtype-flow fragments
@@ -235,6 +376,12 @@ ROPE_HALF = (
     "  are read separately\n"
     "interleaved layout (rope_layout=interleaved): out[2i] = bf16(x_e·c_i − x_o·s_i),\n"
     "  out[2i+1] = bf16(x_e·s_i + x_o·c_i), x_e = x[2i], x_o = x[2i+1], c_i = c[i]"
+)
+IDX_ROPE = (
+    "the first R dims rotate in the half layout (always: the indexer is not interleaved, whatever\n"
+    "  rope_layout says); lo = f32(x[:R/2]), hi = f32(x[R/2:R]), c = rope_cos[pos_b], s = rope_sin[pos_b]:\n"
+    "  out[:R/2] = bf16(lo·c[:R/2] − hi·s[:R/2]),  out[R/2:R] = bf16(hi·c[R/2:] + lo·s[R/2:])\n"
+    "  dims R..ID pass through unchanged"
 )
 V4_ROPE = (
     "rope part, pairs (n_e, n_o) = (pe[2i], pe[2i+1]),\n"
@@ -718,6 +865,176 @@ def _v32_stages() -> list[Spec]:
                 *_rope_steps("kv_a_out[:, KL:]", "bf16", "fp32", "pe_cache rows"),
                 Step("other cache rows", "bf16", "bit-identical to the input")),
                (PR134, DS32_MLA, DS32_ROPE), (DIV_PR134_DEAD, DIV_PR134_CAST), (V_ROPE_LAYOUT, V_CAST)),
+        _stage("q_idx_proj", "Indexer query up-projection of the normalised qr, head-major "
+               "(index head h = columns h·ID .. (h+1)·ID).",
+               "q_idx = bf16(qr_out @ wq_b_idx)   [B,QL] @ [QL,IH·ID] -> [B,IH·ID]",
+               _proj_steps("qr_out", "wq_b_idx", "q_idx [B,IH·ID]", True),
+               (HEAD_V32_S2, DS32_INDEXER, HEAD_V32_GOLDEN), (DIV_DS32_FP8_GEMM, DIV_HEAD_CAST),
+               proj_vars),
+        _stage("k_idx_proj", "Indexer key projection (one key head), from the normed token or, in "
+               "pypto-lib HEAD, the raw hidden state.",
+               "k_idx = bf16(x @ wk_idx)   [B,D] @ [D,ID] -> [B,ID]\n"
+               "  x = normed (index_input=normed) | hidden_states (index_input=hidden)",
+               _proj_steps("x (normed | hidden_states)", "wk_idx", "k_idx [B,ID]", True),
+               (HEAD_V32_S2, DS32_INDEXER, HEAD_V32_GOLDEN),
+               (DIV_HEAD_INDEX_INPUT, DIV_DS32_FP8_GEMM, DIV_HEAD_CAST), (*proj_vars, V_INDEX_INPUT)),
+        _stage("k_idx_layernorm", "LayerNorm with weight and bias of the indexer key over ID "
+               "(biased variance, eps 1e-6).",
+               "x = f32(k_idx) [B,ID], w = k_norm_weight, bias = k_norm_bias, over ID:\n"
+               "mean = sum(x) / ID   (variance=mul_inv: sum(x) · f32(1/ID))\n"
+               "c = x − mean\n"
+               "var = sum(c·c) / ID   (the same mean form)\n"
+               "inv = 1 / sqrt(var + eps)   (sqrt and the division one rounding each)\n"
+               "k_idx_normed = bf16((c · inv) · w + bias)",
+               (Step("k_idx", "bf16 in", "widened to fp32 (exact)"),
+                Step("k_norm_weight, k_norm_bias", "fp32 in", "exact"),
+                Step("sum(x), mean", "fp32", "exact sum, once; / ID true division (mul_inv: "
+                     "· f32(1/ID))"),
+                Step("c = x − mean, c·c", "fp32", "RNE each"),
+                Step("var = sum(c·c) / ID", "fp32", "exact sum, once; the same mean form"),
+                Step("var + eps, sqrt, 1 / sqrt", "fp32", "RNE each; true division"),
+                Step("(c · inv) · w + bias", "fp32", "RNE each"),
+                Step("k_idx_normed [B,ID]", "bf16 out", _CAST)),
+               (HEAD_V32_S2, DS32_LAYERNORM, DS32_INDEXER, HEAD_V32_GOLDEN),
+               (DIV_DS32_LAYERNORM, DIV_HEAD_GOLDEN_LN, DIV_PR134_VAR, DIV_HEAD_CAST),
+               (V_VARIANCE, V_CAST)),
+        _stage("idx_rope", "Rotate the first R dims of every indexer query head and of the key at "
+               "the decode position, always in the half layout.",
+               f"pos_b = seq_lens[b] − 1; x = q_idx[b, h·ID:(h+1)·ID] for every index head h, and "
+               f"x = k_idx_normed[b]:\n{IDX_ROPE}\n"
+               "q_idx_rope = the rotated q_idx [B,IH·ID], k_idx_rope = the rotated k_idx_normed [B,ID]",
+               (*_rope_steps("x[:R] of q_idx, k_idx_normed", "bf16", "fp32",
+                             "q_idx_rope, k_idx_rope dims :R"),
+                Step("dims R..ID", "bf16 out", "none (copied)")),
+               (HEAD_V32_S2, DS32_INDEXER, DS32_ROPE_FIX, DS32_ROPE, HEAD_V32_GOLDEN),
+               (DIV_DS32_IDX_ROPE, DIV_HEAD_GOLDEN_IDX_ROUND, DIV_HEAD_CAST), (V_CAST,)),
+        _stage("idx_hadamard", "The indexer's Hadamard rotation as a right-multiplication by a bf16 "
+               "matrix input, per query head and for the key.",
+               "q_idx_h[b, h] = bf16(q_idx_rope[b, h] @ hadamard_q)   per index head h, [ID] @ [ID,ID]\n"
+               "k_idx_h = bf16(k_idx_rope @ hadamard_k)   [B,ID] @ [ID,ID]\n"
+               "(no extra scale; the official transform is H/sqrt(ID), whose bf16 form is inexact)",
+               (Step("q_idx_rope, k_idx_rope", "bf16 in", "exact"),
+                Step("hadamard_q, hadamard_k", "bf16 in", "exact"),
+                Step("x @ H", "fp32", "products exact, summed exactly, rounded once (RNE); "
+                     "accumulate=fp32: native fp32 accumulation"),
+                Step("q_idx_h [B,IH·ID], k_idx_h [B,ID]", "bf16 out", _CAST)),
+               (HEAD_V32_S2, DS32_HADAMARD, DS32_INDEXER, HEAD_V32_GOLDEN),
+               (DIV_DS32_HADAMARD, DIV_HEAD_GOLDEN_IDX_ROUND, DIV_DS32_INDEX_FP8, DIV_HEAD_TEST_SPEC,
+                DIV_HEAD_CAST), proj_vars),
+        _stage("idx_weights", "Per-head indexer weights from the token, scaled by IH^-0.5 · ID^-0.5.",
+               "x = normed (index_input=normed) | hidden_states (hidden);  wp = bf16(f32 weights_proj)  "
+               "(an fp32 input)\n"
+               "index_weights=bf16 (ds32):  idx_weights = f32(bf16(bf16(x @ wp) · f32(IH^-0.5))) · "
+               "f32(ID^-0.5)\n"
+               "index_weights=fp32 (pypto-lib):  idx_weights = (x @ wp) · f32(IH^-0.5 · ID^-0.5)   "
+               "(the constant in double, then f32)",
+               (Step("x (normed | hidden_states)", "bf16 in", "exact"),
+                Step("weights_proj", "fp32 in", "to bf16: " + _CAST),
+                Step("x @ wp", "fp32", "exact sum, once (accumulate=fp32: native fp32)"),
+                Step("bf16: bf16(x @ wp), · f32(IH^-0.5)", "bf16", "fp32 op, then bf16, each"),
+                Step("bf16: · f32(ID^-0.5)", "fp32", "RNE"),
+                Step("fp32: · f32(IH^-0.5 · ID^-0.5)", "fp32", "RNE"),
+                Step("idx_weights [B,IH]", "fp32 out", "no further rounding")),
+               (HEAD_V32_S2, DS32_INDEXER, HEAD_V32_GOLDEN),
+               (DIV_HEAD_INDEX_INPUT, DIV_HEAD_WEIGHTS, DIV_DS32_INDEX_FP8, DIV_HEAD_CAST),
+               (*proj_vars, V_INDEX_INPUT, V_INDEX_WEIGHTS)),
+        _stage("k_idx_cache_write", "Write the new token's indexer key into one k_cache_idx row per "
+               "batch entry.",
+               "row_b = b·MAX_SEQ + pos_b,  pos_b = seq_lens[b] − 1\n"
+               "k_cache_idx[row_b] = k_idx_h[b]\nevery other row bit-identical",
+               (Step("k_idx_h", "bf16 in", "none (stored as is)"),
+                Step("other k_cache_idx rows", "bf16", "bit-identical to the input")),
+               (HEAD_V32_S2, DS32_INDEXER, HEAD_V32_GOLDEN), (DIV_DS32_INDEX_FP8,), ()),
+        _stage("index_score", "Indexer scores of every cached position of the entry: per-head ReLU "
+               "dots weighted and summed (ds32), or one head-reduced query (pypto-lib HEAD).",
+               "k_t = f32(k_cache_idx[b·MAX_SEQ + t]) [ID] (the updated cache), q_h = f32(q_idx_h[b, h]) "
+               "[ID], w_h = idx_weights[b, h]:\n"
+               "index_score=relu (ds32):  index_scores[b, t] = sum over h of (max(q_h @ k_t, 0) · w_h)\n"
+               "  (q_h @ k_t one exact dot rounded once)\n"
+               "index_score=reduce_q (pypto-lib):  q_red = bf16(sum over h of (f32(q_h) · w_h))  [ID], "
+               "per dim;\n  index_scores[b, t] = q_red @ k_t\n"
+               "for t < ctx_b = seq_lens[b];  index_scores[b, t] = −FLT_MAX (−3.4028234663852886e38, "
+               "finite) for t ≥ ctx_b",
+               (Step("q_idx_h, k_cache_idx", "bf16 in", "widened to fp32 (exact)"),
+                Step("idx_weights", "fp32 in", "exact"),
+                Step("relu: q_h @ k_t", "fp32", "exact dot, rounded once; max(·, 0) exact"),
+                Step("relu: · w_h, sum over h", "fp32", "RNE per product; exact sum rounded once"),
+                Step("reduce_q: f32(q_h) · w_h, sum over h", "fp32", "RNE per product; exact sum "
+                     "rounded once"),
+                Step("reduce_q: q_red", "bf16", _CAST),
+                Step("reduce_q: q_red @ k_t", "fp32", "exact dot, rounded once"),
+                Step("index_scores [B,MAX_SEQ]", "fp32 out", "t ≥ ctx_b: −FLT_MAX")),
+               (HEAD_V32_S2, HEAD_V32_S3, DS32_INDEXER, DS32_FP8_INDEX, HEAD_V32_GOLDEN),
+               (DIV_HEAD_REDUCE_Q, DIV_HEAD_QRED_ORDER, DIV_HEAD_GOLDEN_QRED, DIV_DS32_INDEX_FP8,
+                DIV_HEAD_CAST), (*proj_vars, V_INDEX_SCORE)),
+        _stage("index_topk", "The TOPK best-scoring cached positions of each entry, best first, "
+               "padded with INT32_MIN.",
+               "the positions t < ctx_b ordered by (index_scores[b, t] descending, t ascending), "
+               "−0.0 == +0.0;\n"
+               "topk_idx[b, j] = the j-th of them for j < n_b = min(TOPK, ctx_b);\n"
+               "topk_idx[b, j] = INT32_MIN = −2147483648 for j ≥ n_b\n"
+               "(a kernel that picks another of two equal scores is not wrong: the set is what matters)",
+               (Step("index_scores", "fp32 in", "exact"),
+                Step("order", "fp32 compares", "none (exact; −0.0 == +0.0, ties by t ascending)"),
+                Step("topk_idx [B,TOPK]", "int32 out", "positions; INT32_MIN past n_b")),
+               (HEAD_V32_S3, DS32_INDEXER, HEAD_V32_GOLDEN),
+               (DIV_DS32_TOPK, DIV_HEAD_GOLDEN_TOPK, DIV_HEAD_GOLDEN_QRED), ()),
+        _stage("q_nope_latent", "Absorb W_uk into the query: each head's nope part projected to the "
+               "KL-dim latent.",
+               "per head h: lat = q_nope_out[b, h·NOPE:(h+1)·NOPE] @ w_q_nope_to_latent[h]   "
+               "[NOPE] @ [NOPE,KL] -> [KL]\n"
+               "  (one exact dot per element, rounded once)\n"
+               "q_latent[b, h·KL:(h+1)·KL] = bf16(lat), stored as fp32 values (q_latent=bf16, ds32) | "
+               "lat (q_latent=fp32)",
+               (Step("q_nope_out", "bf16 in", "exact"), Step("w_q_nope_to_latent", "bf16 in", "exact"),
+                Step("lat", "fp32", "products exact, summed exactly, rounded once (RNE); "
+                     "accumulate=fp32: native fp32 accumulation"),
+                Step("q_latent=bf16: bf16(lat)", "bf16", _CAST),
+                Step("q_latent [B,H·KL]", "fp32 out", "exact (q_latent=fp32: lat as is)")),
+               (HEAD_V32_S4, DS32_MLA_DECODE, HEAD_V32_GOLDEN), (DIV_HEAD_Q_LATENT,),
+               (*proj_vars, V_Q_LATENT)),
+        _stage("sparse_attn", "Sparse MLA attention of every head over the selected cache rows; the "
+               "values are the latent rows themselves.",
+               "n_b = min(TOPK, ctx_b); selected rows r_j = b·MAX_SEQ + topk_idx[b, j], j < n_b "
+               "(slots ≥ n_b never read)\n"
+               "kv_j = f32(kv_cache[r_j]) [KL], pe_j = f32(pe_cache[r_j]) [R], ql = q_latent[b, h] [KL], "
+               "qp = f32(q_pe_out[b, h]) [R]\n"
+               "s_j = ((ql @ kv_j) + (qp @ pe_j)) · scale   (each @ one exact dot rounded once)\n"
+               "scale = f32((NOPE+R)^-0.5 · m · m) (attn_scale=yarn, ds32), m = 0.1·ln(rope_params.factor) "
+               "+ 1 when YaRN applies, else 1\n"
+               "  (v32: 0.1352337788608801 before f32);  f32((NOPE+R)^-0.5) (attn_scale=plain)\n"
+               "e_j = exp(s_j − max_j s_j), the softmax and the quotients below in exact arithmetic\n"
+               "attn_probs=bf16 (ds32):  p_j = bf16(f32(e_j / sum_j e_j));  ctx = sum_j p_j · kv_j   "
+               "(exact sum rounded once)\n"
+               "attn_probs=exact (pypto-lib):  ctx = f32(sum_j e_j · kv_j / sum_j e_j)   (rounded once)\n"
+               "ctx_latent[b, h·KL:(h+1)·KL] = bf16(ctx)",
+               (Step("q_latent", "fp32 in", "exact"),
+                Step("q_pe_out, kv_cache, pe_cache", "bf16 in", "widened to fp32 (exact)"),
+                Step("topk_idx", "int32 in", "— (slots < n_b read)"),
+                Step("ql @ kv_j, qp @ pe_j", "fp32", "exact dot, rounded once each"),
+                Step("sum, · scale", "fp32", "RNE each"),
+                Step("e_j, softmax", "exact (float64)", "none"),
+                Step("attn_probs=bf16: p_j", "bf16", "fp32 RNE, then " + _CAST),
+                Step("ctx", "fp32", "rounded once (the exact sum, or the exact quotient)"),
+                Step("ctx_latent [B,H·KL]", "bf16 out", _CAST)),
+               (HEAD_V32_S4, DS32_MLA_DECODE, HEAD_V32_GOLDEN),
+               (DIV_HEAD_ATTN_SCALE, DIV_HEAD_SOFTMAX, DIV_DS32_SOFTMAX, DIV_HEAD_GOLDEN_QPE,
+                DIV_HEAD_GOLDEN_CTX, DIV_HEAD_TEST_SPEC, DIV_HEAD_CAST),
+               (V_CAST, V_ATTN_SCALE, V_ATTN_PROBS)),
+        _stage("v_proj", "Per-head projection of the attended latent to the value dim (W_uv).",
+               "per head h: attn_front[b, h·V:(h+1)·V] = bf16(ctx_latent[b, h·KL:(h+1)·KL] @ "
+               "w_latent_to_v[h])   [KL] @ [KL,V]",
+               _proj_steps("ctx_latent", "w_latent_to_v", "attn_front [B,H·V]", True),
+               (HEAD_V32_S4, DS32_MLA_DECODE, HEAD_V32_GOLDEN), (DIV_HEAD_GOLDEN_CTX, DIV_HEAD_CAST),
+               proj_vars),
+        _stage("dispatch", "Write each entry's attention row into its expert-parallel node slot of "
+               "dispatch_buf.",
+               "dispatch_buf[(b + layer_id_t[0]) % EP, b, :] = attn_front[b]\n"
+               "every other entry bit-identical",
+               (Step("attn_front", "bf16 in", "none (stored as is)"),
+                Step("layer_id_t", "int32 in", "—"),
+                Step("other dispatch_buf entries", "bf16", "bit-identical to the input")),
+               (HEAD_V32_S4, HEAD_V32_GOLDEN), (DIV_HEAD_GOLDEN_DISPATCH, DIV_DS32_NO_DISPATCH), ()),
     ]
 
 
@@ -912,17 +1229,26 @@ def _models() -> list[Spec]:
     v4_vars = tuple(_VARIANTS_BY_NAME[k] for k in MODEL_VARIANTS[V4])
     return [
         Spec(name=V32, kind="model", model=V32,
-             summary="DeepSeek V3.2 decode front, scope 1: ds32 math with the pypto-lib PR #134 kernel "
-                     "layout. Inputs/outputs use pypto-lib tensor names; kv_cache and pe_cache are in/out.",
+             summary="DeepSeek V3.2 decode front, scopes 1-4: MLA prolog (scope 1), lightning "
+                     "indexer and top-k (2-3), sparse MLA attention, V projection and dispatch (4). "
+                     "ds32 math with the pypto-lib kernel layout (PR #134 / HEAD decode_front.py). "
+                     "Inputs/outputs use pypto-lib tensor names; kv_cache, pe_cache, k_cache_idx and "
+                     "dispatch_buf are in/out.",
              formula=_model_formula(V32),
              dtype_flow=(Step("activations, weights, caches", "bf16 in", "exact"),
-                         Step("norm weights, rope tables", "fp32 in", "exact"),
-                         Step("seq_lens", "int32 in", "—"),
+                         Step("norm weights and biases, rope tables, weights_proj", "fp32 in", "exact"),
+                         Step("seq_lens, layer_id_t", "int32 in", "—"),
                          Step("inside every stage", "fp32", "RNE after every op; sums exact, rounded once"),
-                         Step("every stage output", "bf16 out", _CAST)),
-             sources=(DS32_MLA, DS32_RMSNORM, DS32_ROPE, DS32_FREQS, PR134, PR134_HEAD, HF_V3),
+                         Step("idx_weights, index_scores, q_latent", "fp32", "as each stage says"),
+                         Step("topk_idx", "int32", "positions; INT32_MIN padding"),
+                         Step("every other stage output", "bf16 out", _CAST)),
+             sources=(DS32_MLA, DS32_RMSNORM, DS32_ROPE, DS32_FREQS, DS32_INDEXER, DS32_MLA_DECODE,
+                      DS32_FP8_INDEX, PR134, PR134_HEAD, HEAD_V32_S2, HEAD_V32_S3, HEAD_V32_S4,
+                      HEAD_V32_GOLDEN, HF_V3),
              divergences=(DIV_PR134_QNORM, DIV_PR134_CAST, DIV_PR134_VAR, DIV_PR134_DEAD, DIV_HF_NORM,
-                          DIV_HF_ROPE, DIV_DS32_RESIDUAL),
+                          DIV_HF_ROPE, DIV_DS32_RESIDUAL, DIV_DS32_INDEX_FP8, DIV_HEAD_INDEX_INPUT,
+                          DIV_HEAD_REDUCE_Q, DIV_DS32_IDX_ROPE, DIV_DS32_HADAMARD, DIV_DS32_TOPK,
+                          DIV_HEAD_ATTN_SCALE, DIV_HEAD_Q_LATENT, DIV_HEAD_SOFTMAX, DIV_HEAD_TEST_SPEC),
              variants=v32_vars),
         Spec(name=V4, kind="model", model=V4,
              summary="DeepSeek V4 attention qkv_proj_rope (W8A8C16), pypto-lib PR #332 semantics "

@@ -237,11 +237,8 @@ def _equal(got: np.ndarray, want: np.ndarray) -> int:
 
 
 def _rows(model: str, cfg: Any, name: str, inputs: Mapping[str, np.ndarray]) -> Any:
-    """The rows of an in/out output a step owns (V3.2 caches), else everything."""
-    if name in dsref.get_model(model).inouts and "seq_lens" in inputs:
-        sl = np.asarray(inputs["seq_lens"], np.int64)
-        return np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
-    return slice(None)
+    """The elements of an in/out output a step owns (V3.2's cache rows), else everything."""
+    return dsref.get_model(model).owned_index(cfg, name, inputs)
 
 
 def fingerprint(model: str, cfg: Any, inputs: Mapping[str, np.ndarray],

@@ -285,14 +285,12 @@ class Reference:
         return "inputs"
 
 
-def owned_rows(ref: Reference, name: str) -> np.ndarray | slice:
-    """Cache rows a decode step owns: ``b·MAX_SEQ + seq_lens[b] − 1`` (V3.2 caches); any other
-    in/out tensor is owned whole."""
-    if dsref.get_model(ref.model).family == "v32.decode_front" and name in ("kv_cache",
-                                                                             "pe_cache"):
-        sl = np.asarray(ref.inputs["seq_lens"], np.int64)
-        return np.arange(sl.shape[0]) * ref.cfg.max_seq + sl - 1
-    return slice(None)
+def owned_rows(ref: Reference, name: str) -> Any:
+    """The elements of an in/out tensor a decode step owns (``Model.owned_index``: V3.2's cache
+    rows ``b·MAX_SEQ + seq_lens[b] − 1``); any other in/out tensor is owned whole. The emulator
+    owns whole rows of axis 0: of an index per axis (``dispatch_buf``), its axis-0 rows."""
+    index = dsref.get_model(ref.model).owned_index(ref.cfg, name, ref.inputs)
+    return np.unique(index[0]) if isinstance(index, tuple) else index
 
 
 def _type_errors(p: Param, arr: np.ndarray, source: str, dyn: dict[str, tuple[int, str]]
@@ -455,12 +453,12 @@ def _reference(ent: Entry, model: str | None, config: str | None, batch: int, se
             raise KernelFileError(f"--data {data}: meta.json names no model/config; pass "
                                   "--model and --config")
         cfg = dsref.config(config, **{k: v for k, v in vs.items()
-                                      if k in MODEL_VARIANTS[model]})
+                                      if k in MODEL_VARIANTS[dsref.get_model(model).family]})
         return Reference(model, cfg, int(g.meta.get("batch", batch)), int(g.meta.get("seq", seq)),
                          g.meta.get("seed"), dict(g.inputs), dict(g.outputs))
     if model is None:
         model = _infer_model(ent)
-    cfg = dsref.config(config or DEFAULT_CONFIGS[model], **dict(variants))
+    cfg = dsref.config(config or DEFAULT_CONFIGS[dsref.get_model(model).family], **dict(variants))
     if not isinstance(cfg, dsref.get_model(model).config_type):
         raise KernelFileError(f"--config {cfg.name} is not a config of {model}")
     ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=seed)
@@ -469,18 +467,24 @@ def _reference(ent: Entry, model: str | None, config: str | None, batch: int, se
 
 
 def _infer_model(ent: Entry) -> str:
+    """The dsref model (or the prefix of one, ``MODEL[:STAGE]``) whose tensors the entry's
+    parameters name most of, the one with the fewest tensors the entry does not name among
+    equals: a V3.2 scope-1 kernel is ``v32.decode_front[:decode_cache_write]``."""
     names = {p.name for p in ent.params}
-    best = max(dsref.model_names(), key=lambda m: _overlap(m, names))
-    if _overlap(best, names) == 0:
+    candidates = [dsref.range_name(m, stop=s) for m in dsref.model_names()
+                  for s in dsref.get_model(m).stages]
+    best = max(candidates, key=lambda m: _overlap(m, names))
+    if _overlap(best, names)[0] == 0:
         raise KernelFileError(f"{ent.label}: cannot tell the dsref model from its parameters "
                               f"{sorted(names)}; pass --model")
     return best
 
 
-def _overlap(model: str, names: set[str]) -> int:
-    cfg = dsref.config(DEFAULT_CONFIGS[model])
+def _overlap(model: str, names: set[str]) -> tuple[int, int]:
+    """(how many of ``names`` are tensors of ``model``, minus how many of its tensors are not)."""
     m = dsref.get_model(model)
-    return len(names & (set(m.input_specs(cfg, 1, 1)) | set(m.output_specs(cfg, 1, 1))))
+    tensors = set(m.input_names) | set(m.output_names)
+    return len(names & tensors), -len(tensors - names)
 
 
 def _report(ent: Entry, ref: Reference, bnd: Binding, run: Any,

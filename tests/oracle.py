@@ -48,7 +48,9 @@ def rb(x, mode: str = "rne") -> np.ndarray:
 
 
 def sum32(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float64).sum(axis=-1, keepdims=True).astype(F32)
+    a = a.astype(np.float64)
+    s = a.sum(axis=-1, keepdims=True)  # numpy starts from +0.0; IEEE: a sum of only -0.0 is -0.0
+    return np.where((s == 0) & np.signbit(a).all(axis=-1, keepdims=True), -0.0, s).astype(F32)
 
 
 def matmul32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -170,6 +172,146 @@ def decode_cache_write(cfg, env):
     return {"kv_cache": kv_cache, "pe_cache": pe_cache}
 
 
+# V3.2 scopes 2-4: the indexer, top-k and sparse attention (the contract: dsref spec STAGE)
+
+FLT_MAX = F32(np.finfo(F32).max)
+INT32_MIN = np.int32(np.iinfo(np.int32).min)
+
+
+def _index_x(cfg, env):
+    return env["normed"] if cfg.index_input == "normed" else env["hidden_states"]
+
+
+def _heads(x, h):
+    return x.reshape(x.shape[0], h, -1)
+
+
+def _head_mm(a, w) -> np.ndarray:
+    """Per head: a [B, H, K] @ w [H, K, N] → fp32 [B, H, N] (float64, rounded once)."""
+    return np.matmul(a.astype(np.float64)[:, :, None, :], w.astype(np.float64))[:, :, 0].astype(F32)
+
+
+def q_idx_proj(cfg, env):
+    return {"q_idx": bf16(matmul32(env["qr_out"], env["wq_b_idx"]), cfg.cast)}
+
+
+def k_idx_proj(cfg, env):
+    return {"k_idx": bf16(matmul32(_index_x(cfg, env), env["wk_idx"]), cfg.cast)}
+
+
+def k_idx_layernorm(cfg, env):
+    x = f32(env["k_idx"])
+    n = x.shape[-1]
+    mean_of = (lambda s: s / F32(n)) if cfg.variance == "mean" else (lambda s: s * F32(1.0 / n))
+    c = x - mean_of(sum32(x))
+    inv = F32(1) / np.sqrt(mean_of(sum32(c * c)) + F32(1e-6))
+    y = (c * inv) * f32(env["k_norm_weight"]) + f32(env["k_norm_bias"])
+    return {"k_idx_normed": bf16(y, cfg.cast)}
+
+
+def idx_rope(cfg, env):
+    pos = env["seq_lens"].astype(np.int64) - 1
+    c, s, r = f32(env["rope_cos"])[pos], f32(env["rope_sin"])[pos], cfg.rope
+
+    def rot(x, c, s):  # half layout on the first R dims, the rest passes through
+        return np.concatenate([bf16(rope_half(x[..., :r], c, s), cfg.cast), x[..., r:]], axis=-1)
+
+    q = rot(_heads(env["q_idx"], cfg.index_heads), c[:, None], s[:, None])
+    return {"q_idx_rope": q.reshape(q.shape[0], -1), "k_idx_rope": rot(env["k_idx_normed"], c, s)}
+
+
+def idx_hadamard(cfg, env):
+    q = matmul32(_heads(env["q_idx_rope"], cfg.index_heads), env["hadamard_q"])
+    return {"q_idx_h": bf16(q, cfg.cast).reshape(q.shape[0], -1),
+            "k_idx_h": bf16(matmul32(env["k_idx_rope"], env["hadamard_k"]), cfg.cast)}
+
+
+def idx_weights(cfg, env):
+    ih, id_ = cfg.index_heads, cfg.index_head_dim
+    y = matmul32(_index_x(cfg, env), bf16(env["weights_proj"], cfg.cast))
+    if cfg.index_weights == "bf16":
+        return {"idx_weights": rb(rb(y, cfg.cast) * F32(ih ** -0.5), cfg.cast) * F32(id_ ** -0.5)}
+    return {"idx_weights": y * F32(ih ** -0.5 * id_ ** -0.5)}
+
+
+def _pos_rows(cfg, env):
+    return np.arange(len(env["seq_lens"])) * cfg.max_seq + env["seq_lens"].astype(np.int64) - 1
+
+
+def k_idx_cache_write(cfg, env):
+    cache = env["k_cache_idx"].copy()
+    cache[_pos_rows(cfg, env)] = env["k_idx_h"]
+    return {"k_cache_idx": cache}
+
+
+def index_score(cfg, env):
+    S, ctx = cfg.max_seq, env["seq_lens"].astype(np.int64)
+    q, w = f32(_heads(env["q_idx_h"], cfg.index_heads)), f32(env["idx_weights"])
+    out = np.full((len(ctx), S), -FLT_MAX, F32)
+    for b in range(len(ctx)):
+        k = f32(env["k_cache_idx"][b * S:(b + 1) * S])  # [S, ID]
+        if cfg.index_score == "relu":
+            per_h = np.maximum(matmul32(q[b], k.T), F32(0)) * w[b][:, None]  # [IH, S]
+            sc = sum32(per_h.T)[:, 0]
+        else:
+            q_red = bf16(sum32((q[b] * w[b][:, None]).T)[:, 0], cfg.cast)  # [ID]
+            sc = matmul32(q_red, k.T)
+        out[b, :ctx[b]] = sc[:ctx[b]]
+    return {"index_scores": out}
+
+
+def index_topk(cfg, env):
+    sc, ctx = env["index_scores"], env["seq_lens"].astype(np.int64)
+    out = np.full((len(ctx), cfg.index_topk), INT32_MIN, np.int32)
+    for b in range(len(ctx)):
+        key = -(sc[b, :ctx[b]] + F32(0))  # +0.0 folds -0.0 into +0.0
+        n = min(cfg.index_topk, ctx[b])
+        out[b, :n] = np.argsort(key, kind="stable")[:n]
+    return {"topk_idx": out}
+
+
+def q_nope_latent(cfg, env):
+    lat = _head_mm(_heads(env["q_nope_out"], cfg.heads), env["w_q_nope_to_latent"])
+    lat = rb(lat, cfg.cast) if cfg.q_latent == "bf16" else lat
+    return {"q_latent": lat.reshape(lat.shape[0], -1)}
+
+
+def _attn_scale(cfg) -> np.float32:
+    rp = cfg.rope_params
+    m = 0.1 * np.log(rp.factor) + 1 if cfg.attn_scale == "yarn" and rp.yarn else 1.0
+    return F32((cfg.nope + cfg.rope) ** -0.5 * m * m)
+
+
+def sparse_attn(cfg, env):
+    S, ctx, scale = cfg.max_seq, env["seq_lens"].astype(np.int64), _attn_scale(cfg)
+    ql, qp = f32(_heads(env["q_latent"], cfg.heads)), f32(_heads(env["q_pe_out"], cfg.heads))
+    out = np.empty(ql.shape, BF16)
+    for b in range(len(ctx)):
+        rows = b * S + env["topk_idx"][b, :min(cfg.index_topk, ctx[b])].astype(np.int64)
+        kv, pe = f32(env["kv_cache"][rows]), f32(env["pe_cache"][rows])
+        s = (matmul32(ql[b], kv.T) + matmul32(qp[b], pe.T)) * scale  # [H, n]
+        s64 = s.astype(np.float64)
+        e = np.exp(s64 - s64.max(axis=-1, keepdims=True))
+        den = e.sum(axis=-1, keepdims=True)
+        if cfg.attn_probs == "exact":
+            ctx_b = ((e @ kv.astype(np.float64)) / den).astype(F32)
+        else:
+            ctx_b = matmul32(rb((e / den).astype(F32), cfg.cast), kv)
+        out[b] = bf16(ctx_b, cfg.cast)
+    return {"ctx_latent": out.reshape(out.shape[0], -1)}
+
+
+def v_proj(cfg, env):
+    v = _head_mm(_heads(env["ctx_latent"], cfg.heads), env["w_latent_to_v"])
+    return {"attn_front": bf16(v, cfg.cast).reshape(v.shape[0], -1)}
+
+
+def dispatch(cfg, env):
+    buf, b = env["dispatch_buf"].copy(), np.arange(env["attn_front"].shape[0])
+    buf[(b + int(env["layer_id_t"][0])) % cfg.ep_nodes, b] = env["attn_front"]
+    return {"dispatch_buf": buf}
+
+
 def _v4_norm_rope(v, gamma, cos, sin, cfg, fp8_nope: bool = False) -> np.ndarray:
     n = v * inv_rms(v, cfg.eps, cfg.variance)
     if gamma is not None:
@@ -262,7 +404,9 @@ def kv_rms_rope(cfg, env):
 
 STAGES = {
     "v32.decode_front": (input_rmsnorm, q_lora_proj, q_lora_rmsnorm, q_head_proj, kv_a_proj,
-                         q_rope, kv_rmsnorm, decode_cache_write),
+                         q_rope, kv_rmsnorm, decode_cache_write, q_idx_proj, k_idx_proj,
+                         k_idx_layernorm, idx_rope, idx_hadamard, idx_weights, k_idx_cache_write,
+                         index_score, index_topk, q_nope_latent, sparse_attn, v_proj, dispatch),
     "v4.qkv_proj_rope": (attn_norm, qr_proj_matmul, qr_rms, qr_quant, qproj_matmul,
                          q_head_rms_rope, kv_proj_matmul, kv_rms_rope),
 }

@@ -74,11 +74,10 @@ def test_casts_bitwise_equal_to_numpy(torch_cpu, mode):
 def test_report_names_the_backend_and_device(torch_cpu):
     import lowering
 
-    cfg = dsref.config("v32-tiny")
-    rep = lowering.diff("v32.decode_front", cfg, dsref.make_inputs("v32.decode_front", cfg, batch=2))
+    cfg, scope1 = dsref.config("v32-tiny"), "v32.decode_front[:decode_cache_write]"
+    rep = lowering.diff(scope1, cfg, dsref.make_inputs(scope1, cfg, batch=2))
     assert rep.backend == "numpy"
-    rep = lowering.diff("v32.decode_front", cfg, dsref.make_inputs("v32.decode_front", cfg, batch=2),
-                        backend=torch_cpu)
+    rep = lowering.diff(scope1, cfg, dsref.make_inputs(scope1, cfg, batch=2), backend=torch_cpu)
     assert rep.backend == "torch:cpu" and rep.verdict == "PASS"
     assert get_backend("torch:cpu") is torch_cpu
 

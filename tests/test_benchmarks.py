@@ -15,12 +15,16 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert mod.main(["--quick", "--no-eager", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["quick"] and res["copy_bandwidth_GBps"] > 0 and res["lowering_diff"]["exit_code"] == 0
-    assert set(res["models"]) == {"v32.decode_front", "v4.qkv_proj_rope"}
-    for m in res["models"].values():
+    assert res["quick"] and res["copy_bandwidth_GBps"] > 0
+    assert res["lowering_diff"]["exit_code"] == 3  # PARTIAL: V3.2 scopes 2-4 have no kernel
+    fused, scope1 = "v32.decode_front", "v32.decode_front[:decode_cache_write]"
+    assert set(res["models"]) == {scope1, fused, "v4.qkv_proj_rope"}
+    for name, m in res["models"].items():
         assert {"reference", "floor_s", "reference_over_floor", "emulator",
                 "emulator_over_reference", "weight_bytes"} <= set(m)
-        assert m["reference"]["jit_s"] > 0 and m["emulator"]["verdict"] == "PASS"
+        # the fused front's scopes 2-4 run on the reference: no kernels yet
+        want = "PARTIAL" if name == fused else "PASS"
+        assert m["reference"]["jit_s"] > 0 and m["emulator"]["verdict"] == want
         assert set(m["prepared"]) == set(m["prepared_over_floor"]) == {"exact", "fp32"}
         assert all(p["call_s"] > 0 for p in m["prepared"].values())
     assert "reference/floor" in capsys.readouterr().out

@@ -253,8 +253,10 @@ def test_stage_range_names_and_boundaries():
     assert dsref.get_model(f"{V4}[attn_norm]").output_names == ("tok",)
     # a prefix ends in the values it makes that none of its stages reads
     assert dsref.get_model(f"{V32}[:q_lora_rmsnorm]").output_names == ("qr_out",)
-    caches = dsref.get_model(f"{V32}[kv_rmsnorm:]")
+    caches = dsref.get_model(f"{V32}[kv_rmsnorm:decode_cache_write]")
     assert caches.inouts == ("kv_cache", "pe_cache")
+    assert dsref.get_model(f"{V32}[kv_rmsnorm:]").inouts == (
+        "kv_cache", "pe_cache", "k_cache_idx", "dispatch_buf")
     assert dsref.get_model(f"{V4}[qr_proj_matmul:]").input_specs(
         dsref.config("v4-tiny"), 2, 3)["tok"] == dsref.model.TensorSpec((6, 1536), BF16)
     for bad, msg in [(f"{V4}[qr_rms:attn_norm]", "'qr_rms' comes after 'attn_norm'"),

@@ -60,12 +60,16 @@ def test_spec_renders_text_json_markdown(name):
     assert md.startswith(f"### `{name}`") and "**Dtype flow**" in md and "| step | dtype | rounding |" in md
 
 
+#: stages that round nothing, and the primitive that does their work
+MOVES_ONLY = {"k_idx_cache_write": "scatter", "dispatch": "scatter", "index_topk": "sort"}
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_jaxpr_and_shapes(name):
     s = dsref.spec(name)
     text = s.jaxpr()  # the model's tiny config
     assert text.startswith(f"let {name} = {{ lambda ;") or f"name={name}" in text
-    assert "reduce_precision" in text
+    assert MOVES_ONLY.get(name, "reduce_precision") in text  # its rounding point, or its move
     shapes = s.shapes()
     assert list(shapes["inputs"]) == list(STAGES[name].inputs)
     assert list(shapes["outputs"]) == list(STAGES[name].outputs)

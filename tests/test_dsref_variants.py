@@ -11,12 +11,13 @@ from dsref.config import MODEL_VARIANTS, STAGE_VARIANTS
 from dsref.model import MODELS, STAGES
 from dsref.numerics import x64
 from dsref.rmsnorm import inv_rms
-from lowering.bounds import ANY, stage_bounds
+from lowering.bounds import ANY, V32_UNBOUNDED, stage_bounds
 from lowering.diff import judge
 
 V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
 CASES = {V32: ("v32-tiny", dict(batch=16)), V4: ("v4-tiny", dict(batch=8, seq=2))}
-ALL_V32 = set(MODELS[V32].stages)
+#: every V3.2 stage that rounds (the copies and the top-k selection do not)
+ALL_V32 = set(MODELS[V32].stages) - {"k_idx_cache_write", "index_topk", "dispatch"}
 
 # variant -> (stages that must change, stages that may also change). No other stage may.
 # "may": the change depends on rare events (a 1-ulp fp32 move crossing a bf16 boundary, an
@@ -26,7 +27,10 @@ EXPECTED = {
     # QL = 1024 is a power of two: sum·(1/N) == sum/N there, so q_lora_rmsnorm cannot move
     (V32, "variance", "mul_inv"): (set(), {"input_rmsnorm", "kv_rmsnorm"}),
     (V32, "cast", "rhaz"): (set(), ALL_V32),
-    (V32, "accumulate", "fp32"): (set(), {"q_lora_proj", "q_head_proj", "kv_a_proj"}),
+    (V32, "accumulate", "fp32"): (set(), {"q_lora_proj", "q_head_proj", "kv_a_proj", "q_idx_proj",
+                                          "k_idx_proj", "idx_hadamard", "idx_weights",
+                                          "index_score", "q_nope_latent", "sparse_attn",
+                                          "v_proj"}),
     (V32, "rope_layout", "interleaved"): ({"q_rope", "decode_cache_write"}, set()),
     (V4, "rmsnorm", "hf"): ({"attn_norm"}, set()),
     (V4, "variance", "mul_inv"): (set(), {"attn_norm", "q_head_rms_rope", "kv_rms_rope"}),
@@ -42,15 +46,23 @@ EXPECTED = {
     (V4, "kv_nope_fp8", True): ({"kv_rms_rope"}, set()),
     (V4, "rope_table_dtype", "fp32"): (set(), set()),  # the dtype of two inputs only
     (V4, "qr_scale_form", "mul_recip"): ({"qr_quant"}, set()),
+    (V32, "index_input", "hidden"): ({"k_idx_proj", "idx_weights"}, set()),
+    (V32, "index_score", "reduce_q"): ({"index_score"}, set()),
+    (V32, "index_weights", "fp32"): ({"idx_weights"}, set()),
+    (V32, "attn_scale", "plain"): ({"sparse_attn"}, set()),
+    (V32, "q_latent", "fp32"): ({"q_nope_latent"}, set()),
+    (V32, "attn_probs", "exact"): ({"sparse_attn"}, set()),
 }
 
 # variant -> model outputs that must stay bit-identical
 UNMOVED_OUTPUTS = {
-    (V32, "rope_layout", "interleaved"): {"qr_out", "q_nope_out", "kv_a_out", "kv_cache"},
+    # the indexer's RoPE is half whatever rope_layout says; it reads normed, not qr_out
+    (V32, "rope_layout", "interleaved"): {"qr_out", "q_nope_out", "kv_a_out", "kv_cache",
+                                          "k_cache_idx"},
     (V4, "rope_preround", True): {"qr", "qr_scale"},
     (V4, "rope_table", "element"): {"qr", "qr_scale"},
     (V4, "rmsnorm", "hf"): set(),
-    (V32, "q_norm_input", "fp32"): {"kv_a_out", "kv_cache", "pe_cache"},
+    (V32, "q_norm_input", "fp32"): {"kv_a_out", "kv_cache", "pe_cache", "k_cache_idx"},
     (V4, "proj_out", "bf16"): set(),
     (V4, "q_head_norm", "bf16"): {"qr", "qr_scale", "kv"},
     (V4, "kv_nope_fp8", True): {"qr", "qr_scale", "q"},
@@ -92,6 +104,8 @@ def test_variant_moves_only_its_stages(envs, model, key, value):
             changed.add(stage)
         if key == "accumulate":  # native fp32 dot, order unspecified: it and the exact dot
             # both lie inside the any-order fp32 bound (judge raises if the exact one does not)
+            if stage in V32_UNBOUNDED:  # no interval formulas for scopes 2-4 yet
+                continue
             bounds = stage_bounds(model, stage, var, dict(zip(st.inputs, args, strict=True)), ANY)
             for name, a, b in zip(st.outputs, base, moved, strict=True):
                 d = judge(name, np.asarray(b), np.asarray(a), bounds[name])

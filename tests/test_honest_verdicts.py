@@ -20,7 +20,8 @@ from lowering.registry import kernel_for
 from lowering.report import FAIL, PARTIAL, PASS, REFERENCE
 from lowering.trace import trace
 
-V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
+#: V3.2 scope 1: the stages with kernels (scopes 2-4 have none yet)
+V32, V4 = "v32.decode_front[:decode_cache_write]", "v4.qkv_proj_rope"
 KERNELS = Path(__file__).parent / "pypto_kernels" / "v32"
 PR134_FILE = str(KERNELS / "v32_decode_front_pr134.py")
 BF16 = ml_dtypes.bfloat16

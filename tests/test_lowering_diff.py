@@ -9,6 +9,7 @@ import pytest
 import dsref
 import lowering
 from dsref.explore import ulps
+from dsref.v32 import SCOPE234
 from lowering import cli, tolerances
 from lowering.diff import compare
 
@@ -102,7 +103,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     rc = cli.main(["diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2", "--json",
                    str(out), "--quiet"])
     rep = json.loads(out.read_text())[0]
-    assert rc == (0 if rep["verdict"] == "PASS" else 1)
+    assert rc == {"PASS": 0, "FAIL": 1, "PARTIAL": 3}[rep["verdict"]]
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -142,10 +143,14 @@ def test_heatmap_counts_elements_off_per_head_and_token():
 def test_kernels_pass_with_parallel_iterations_permuted(tmp_path):
     """pl.parallel promises independent iterations: any order must give the same bits."""
     out = tmp_path / "r.json"
-    assert cli.main(["diff", "--permute-parallel", "--seed", "3", "--json", str(out), "--quiet"]) == 0
+    # 3: PARTIAL, V3.2's indexer and sparse attention (scopes 2-4) have no kernel yet
+    assert cli.main(["diff", "--permute-parallel", "--seed", "3", "--json", str(out), "--quiet"]) == 3
     reps = json.loads(out.read_text())
     assert [r["model"] for r in reps] == ["v32.decode_front", "v4.qkv_proj_rope"]
-    assert all(reg["status"] == "PASS" for r in reps for reg in r["regions"])
+    assert [r["verdict"] for r in reps] == ["PARTIAL", "PASS"]
+    status = {reg["name"]: reg["status"] for r in reps for reg in r["regions"]}
+    assert {n for n, s in status.items() if s != "PASS"} == set(SCOPE234)
+    assert {status[n] for n in SCOPE234} == {"reference"}
 
 
 def test_plan_lists_every_region_with_its_kernel_and_tiling(capsys):
@@ -223,7 +228,7 @@ def test_json_dash_is_stdout_and_bad_output_paths_fail_first(capsys, tmp_path, m
     import time
 
     args = ["diff", "v32.decode_front", "--config", "v32-tiny", "--batch", "2", "--quiet"]
-    assert cli.main([*args[:-1], "--json", "-"]) == 0
+    assert cli.main([*args[:-1], "--json", "-"]) == 3  # PARTIAL: scopes 2-4 have no kernel
     rep = json.loads(capsys.readouterr().out)  # the JSON alone: no table on stdout
     assert rep[0]["model"] == "v32.decode_front"
     monkeypatch.setattr(lowering.pipeline, "diff", lambda *a, **k: time.sleep(60))

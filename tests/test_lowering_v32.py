@@ -18,7 +18,7 @@ from lowering.report import FAIL, PASS
 from lowering.tile import pl, run_kernel
 from lowering.trace import trace
 
-MODEL = "v32.decode_front"
+MODEL = "v32.decode_front[:decode_cache_write]"  # scope 1: the stages these kernels cover
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,17 @@ def test_every_preset_chain_is_bitwise_the_oracle(model, name):
 def test_with_semantics_sets_every_variant_and_refuses_other_models():
     cfg = dsref.config("v32-tiny", cast="rhaz", rope_layout="interleaved")
     pr = dsref.with_semantics(cfg, "pypto-lib-pr134")
+    indexer = {"index_input": "normed", "index_score": "relu", "index_weights": "bf16",
+               "attn_scale": "yarn", "q_latent": "bf16", "attn_probs": "bf16"}  # ds32's
     assert dsref.variant_values(pr) == {"rmsnorm": "ds32", "variance": "mul_inv", "cast": "rhaz",
                                         "accumulate": "exact", "rope_layout": "half",
-                                        "q_norm_input": "fp32"}
-    assert dsref.semantics_of(pr) == "pypto-lib-pr134"  # (pypto-lib-head is the same for V3.2)
+                                        "q_norm_input": "fp32", **indexer}
+    assert dsref.semantics_of(pr) == "pypto-lib-pr134"
+    # HEAD's decode_front.py is PR #134 in scope 1, with an indexer and attention of its own
+    head = dsref.variant_values(dsref.with_semantics(cfg, "pypto-lib-head"))
+    assert head == {**dsref.variant_values(pr), "index_input": "hidden",
+                    "index_score": "reduce_q", "index_weights": "fp32", "attn_scale": "plain",
+                    "q_latent": "fp32", "attn_probs": "exact"}
     assert dsref.semantics_of(dsref.with_semantics(cfg, "ds32")) == "ds32"
     assert dsref.semantics_of(cfg) is None
     # --variant on top of --semantics

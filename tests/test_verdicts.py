@@ -28,7 +28,8 @@ from lowering.report import FAIL, PASS
 from lowering.tolerances import U32, gamma
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
+#: V3.2 scope 1: the stages with kernels and interval formulas (scopes 2-4 have neither yet)
+V32, V4 = "v32.decode_front[:decode_cache_write]", "v4.qkv_proj_rope"
 F32 = np.float32
 
 
@@ -181,7 +182,8 @@ def test_interval_ops_contain_every_sample():
 def _variant_sets(model: str) -> list[dict]:
     """The default semantics, every non-default variant value at once, and (V4) the fp32 q
     head path with the rope variants: every formula path of every stage, in a few traces."""
-    every = {k: VARIANTS[k][1] for k in MODEL_VARIANTS[model] if k != "accumulate"}
+    every = {k: VARIANTS[k][1] for k in MODEL_VARIANTS[dsref.get_model(model).family]
+             if k != "accumulate"}
     sets = [{}, every]
     if model == V4:
         sets.append({**every, "q_head_norm": "fp32", "kv_nope_fp8": False, "proj_out": "fp32",
