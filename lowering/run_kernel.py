@@ -287,10 +287,9 @@ class Reference:
 
 def owned_rows(ref: Reference, name: str) -> Any:
     """The elements of an in/out tensor a decode step owns (``Model.owned_index``: V3.2's cache
-    rows ``b·MAX_SEQ + seq_lens[b] − 1``); any other in/out tensor is owned whole. The emulator
-    owns whole rows of axis 0: of an index per axis (``dispatch_buf``), its axis-0 rows."""
-    index = dsref.get_model(ref.model).owned_index(ref.cfg, name, ref.inputs)
-    return np.unique(index[0]) if isinstance(index, tuple) else index
+    rows ``b·MAX_SEQ + seq_lens[b] − 1``, ``dispatch_buf[(b + layer_id) % EP, b]``); any other
+    in/out tensor is owned whole."""
+    return dsref.get_model(ref.model).owned_index(ref.cfg, name, ref.inputs)
 
 
 def _type_errors(p: Param, arr: np.ndarray, source: str, dyn: dict[str, tuple[int, str]]

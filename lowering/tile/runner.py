@@ -41,8 +41,15 @@ class KernelRun(HasFindings):
         return "\n".join([head, *(str(f) for f in self.findings)])
 
 
-def _owned_mask(rows: int, owned: Any) -> np.ndarray:
-    mask = np.zeros(rows, bool)
+def _owned_mask(shape: tuple[int, ...], owned: Any) -> np.ndarray:
+    """The owned part of an in/out tensor as a mask over its leading axes: rows of axis 0
+    (indices, a slice or a bool mask), or a tuple of index arrays, one per leading axis
+    (``dispatch_buf[(b + layer) % EP, b]``: a mask over its first two axes)."""
+    if isinstance(owned, tuple):
+        mask = np.zeros(shape[:len(owned)], bool)
+        mask[tuple(np.asarray(i, np.int64) for i in owned)] = True
+        return mask
+    mask = np.zeros(shape[0], bool)
     if isinstance(owned, slice):
         mask[owned] = True
     elif isinstance(owned, np.ndarray) and owned.dtype == bool:
@@ -110,7 +117,7 @@ def run_kernel(
             dt = as_dtype(a.dtype)
             base = core.BaseTensor(n, rt.bk.from_numpy(a, dt.name), dt, "inout")
             base.orig = a  # from_numpy copied it: the kernel never touches the caller's array
-            base.owned = None if owned is None else _owned_mask(a.shape[0], owned)
+            base.owned = None if owned is None else _owned_mask(a.shape, owned)
             tensors[n] = rt.add_base(base)
         with core.fewer_collections():
             kernel_fn(**tensors, **(kwargs or {}))
@@ -123,15 +130,23 @@ def run_kernel(
     return KernelRun(kname, platform, outs, rt.findings, rt.budget)
 
 
-def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row (axis 0): do the raw bytes of ``a`` and ``b`` differ? (8-byte words where the
-    rows allow: a V3.2 cache is 67 MB.)"""
-    rows = a.shape[0]
+def _rows(mask: np.ndarray) -> str:
+    """The rows a mask over leading axes marks: ``rows 3..5, 9`` (axis 0) or ``[2, 0], [3, 1]``."""
+    if mask.ndim == 1:
+        return f"rows {core.ranges(np.nonzero(mask)[0])}"
+    at = np.argwhere(mask)
+    return ", ".join(str(list(map(int, ix))) for ix in at[:8]) + (" ..." if len(at) > 8 else "")
+
+
+def _rows_differ(a: np.ndarray, b: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+    """Per element of the leading axes ``lead`` (rows of axis 0, as a rule): do the raw bytes
+    of ``a`` and ``b`` differ? (8-byte words where the rows allow: a V3.2 cache is 67 MB.)"""
+    rows = int(np.prod(lead))
     a = np.ascontiguousarray(a).reshape(rows, -1).view(np.uint8)
     b = np.ascontiguousarray(b).reshape(rows, -1).view(np.uint8)
     if a.shape[1] % 8 == 0:
         a, b = a.view(np.uint64), b.view(np.uint64)
-    return (a != b).any(axis=1)
+    return (a != b).any(axis=1).reshape(lead)
 
 
 def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor], outs: dict[str, np.ndarray],
@@ -148,23 +163,23 @@ def _final_checks(rt: core.Run, tensors: dict[str, core.Tensor], outs: dict[str,
                           f"{core.describe_mask(missing)}", tensor=n, indices=(), scope=None)
         elif base.kind == "inout" and base.owned is not None:
             owned = base.owned
-            stray = ~owned & base.written.reshape(owned.size, -1).any(axis=1)
+            stray = ~owned & base.written.reshape(owned.size, -1).any(axis=1).reshape(owned.shape)
             if stray.any():
                 rt.report("coverage", "fail",
-                          f"in/out {n!r}: rows outside the owned rows were written: rows "
-                          f"{core.ranges(np.nonzero(stray)[0])}", tensor=n, indices=(), scope=None)
-            changed = ~owned & _rows_differ(outs[n], base.orig)
+                          f"in/out {n!r}: rows outside the owned rows were written: "
+                          f"{_rows(stray)}", tensor=n, indices=(), scope=None)
+            changed = ~owned & _rows_differ(outs[n], base.orig, owned.shape)
             if changed.any():
                 rt.report("coverage", "fail",
-                          f"in/out {n!r}: rows outside the owned rows changed: rows "
-                          f"{core.ranges(np.nonzero(changed)[0])}", tensor=n, indices=(),
-                          scope=None)
+                          f"in/out {n!r}: rows outside the owned rows changed: {_rows(changed)}",
+                          tensor=n, indices=(), scope=None)
             missing = ~base.written[owned]
             if missing.any():
-                rows = np.nonzero(owned)[0][missing.reshape(missing.shape[0], -1).any(axis=1)]
+                short = np.zeros_like(owned)
+                short[owned] = missing.reshape(missing.shape[0], -1).any(axis=1)
                 rt.report("coverage", "fail",
-                          f"in/out {n!r}: owned rows not fully written: rows "
-                          f"{core.ranges(rows)}", tensor=n, indices=(), scope=None)
+                          f"in/out {n!r}: owned rows not fully written: {_rows(short)}",
+                          tensor=n, indices=(), scope=None)
     for base in rt.bases.values():
         if base.kind == "internal" and base.unread.any():
             rt.report("dead_write", "warning",
