@@ -292,6 +292,12 @@ def test_self_in_a_jit_body_is_its_program() -> None:
         run_kernel(spmd_submit_self_unknown, inputs={"x": x}, outputs={"y": ((3, 32), pl.FP32)})
 
 
+def test_a_jit_kernel_names_its_parameters_in_order() -> None:
+    """pypto's ``JITFunction._param_names()`` (mtp decode_fwd_mtp.py orders its specs by it)."""
+    assert spmd_submit_self_kernel._param_names() == ["x", "y"]
+    assert exchange._param_names() == ["x", "part", "y", "barrier", "extra"]
+
+
 # -- pl.system.syncall -------------------------------------------------------------------------------
 
 

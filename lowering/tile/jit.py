@@ -243,6 +243,11 @@ class JITFunction:
             self._body = fn
         return self._body
 
+    def _param_names(self) -> list[str]:
+        """The kernel's parameter names but ``self``, in order (pypto's ``JITFunction
+        ._param_names``: mtp ``decode_fwd_mtp.py`` orders its specs by it)."""
+        return [p for p in inspect.signature(self.__wrapped__).parameters if p != "self"]
+
     def _annotations(self) -> list[tuple[str, Any]]:
         if self._params is None:
             try:
