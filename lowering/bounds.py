@@ -677,6 +677,13 @@ def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapp
     if stage == "k_idx_proj":
         x = ins["normed"] if cfg.index_input == "normed" else ins["hidden_states"]
         return {"k_idx": _v32_proj(x, raw["wk_idx"], cfg, acc)}
+    if stage == "idx_hadamard":
+        q = ins["q_idx_rope"]
+        b = q.shape[0]
+        qh = _v32_proj(q.reshape(b * cfg.index_heads, cfg.index_head_dim), raw["hadamard_q"],
+                       cfg, acc)
+        return {"q_idx_h": qh.reshape(b, -1),
+                "k_idx_h": _v32_proj(ins["k_idx_rope"], raw["hadamard_k"], cfg, acc)}
     if stage == "k_idx_cache_write":
         sl = np.asarray(raw["seq_lens"]).astype(np.int64)
         rows = np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
@@ -687,8 +694,8 @@ def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapp
 #: the V3.2 stages of scopes 2-4 whose interval formulas are not written yet: a kernel's
 #: output there is judged bitwise on exact inputs where the stage is a copy (dispatch), else
 #: by the pypto-lib ratio preset, and the report says why
-V32_UNBOUNDED = {"k_idx_layernorm", "idx_rope", "idx_hadamard", "idx_weights", "index_score",
-                 "index_topk", "q_nope_latent", "sparse_attn", "v_proj", "dispatch"}
+V32_UNBOUNDED = {"k_idx_layernorm", "idx_rope", "idx_weights", "index_score", "index_topk",
+                 "q_nope_latent", "sparse_attn", "v_proj", "dispatch"}
 
 
 # -- V4 ------------------------------------------------------------------------------------------
@@ -819,10 +826,10 @@ CHUNK_FIELD = {
     "input_rmsnorm": "k", "q_lora_proj": "k", "q_lora_rmsnorm": "k", "q_head_proj": "k",
     "kv_a_proj": "k", "kv_rmsnorm": "k", "attn_norm": "chunk", "qr_proj_matmul": "k",
     "qr_rms": "chunk", "q_head_rms_rope": "chunk", "kv_proj_matmul": "k",
-    "kv_rms_rope": "chunk", "q_idx_proj": "k", "k_idx_proj": "k",
+    "kv_rms_rope": "chunk", "q_idx_proj": "k", "k_idx_proj": "k", "idx_hadamard": "k",
 }
 DOT_STAGES = {"q_lora_proj", "q_head_proj", "kv_a_proj", "qr_proj_matmul", "kv_proj_matmul",
-              "q_idx_proj", "k_idx_proj"}
+              "q_idx_proj", "k_idx_proj", "idx_hadamard"}
 
 #: the variant values whose semantics the interval formulas above implement
 MODELLED: dict[str, tuple[Any, ...]] = {

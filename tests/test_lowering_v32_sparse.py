@@ -9,13 +9,14 @@ import pytest
 import dsref
 import lowering
 from lowering.kernels.v32 import dispatch as dsp
+from lowering.kernels.v32 import idx_hadamard as ih
 from lowering.kernels.v32 import k_idx_proj as kip
 from lowering.report import FAIL, PASS, REFERENCE
 from lowering.tile import pl
 
 V32 = "v32.decode_front"
-NO_KERNEL = {"k_idx_layernorm", "idx_rope", "idx_hadamard", "idx_weights", "index_score",
-             "index_topk", "q_nope_latent", "sparse_attn", "v_proj"}
+NO_KERNEL = {"k_idx_layernorm", "idx_rope", "idx_weights", "index_score", "index_topk",
+             "q_nope_latent", "sparse_attn", "v_proj"}
 
 
 def _inputs(semantics: str | None, batch: int = 5, seed: int = 0):
@@ -34,6 +35,8 @@ def test_fused_front_kernels_pass_and_the_rest_is_reference(semantics):
     outs = {o.name: o for r in rep.regions for o in r.outputs}
     assert outs["k_cache_idx"].preset == "exact" and outs["dispatch_buf"].preset == "exact"
     assert outs["q_idx"].preset == "bound" and outs["k_idx"].preset == "bound"
+    # one matmul per head over the whole ID: the reference's order, so the bits
+    assert outs["q_idx_h"].max_ulp == 0 and outs["k_idx_h"].max_ulp == 0
 
 
 def test_dispatch_ignoring_the_layer_writes_slots_it_does_not_own(monkeypatch):
@@ -66,3 +69,20 @@ def test_k_idx_proj_on_the_wrong_input_fails_its_bound(monkeypatch):
     rep = lowering.diff(V32, cfg, ins)
     (k,) = rep.region("k_idx_proj").outputs
     assert rep.region("k_idx_proj").status == FAIL and k.outside > 5 * cfg.index_head_dim // 2
+
+
+def test_idx_hadamard_with_the_keys_matrix_for_the_queries_fails(monkeypatch):
+    """make_inputs gives both matrices the same Walsh-Hadamard matrix (what the official
+    rotate_activation applies), where such a swap is invisible; distinct matrices show it."""
+    cfg, ins = _inputs(None)
+    ins["hadamard_k"] = dsref.make_inputs(V32, cfg, batch=1, seed=9)["wq_b_idx"][:64, :64]
+    real = ih.idx_hadamard
+
+    def swapped(q_idx_rope, k_idx_rope, hadamard_q, hadamard_k, q_idx_h, k_idx_h, *, tiling):
+        real(q_idx_rope, k_idx_rope, hadamard_k, hadamard_k, q_idx_h, k_idx_h, tiling=tiling)
+
+    monkeypatch.setattr(ih, "idx_hadamard", swapped)
+    rep = lowering.diff(V32, cfg, ins)
+    q, k = rep.region("idx_hadamard").outputs
+    assert rep.region("idx_hadamard").status == FAIL and q.name == "q_idx_h" and not q.ok
+    assert k.ok and k.max_ulp == 0
