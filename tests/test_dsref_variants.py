@@ -89,6 +89,15 @@ def test_every_variant_is_covered():
     assert covered == {(m, k) for m, keys in MODEL_VARIANTS.items() for k in keys}
 
 
+def _same_program(st, cfg, var, args) -> bool:
+    """Whether ``st`` traces to the same jaxpr under both configs (tracing costs a fraction
+    of compiling: a stage that reads a variant STAGE_VARIANTS does not list for it traces
+    differently, runs, and shows in the checks below)."""
+    with x64():
+        a, b = (str(jax.make_jaxpr(lambda *xs, c=c: st.fn(*xs, cfg=c))(*args)) for c in (cfg, var))
+    return a == b
+
+
 @pytest.mark.parametrize("model,key,value", list(EXPECTED), ids=str)
 def test_variant_moves_only_its_stages(envs, model, key, value):
     must, may = EXPECTED[(model, key, value)]
@@ -98,6 +107,8 @@ def test_variant_moves_only_its_stages(envs, model, key, value):
     for stage in MODELS[model].stages:
         st = STAGES[stage]
         args = [env[a] for a in st.inputs]
+        if key not in STAGE_VARIANTS[stage] and _same_program(st, cfg, var, args):
+            continue  # the variant leaves the stage's program as it was: the same bits
         base = dsref.run_stage(stage, cfg, *args)
         moved = dsref.run_stage(stage, var, *args)
         if any(_differs(a, b) for a, b in zip(base, moved, strict=True)):
