@@ -182,16 +182,25 @@ def make_inputs(
 RUN_MEMORY_FACTOR = 4
 
 
-def available_memory() -> int | None:
-    """Bytes this machine can still give (``MemAvailable``), None where unknown."""
+def meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (``MemTotal``, ``MemAvailable``, ``SwapTotal``, ...); empty
+    where there is none."""
+    out = {}
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+                key, _, rest = line.partition(":")
+                words = rest.split()
+                if words and words[0].isdigit():
+                    out[key] = int(words[0]) * (1024 if words[1:] == ["kB"] else 1)
+    except OSError:
         pass
-    return None
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give (``MemAvailable``), None where unknown."""
+    return meminfo().get("MemAvailable")
 
 
 def _fits_in_memory(m, cfg: Config, batch: int, seq: int) -> None:

@@ -30,6 +30,7 @@ import functools
 import importlib
 import inspect
 import io
+import math
 import os
 import random
 import re
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 
 import dsref
+from dsref.inputs import meminfo
 from lowering import binding, pypto_compat
 from lowering.diff import OutputDiff, compare
 from lowering.pipeline import judge_observed
@@ -215,13 +217,8 @@ def _describe(e: BaseException, roots: tuple[str, ...]) -> str:
 def machine_memory() -> int:
     """Bytes this process can ever hold: physical memory plus swap, or less where an
     ``RLIMIT_DATA`` says so."""
-    kb = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("MemTotal", "SwapTotal"):
-                kb[key] = int(rest.split()[0])
-    total = (kb.get("MemTotal", 0) + kb.get("SwapTotal", 0)) * 1024 or \
+    m = meminfo()
+    total = m.get("MemTotal", 0) + m.get("SwapTotal", 0) or \
         os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
     return total if soft == resource.RLIM_INFINITY else min(total, soft)
@@ -231,11 +228,9 @@ def cap_memory() -> None:
     """Hold this process to :func:`machine_memory`: an allocation past it raises (torch's
     ``RuntimeError``, numpy's ``MemoryError``: CANNOT RUN, out of memory, file:line) instead of
     the machine thrashing until the kernel's OOM killer ends the run with no word."""
-    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
-    limit = machine_memory()
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    # machine_memory() is at most the soft limit, itself at most the hard one
+    resource.setrlimit(resource.RLIMIT_DATA,
+                       (machine_memory(), resource.getrlimit(resource.RLIMIT_DATA)[1]))
 
 
 def _gib(n: float) -> str:
@@ -249,10 +244,9 @@ def out_of_memory(e: BaseException) -> bool:
 
 
 def _oom_line(e: BaseException) -> str:
-    asked = re.search(r"allocate (\d+) bytes", str(e)) or \
-        re.search(r"allocate ([\d.]+ [KMGTPE]iB)", str(e))
-    what = "" if asked is None else (
-        f" asking for {_gib(int(asked[1]))}" if asked[1].isdigit() else f" asking for {asked[1]}")
+    # torch: "you tried to allocate 8589934592 bytes"; numpy: "Unable to allocate 8.00 GiB"
+    asked = re.search(r"allocate (?:(\d+) bytes|([\d.]+ [KMGTPE]iB))", str(e))
+    what = "" if asked is None else f" asking for {_gib(int(asked[1])) if asked[1] else asked[2]}"
     return f"out of memory{what} ({_gib(machine_memory())} on this machine)"
 
 
@@ -268,13 +262,7 @@ def _check_fits(specs: list) -> None:
 
 
 def _spec_bytes(spec: Any) -> int:
-    n = 1
-    for d in spec.shape:
-        n *= int(d)
-    itemsize = getattr(spec.dtype, "itemsize", None)
-    if itemsize is None:  # torch < 2.1
-        itemsize = _torch().empty(0, dtype=spec.dtype).element_size()
-    return n * itemsize
+    return math.prod(int(d) for d in spec.shape) * spec.dtype.itemsize  # a torch dtype
 
 
 #: exceptions that say the emulator (or its surroundings) lacks something, wherever raised

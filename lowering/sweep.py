@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsref.inputs import meminfo
 from lowering.harness import CANNOT_RUN, PHASE_MARK, environ
 from lowering.report import FAIL, PASS, make_console, table_wanted, write_json
 
@@ -141,12 +142,8 @@ def _forkserver() -> Any:
 
 def _meminfo() -> tuple[int, int] | None:
     """(MemAvailable, MemTotal) in bytes, from /proc/meminfo; None where there is none."""
-    try:
-        with open("/proc/meminfo") as f:
-            kv = dict(line.split(":", 1) for line in f)
-        return (int(kv["MemAvailable"].split()[0]) * 1024, int(kv["MemTotal"].split()[0]) * 1024)
-    except (OSError, KeyError, ValueError):
-        return None
+    m = meminfo()
+    return (m["MemAvailable"], m["MemTotal"]) if "MemAvailable" in m and "MemTotal" in m else None
 
 
 class Launcher:
