@@ -262,7 +262,7 @@ def _v32_sparse_inputs(cfg, rng, batch: int) -> dict[str, np.ndarray]:
         "wk_idx": _normal(rng, (d, idim), d**-0.5, BF16),
         "weights_proj": _normal(rng, (d, ih), d**-0.5, BF16).astype(np.float32),
         "k_norm_weight": _norm_weight(rng, (1, idim)),
-        "k_norm_bias": _bf16(_normal(rng, (1, idim), 0.1)).astype(np.float32),
+        "k_norm_bias": _normal(rng, (1, idim), 0.1, BF16).astype(np.float32),
         "hadamard_q": walsh_hadamard(idim), "hadamard_k": walsh_hadamard(idim),
         "layer_id_t": rng.integers(0, cfg.ep_nodes, 1).astype(np.int32),
         "w_q_nope_to_latent": _normal(rng, (h, cfg.nope, kl), cfg.nope**-0.5, BF16),

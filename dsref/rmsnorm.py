@@ -18,7 +18,11 @@ def inv_rms(v: jax.Array, *, eps: float, variance: str = "mean") -> jax.Array:
     ``variance="mean"``: ``sum(r32(v·v)) / N`` (true division); ``"mul_inv"``:
     ``sum · f32(1/N)``, what the kernels compute. The sum is exact, rounded once.
     """
-    var = mean_of(row_sum(r32(v * v)), v.shape[-1], variance)
+    return _inv_sqrt(mean_of(row_sum(r32(v * v)), v.shape[-1], variance), eps)
+
+
+def _inv_sqrt(var: jax.Array, eps: float) -> jax.Array:
+    """``1 / sqrt(var + eps)``: the add, the sqrt and the division each one fp32 rounding."""
     return div(1.0, sqrt(r32(var + float(np.float32(eps)))))
 
 
@@ -43,8 +47,7 @@ def layer_norm(x: jax.Array, w: jax.Array, b: jax.Array, *, eps: float, variance
     means divide (:func:`mean_of`)."""
     n = x.shape[-1]
     c = r32(x - mean_of(row_sum(x), n, variance))
-    var = mean_of(row_sum(r32(c * c)), n, variance)
-    inv = div(1.0, sqrt(r32(var + float(np.float32(eps)))))
+    inv = _inv_sqrt(mean_of(row_sum(r32(c * c)), n, variance), eps)
     return rbf16(r32(r32(r32(c * inv) * w) + b), cast)
 
 

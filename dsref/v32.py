@@ -130,6 +130,11 @@ def _cache_values(cache):
     return widen(cache)
 
 
+def _first(n: int, counts):
+    """``[B, n]`` bool: slot ``j`` of entry ``b`` is one of its first ``counts[b]``."""
+    return jnp.arange(n)[None, :] < counts[:, None]
+
+
 def _index_x(normed, hidden_states, cfg: V32Config):
     """The indexer's input: the RMSNorm output (ds32) or the raw hidden state (pypto-lib HEAD)."""
     return normed if cfg.index_input == "normed" else hidden_states
@@ -217,8 +222,7 @@ def index_score(q_idx_h, idx_weights, k_cache_idx, seq_lens, *, cfg: V32Config):
     else:
         q_red = rbf16(row_sum(r32(q * w).swapaxes(1, 2))[..., 0], cfg.cast)  # [B, ID]
         score = edot("bd,btd->bt", q_red, keys, cfg.accumulate)
-    live = jnp.arange(s)[None, :] < seq_lens[:, None]
-    return jnp.where(live, score, NO_SCORE).astype(jnp.float32)
+    return jnp.where(_first(s, seq_lens), score, NO_SCORE).astype(jnp.float32)
 
 
 @stage(MODEL, "topk_idx")
@@ -231,11 +235,10 @@ def index_topk(index_scores, seq_lens, *, cfg: V32Config):
     bits = jax.lax.bitcast_convert_type(jnp.asarray(index_scores, jnp.float32), jnp.int32)
     bits = jnp.where(bits == NO_INDEX, 0, bits).astype(jnp.int64)  # −0.0 → +0.0
     key = jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    live = jnp.arange(cfg.max_seq)[None, :] < seq_lens[:, None]
-    key = jnp.where(live, key, -(2**40))
+    key = jnp.where(_first(cfg.max_seq, seq_lens), key, -(2**40))
     order = jnp.argsort(-key, axis=-1, stable=True)[:, : cfg.index_topk].astype(jnp.int32)
     n = jnp.minimum(seq_lens, cfg.index_topk)
-    return jnp.where(jnp.arange(cfg.index_topk)[None, :] < n[:, None], order, NO_INDEX)
+    return jnp.where(_first(cfg.index_topk, n), order, NO_INDEX)
 
 
 @stage(MODEL, "q_latent")
@@ -267,7 +270,7 @@ def sparse_attn(q_latent, q_pe_out, topk_idx, seq_lens, kv_cache, pe_cache, *, c
     softmax rounded to bf16, ``bf16(sum_j(p_j · kv_j))``; ``attn_probs="exact"``: the exact
     softmax mean ``bf16(f32(sum_j(e_j · kv_j) / sum_j(e_j)))``, ``e_j = exp(s_j − max s)``."""
     b, s = q_latent.shape[0], cfg.max_seq
-    live = jnp.arange(cfg.index_topk)[None, :] < jnp.minimum(seq_lens, cfg.index_topk)[:, None]
+    live = _first(cfg.index_topk, jnp.minimum(seq_lens, cfg.index_topk))
     rows = jnp.arange(b)[:, None] * s + jnp.where(live, topk_idx, 0)
     kv = _cache_values(kv_cache)[rows]  # [B, TOPK, KL]
     pe = _cache_values(pe_cache)[rows]  # [B, TOPK, ROPE]
@@ -358,15 +361,15 @@ def output_specs(cfg: V32Config, batch: int, seq: int = 1) -> dict[str, TensorSp
 
 
 def owned(cfg: V32Config, name: str, inputs: dict) -> Any:
-    """What one decode step writes of an in/out tensor: the cache row ``b·MAX_SEQ + pos_b`` of
-    each entry, and ``dispatch_buf[(b + layer_id) % EP, b]``."""
-    if "seq_lens" not in inputs:
-        return None
-    b = np.arange(np.shape(inputs["seq_lens"])[0])
-    if name in ("kv_cache", "pe_cache", "k_cache_idx"):
-        return b * cfg.max_seq + np.asarray(inputs["seq_lens"], np.int64) - 1
-    if name == "dispatch_buf" and "layer_id_t" in inputs:
-        return ((b + int(np.asarray(inputs["layer_id_t"]).reshape(-1)[0])) % cfg.ep_nodes, b)
+    """What one decode step writes of an in/out tensor (None: not known from ``inputs``): the
+    cache row ``b·MAX_SEQ + pos_b`` of each entry (numpy's :func:`dsref.cache.decode_rows`),
+    and the (node, entry) slots ``dispatch_buf[(b + layer_id) % EP, b]``."""
+    if name in ("kv_cache", "pe_cache", "k_cache_idx") and "seq_lens" in inputs:
+        sl = np.asarray(inputs["seq_lens"], np.int64)
+        return np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
+    if name == "dispatch_buf" and {"layer_id_t", "dispatch_buf"} <= set(inputs):
+        b = np.arange(np.shape(inputs["dispatch_buf"])[1])
+        return (b + int(np.asarray(inputs["layer_id_t"]).reshape(-1)[0])) % cfg.ep_nodes, b
     return None
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from dsref.v32 import owned as v32_owned
 from lowering.backends import _rounding
 from lowering.tolerances import U32, U64, gamma
 
@@ -666,10 +667,9 @@ def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapp
         return {"kv_normed": rms_norm(ins["kv_a_out"][:, :cfg.kv_lora], ins["kv_norm_weight"],
                                       cfg, acc)}
     if stage == "decode_cache_write":
-        sl = np.asarray(raw["seq_lens"]).astype(np.int64)
-        rows = np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
-        pe = _v32_rotate(ins["kv_a_out"][:, cfg.kv_lora:], sl, raw["rope_cos"], raw["rope_sin"],
-                         cfg)
+        rows = v32_owned(cfg, "kv_cache", raw)
+        pe = _v32_rotate(ins["kv_a_out"][:, cfg.kv_lora:], raw["seq_lens"], raw["rope_cos"],
+                         raw["rope_sin"], cfg)
         return {"kv_cache": RowsIv(raw["kv_cache"], rows, ins["kv_normed"]),
                 "pe_cache": RowsIv(raw["pe_cache"], rows, pe)}
     if stage == "q_idx_proj":
@@ -685,8 +685,7 @@ def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapp
         return {"q_idx_h": qh.reshape(b, -1),
                 "k_idx_h": _v32_proj(ins["k_idx_rope"], raw["hadamard_k"], cfg, acc)}
     if stage == "k_idx_cache_write":
-        sl = np.asarray(raw["seq_lens"]).astype(np.int64)
-        rows = np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
+        rows = v32_owned(cfg, "k_cache_idx", raw)
         return {"k_cache_idx": RowsIv(raw["k_cache_idx"], rows, ins["k_idx_h"])}
     raise KeyError(stage)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dsref.v32 import owned
 from lowering.kernels.blocks import rope_rows
 from lowering.kernels.v32._shared import rotate_row, selects
 from lowering.kernels.v32._tiling import RopeTiling as Tiling
@@ -25,9 +26,7 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def owned_rows(cfg, inputs) -> dict[str, np.ndarray]:
-    sl = np.asarray(inputs["seq_lens"], np.int64)
-    rows = np.arange(sl.shape[0]) * cfg.max_seq + sl - 1
-    return {"kv_cache": rows, "pe_cache": rows}
+    return {n: owned(cfg, n, inputs) for n in ("kv_cache", "pe_cache")}
 
 
 def decode_cache_write(kv_normed, kv_a_out, seq_lens, rope_cos, rope_sin, kv_cache, pe_cache, *,

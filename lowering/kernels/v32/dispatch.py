@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsref.v32 import owned
 from lowering.tile import pl
 
 
@@ -26,9 +27,7 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def owned_rows(cfg, inputs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    b = np.arange(np.shape(inputs["attn_front"])[0])
-    layer = int(np.asarray(inputs["layer_id_t"]).reshape(-1)[0])
-    return {"dispatch_buf": ((b + layer) % cfg.ep_nodes, b)}  # (node, entry) slots
+    return {"dispatch_buf": owned(cfg, "dispatch_buf", inputs)}  # (node, entry) slots
 
 
 def dispatch(attn_front, layer_id_t, dispatch_buf, *, tiling: Tiling) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsref.v32 import owned
 from lowering.tile import pl
 
 
@@ -25,8 +26,7 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def owned_rows(cfg, inputs) -> dict[str, np.ndarray]:
-    sl = np.asarray(inputs["seq_lens"], np.int64)
-    return {"k_cache_idx": np.arange(sl.shape[0]) * cfg.max_seq + sl - 1}
+    return {"k_cache_idx": owned(cfg, "k_cache_idx", inputs)}
 
 
 def k_idx_cache_write(k_idx_h, seq_lens, k_cache_idx, *, tiling: Tiling) -> None:
