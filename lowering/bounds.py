@@ -35,7 +35,7 @@ Values are float64 arrays holding numbers on the fp32 (or a narrower) grid, as i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ml_dtypes
@@ -43,7 +43,7 @@ import numpy as np
 
 from dsref.v32 import owned as v32_owned
 from lowering.backends import _rounding
-from lowering.tolerances import U32, U64, gamma
+from lowering.tolerances import EXP_ULPS, U32, U64, gamma
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F8 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -153,12 +153,14 @@ class Iv:
 
 @dataclass
 class RowsIv:
-    """An output equal to ``base`` except on ``rows`` (axis 0), which lie in ``iv`` — a cache
-    with a few rows written (the rest of the 33M-element V3.2 cache is never copied)."""
+    """An output equal to ``base`` except on ``rows`` (axis 0; with ``lead`` = 2, flat indices
+    over the first two axes), which lie in ``iv`` — a cache with a few rows written (the rest
+    of the 33M-element V3.2 cache is never copied), dispatch_buf's (node, entry) slots."""
 
     base: np.ndarray
     rows: np.ndarray
     iv: Iv
+    lead: int = 1
 
 
 def point(x: Any) -> Iv:
@@ -687,14 +689,404 @@ def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapp
     if stage == "k_idx_cache_write":
         rows = v32_owned(cfg, "k_cache_idx", raw)
         return {"k_cache_idx": RowsIv(raw["k_cache_idx"], rows, ins["k_idx_h"])}
+    if stage in V32_SCOPE234:
+        return V32_SCOPE234[stage](cfg, ins, acc, raw)
     raise KeyError(stage)
 
 
-#: the V3.2 stages of scopes 2-4 whose interval formulas are not written yet: a kernel's
-#: output there is judged bitwise on exact inputs where the stage is a copy (dispatch), else
-#: by the pypto-lib ratio preset, and the report says why
-V32_UNBOUNDED = {"k_idx_layernorm", "idx_rope", "idx_weights", "index_score", "index_topk",
-                 "q_nope_latent", "sparse_attn", "v_proj", "dispatch"}
+
+
+# -- V3.2 scopes 2-4: the indexer, top-k and sparse attention --------------------------------------
+
+
+def _mag(x: Iv) -> np.ndarray:
+    return np.abs(x.lo) if x.is_point else np.maximum(np.abs(x.lo), np.abs(x.hi))
+
+
+def bmm(a: Iv, b: Iv, acc: Accum, exact_products: bool = True) -> Iv:
+    """The fp32 accumulator of the batched matmul ``a [..., M, K] @ b [..., K, N]`` over every
+    value ``a`` and ``b`` can take (the per-head and per-entry contractions of scopes 2-4).
+
+    Centre ``mid_a @ mid_b``, radius ``rad_a @ |mid_b| + (|mid_a| + rad_a) @ rad_b``; the sum
+    errs by ``γ_k·Σ|a_j·b_j|`` (k partials: K for ``any``, ⌈K / width⌉ for chunks, 1 for one
+    exactly rounded matmul or the reference). ``exact_products=False`` (an fp32 operand whose
+    products with bf16 need more than 24 bits; each rounded once by a ``pl.mul``): one more
+    rounding per term, ``γ_{K+1}`` in any order. Plus the float64 slack of our own GEMMs."""
+    n = a.shape[-1]
+    ma, ra = _split(a)
+    mb, rb = _split(b)
+    s = ma @ mb
+    r = None if ra is None else ra @ np.abs(mb)
+    if rb is not None:
+        rr = (np.abs(ma) if ra is None else np.abs(ma) + ra) @ rb
+        r = rr if r is None else r + rr
+    mag = _mag(a) @ _mag(b)
+    slack = gamma(n + 4, U64) * 4.0 * mag
+    if acc.kind == "reference":
+        k = 1
+    elif not exact_products:
+        k, acc = n + 1, ANY
+    elif acc.kind in ("chunks", "ordered"):
+        k = -(-n // min(acc.width, n))
+    else:
+        k = n
+    s_lo, s_hi = (s, s) if r is None else (s - r, s + r)
+    return _finish(s_lo, s_hi, k, mag, slack, Accum("any") if acc.kind == "ordered" else acc,
+                   None)
+
+
+def _rows(x: Any, rows: np.ndarray) -> Iv:
+    """Rows ``rows`` (axis 0) of a stored array, an interval or a cache with a few rows known
+    only within bounds (:class:`RowsIv`), as intervals (a bf16 cache carried as ``uint16``
+    words is read as bf16)."""
+    if isinstance(x, Iv):
+        return x[rows]
+    if not isinstance(x, RowsIv):
+        return Iv(_stored(np.asarray(x)[rows]))
+    lo = _stored(x.base[rows])
+    hi = lo.copy()
+    at = {int(r): i for i, r in enumerate(np.asarray(x.rows).reshape(-1))}
+    for j, r in enumerate(np.asarray(rows).reshape(-1).tolist()):
+        i = at.get(r)
+        if i is not None:
+            lo[j], hi[j] = x.iv.lo[i], x.iv.hi[i]
+    return Iv(lo) if x.iv.is_point else Iv(lo, hi)
+
+
+def _source(ins: Mapping[str, Iv], raw: Mapping, name: str) -> Any:
+    """An input as given (a stored array, a :class:`RowsIv` cache, a :class:`TopkSet`), or
+    its interval: a cache is read a few rows at a time, never widened whole."""
+    return raw[name] if name in raw else ins[name]
+
+
+def _stored(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return (x.view(BF16) if x.dtype == np.uint16 else x).astype(np.float64)
+
+
+def _acc_of(cfg: Any, acc: Accum) -> Accum:
+    """The reference's own order under ``accumulate="fp32"`` is unspecified: any order."""
+    return ANY if cfg.accumulate == "fp32" and acc.kind != "reference" else acc
+
+
+def _index_x(cfg: Any, ins: Mapping[str, Iv]) -> Iv:
+    return ins["normed"] if cfg.index_input == "normed" else ins["hidden_states"]
+
+
+def _mean_of(s: Iv, n: int, variance: str) -> Iv:
+    if variance == "mean":
+        return div(s, float(n))
+    if variance == "mul_inv":
+        return mul(s, float(np.float32(1.0 / n)))
+    raise Unmodelled(f"variance={variance!r}")
+
+
+def _k_idx_layernorm(cfg, ins, acc, raw):
+    """dsref.rmsnorm.layer_norm: mean, centre, biased variance, ``1 / sqrt(var + eps)``,
+    weight, bias, bf16 — each fp32 op one rounding, both sums per ``acc``."""
+    x, n = ins["k_idx"], ins["k_idx"].shape[-1]
+    c = sub(x, _mean_of(fsum(x, acc), n, cfg.variance))
+    var = _mean_of(fsum(square(c), acc), n, cfg.variance)
+    inv = div(1.0, sqrt(add(var, float(np.float32(cfg.eps)))))
+    y = add(mul(mul(c, inv), ins["k_norm_weight"]), ins["k_norm_bias"])
+    return {"k_idx_normed": rbf16(y, cfg.cast)}
+
+
+def _idx_rope(cfg, ins, acc, raw):
+    """RoPE (half layout) of the first ROPE dims of every index head and of k: bitwise."""
+    q, k, r = ins["q_idx"], ins["k_idx_normed"], cfg.rope
+    b = q.shape[0]
+    q3 = q.reshape(b, cfg.index_heads, cfg.index_head_dim)
+    half = replace(cfg, rope_layout="half")
+    qp = _v32_rotate(q3[..., :r], raw["seq_lens"], raw["rope_cos"], raw["rope_sin"], half)
+    kp = _v32_rotate(k[:, :r], raw["seq_lens"], raw["rope_cos"], raw["rope_sin"], half)
+    return {"q_idx_rope": concat([qp, q3[..., r:]]).reshape(b, -1),
+            "k_idx_rope": concat([kp, k[:, r:]])}
+
+
+def _idx_weights(cfg, ins, acc, raw):
+    """dsref.v32.idx_weights: ``x @ bf16(Wp)`` then the head scales (bf16 chain or one fp32
+    factor)."""
+    wp = np.asarray(raw["weights_proj"]).astype(np.float32)
+    wp = _narrow(wp, BF16, _MODES[cfg.cast]).astype(BF16)
+    y = dot(_index_x(cfg, ins), wp, _acc_of(cfg, acc))
+    ih, d = cfg.index_heads, cfg.index_head_dim
+    if cfg.index_weights == "fp32":
+        return {"idx_weights": mul(y, float(np.float32(ih ** -0.5 * d ** -0.5)))}
+    if cfg.index_weights != "bf16":
+        raise Unmodelled(f"index_weights={cfg.index_weights!r}")
+    w = rbf16(mul(rbf16(y, cfg.cast), float(np.float32(ih ** -0.5))), cfg.cast)
+    return {"idx_weights": mul(w, float(np.float32(d ** -0.5)))}
+
+
+def _keys(cfg: Any, cache: Any, batch: int) -> Iv:
+    """Every cache row ``b·MAX_SEQ + t`` of each entry, ``[B, MAX_SEQ, ID]``."""
+    return _rows(cache, np.arange(batch * cfg.max_seq)).reshape(batch, cfg.max_seq, -1)
+
+
+def _index_score(cfg, ins, acc, raw):
+    """dsref.v32.index_score in intervals: ``relu`` per-head logits, ReLU, × w, summed over
+    heads; ``reduce_q`` one bf16 query ``Σ_h q_h·w_h``, then ``q_red @ k_t``. Every reduction
+    in any order (the kernel's head and ID sums are two orders one tiling field cannot name)."""
+    from dsref.v32 import NO_SCORE
+
+    acc = ANY if acc.kind != "reference" else acc
+    q, w = ins["q_idx_h"], ins["idx_weights"]
+    b, d = q.shape[0], cfg.index_head_dim
+    keys = _keys(cfg, _source(ins, raw, "k_cache_idx"), b)
+    kt = keys.map(lambda a: a.swapaxes(1, 2))  # [B, ID, S]
+    q3 = q.reshape(b, cfg.index_heads, d)
+    w3 = w.reshape(b, cfg.index_heads, 1)
+    if cfg.index_score == "relu":
+        logits = maximum(bmm(q3, kt, acc), 0.0)  # [B, IH, S]
+        score = fsum(mul(logits, w3).map(lambda a: a.swapaxes(1, 2)), acc)[..., 0]
+    elif cfg.index_score == "reduce_q":
+        q_red = rbf16(fsum(mul(q3, w3).map(lambda a: a.swapaxes(1, 2)), acc), cfg.cast)
+        score = bmm(q_red.reshape(b, 1, d), kt, acc)[:, 0, :]
+    else:
+        raise Unmodelled(f"index_score={cfg.index_score!r}")
+    live = np.arange(cfg.max_seq)[None, :] < np.asarray(raw["seq_lens"])[:, None]
+    return {"index_scores": score.map(lambda a: np.where(live, a, NO_SCORE))}
+
+
+@dataclass
+class TopkSet:
+    """The top-k selections a kernel may legitimately make (``index_topk``'s bound): per entry
+    ``b``, ``n_b = min(TOPK, ctx_b)`` distinct positions ``t < ctx_b`` in any order, then
+    ``NO_INDEX`` in the later slots, such that some scores inside their intervals
+    ``[lo_t, hi_t]`` rank them first — ``min hi`` over the chosen ``≥ max lo`` over the rest.
+    Ties and scores within rounding of the k-th are not decided: another of two equal scores
+    is as right."""
+
+    lo: np.ndarray  # [B, S] (past the context: never chosen)
+    hi: np.ndarray
+    ctx: np.ndarray  # [B]
+    slots: int  # TOPK
+
+    @property
+    def n(self) -> np.ndarray:
+        return np.minimum(self.ctx, self.slots)
+
+    def problems(self, got: np.ndarray) -> list[tuple[int, int, str]]:
+        """``(b, slot, why)`` for every entry whose selection no score inside the bounds
+        gives (empty: a legitimate top-k)."""
+        from dsref.v32 import NO_INDEX
+
+        out = []
+        got = np.asarray(got).astype(np.int64)
+        for b in range(got.shape[0]):
+            n, ctx = int(self.n[b]), int(self.ctx[b])
+            row, tail = got[b, :n], got[b, n:]
+            if (tail != NO_INDEX).any():
+                out.append((b, n + int(np.flatnonzero(tail != NO_INDEX)[0]),
+                            f"a slot past the first {n} holds {int(tail[tail != NO_INDEX][0])}, "
+                            "not NO_INDEX"))
+                continue
+            bad = np.flatnonzero((row < 0) | (row >= ctx))
+            if bad.size:
+                out.append((b, int(bad[0]), f"position {int(row[bad[0]])} outside the context "
+                                            f"[0, {ctx})"))
+                continue
+            _, first = np.unique(row, return_index=True)
+            if first.size < n:
+                dup = sorted(set(range(n)) - set(first.tolist()))[0]
+                out.append((b, dup, f"position {int(row[dup])} chosen twice"))
+                continue
+            rest = np.setdiff1d(np.arange(ctx), row)
+            if rest.size:
+                j = int(np.argmin(self.hi[b, row]))
+                t = int(rest[np.argmax(self.lo[b, rest])])
+                if self.hi[b, row[j]] < self.lo[b, t]:
+                    out.append((b, j, f"position {int(row[j])} (score ≤ {self.hi[b, row[j]]:.9g}) "
+                                      f"chosen over {t} (score ≥ {self.lo[b, t]:.9g})"))
+        return out
+
+    def split(self, b: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Entry ``b``'s positions every allowed selection holds (``sure``), those some allowed
+        selection holds (``maybe``), and how many of the latter a selection takes."""
+        n, ctx = int(self.n[b]), int(self.ctx[b])
+        if n >= ctx:
+            return np.arange(ctx), np.arange(0), 0
+        lo, hi = self.lo[b, :ctx], self.hi[b, :ctx]
+        lo_s, hi_s = np.sort(lo)[::-1], np.sort(hi)[::-1]
+        # the n-th largest lo (hi) among the others: the (n+1)-th overall when t is in the top n
+        lo_n = np.where(lo >= lo_s[n - 1], lo_s[n], lo_s[n - 1])
+        hi_n = np.where(hi >= hi_s[n - 1], hi_s[n], hi_s[n - 1])
+        sure = np.flatnonzero(lo > hi_n)
+        maybe = np.setdiff1d(np.flatnonzero(hi >= lo_n), sure)
+        need = n - sure.size
+        if need == maybe.size:
+            return np.sort(np.concatenate([sure, maybe])), np.arange(0), 0
+        return sure, maybe, need
+
+
+def _index_topk(cfg, ins, acc, raw):
+    s = ins["index_scores"]
+    return {"topk_idx": TopkSet(s.lo, s.hi, np.asarray(raw["seq_lens"]).astype(np.int64),
+                                cfg.index_topk)}
+
+
+def _q_nope_latent(cfg, ins, acc, raw):
+    """Per head ``q_nope_h @ w_q_nope_to_latent[h]``, bf16 (``q_latent="bf16"``) or fp32."""
+    q = ins["q_nope_out"]
+    b = q.shape[0]
+    qh = q.reshape(b, cfg.heads, cfg.nope).map(lambda a: a.swapaxes(0, 1))  # [H, B, NOPE]
+    lat = bmm(qh, point(raw["w_q_nope_to_latent"]), _acc_of(cfg, acc))  # [H, B, KL]
+    if cfg.q_latent == "bf16":
+        lat = rbf16(lat, cfg.cast)
+    elif cfg.q_latent != "fp32":
+        raise Unmodelled(f"q_latent={cfg.q_latent!r}")
+    return {"q_latent": lat.map(lambda a: a.swapaxes(0, 1).reshape(b, -1))}
+
+
+def _softmax_weights(sc: Iv, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unnormalised softmax weights a kernel may compute from scores ``sc [..., n]``, up to
+    one common factor: ``[lo, hi]`` around ``exp(s − M)``, ``M`` the largest upper end.
+
+    A kernel computes ``exp(fl(s_j − m))`` with ``m`` its running (or final) maximum: ``EXP_ULPS``
+    for the exp, the subtraction's rounding ``u·|s_j − m|``; online, each of up to ``steps − 1``
+    rescales multiplies the earlier weights by one more exp (of ``fl(m_old − m_new)``, these
+    arguments summing to at most the score span) and one more rounding. Underflow: ±2⁻¹²⁶.
+    ``steps=0``: dsref's own float64 exp (the zero-slack model)."""
+    top = np.max(sc.hi, axis=-1, keepdims=True)
+    if steps == 0:
+        kappa, tiny = 8 * U64, 0.0
+    else:
+        span = top - np.min(sc.lo, axis=-1, keepdims=True)
+        arg = (top - sc.lo) + (span if steps > 1 else 0.0)
+        kappa = np.expm1(steps * (np.log1p(EXP_ULPS * 2.0**-23) + np.log1p(U32)) + U32 * arg)
+        kappa, tiny = kappa + 8 * U64, 2.0**-126
+    w_lo = np.maximum(np.exp(sc.lo - top) * (1 - kappa) - tiny, 0.0)
+    return w_lo, np.exp(sc.hi - top) * (1 + kappa) + tiny
+
+
+def _quotient(n_lo: np.ndarray, n_hi: np.ndarray, d_lo: np.ndarray, d_hi: np.ndarray) -> Iv:
+    """``fl(n / d)`` for every ``n`` in ``[n_lo, n_hi]``, ``d`` in ``[d_lo, d_hi]`` (``d > 0``):
+    the extreme float64 quotients, nudged outward by their own rounding, then RNE to fp32."""
+    if not (d_lo > 0).all():
+        raise Unmodelled("sparse_attn: the score bounds leave the softmax sum unbounded below")
+    q = np.stack([n_lo / d_lo, n_lo / d_hi, n_hi / d_lo, n_hi / d_hi])
+    nudge = 4 * U64 * np.max(np.abs(q), axis=0)
+    return Iv(_r32(np.min(q, axis=0) - nudge), _r32(np.max(q, axis=0) + nudge))
+
+
+def _pick_sums(lo: np.ndarray, hi: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
+    """Over any ``need`` of the terms along axis −2 (rows a selection may or may not hold): the
+    smallest sum of their low ends and the largest of their high ends."""
+    if lo.shape[-2] == 0:
+        return np.zeros(lo.shape[:-2] + lo.shape[-1:]), np.zeros(hi.shape[:-2] + hi.shape[-1:])
+    k = lo.shape[-2]
+    return (np.sort(lo, axis=-2)[..., :need, :].sum(-2),
+            np.sort(hi, axis=-2)[..., k - need:, :].sum(-2))
+
+
+def _weighted(w_lo: np.ndarray, w_hi: np.ndarray, v: Iv, sure: int, need: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``Σ_j w_j·v_j`` over the ``sure`` first rows and any ``need`` of the rest, for every
+    ``w_j`` in ``[w_lo, w_hi]`` (``w >= 0``) and ``v_j`` in ``v``: ``(lo, hi, Σ|w·v|)`` in
+    float64 (exact sums; the caller adds the fp32 error)."""
+    vm, vr = _split(v)
+    va = _mag(v)
+    wm, wr = 0.5 * (w_lo[..., :sure] + w_hi[..., :sure]), 0.5 * (w_hi[..., :sure] - w_lo[..., :sure])
+    c = wm @ vm[:sure]
+    r = wr @ np.abs(vm[:sure]) + (0.0 if vr is None else w_hi[..., :sure] @ vr[:sure])
+    v_lo, v_hi = v.lo[sure:], v.hi[sure:]
+    a, b = w_lo[..., sure:, None], w_hi[..., sure:, None]
+    t_lo = np.minimum(a * v_lo, b * v_lo)  # w >= 0: the low end of w·v at w_lo or w_hi
+    t_hi = np.maximum(a * v_hi, b * v_hi)
+    p_lo, p_hi = _pick_sums(t_lo, t_hi, need)
+    mag = w_hi @ va
+    return c - r + p_lo, c + r + p_hi, mag
+
+
+def _attend(cfg: Any, ql: Iv, qp: Iv, kv: Iv, pe: Iv, acc: Accum, sure: int, need: int) -> Iv:
+    """Sparse attention of one entry's heads ``ql [H, KL]``, ``qp [H, R]`` over cache rows
+    ``kv [n, KL]``, ``pe [n, R]`` — the first ``sure`` selected, and any ``need`` of the rest
+    (a top-k known only within bounds) — to bf16 ``[H, KL]`` (dsref.v32.sparse_attn, bounded).
+
+    ``attn_probs="bf16"``: ``p_j = bf16(fl(e_j / Σe))`` from the weights' bounds and the sum's,
+    then ``Σ p_j·kv_j`` per ``acc``. ``"exact"``: ``Σ_j w_j·kv_j / Σ_j w_j`` over weights in
+    their bounds (online: rescaled up to n times), each fp32 sum within ``γ_{2n+4}`` of its
+    magnitude (a product, an add and a rescale per step), then the division and bf16."""
+    from dsref.v32 import attn_scale
+
+    ref = acc.kind == "reference"
+    s_nope = bmm(ql, kv.map(lambda a: a.T), acc, exact_products=cfg.q_latent == "bf16")
+    s_pe = bmm(qp, pe.map(lambda a: a.T), acc)
+    sc = mul(add(s_nope, s_pe), float(attn_scale(cfg)))  # [H, rows]
+    n = sure + need
+    g = n * U64 if ref else gamma(2 * n + 4)  # the sums: dsref's float64, or a kernel's fp32
+    if cfg.attn_probs not in ("bf16", "exact"):
+        raise Unmodelled(f"attn_probs={cfg.attn_probs!r}")
+    w_lo, w_hi = _softmax_weights(sc, 0 if ref else (1 if cfg.attn_probs == "bf16" else n))
+    d_lo, d_hi = _pick_sums(w_lo[..., None], w_hi[..., None], need)
+    den_lo = (np.sum(w_lo[..., :sure], -1, keepdims=True) + d_lo) * (1 - g)
+    den_hi = (np.sum(w_hi[..., :sure], -1, keepdims=True) + d_hi) * (1 + g)
+    if cfg.attn_probs == "bf16":
+        p = rbf16(_quotient(w_lo, w_hi, den_lo, den_hi), cfg.cast)
+        s_lo, s_hi, mag = _weighted(p.lo, p.hi, kv, sure, need)
+        k = 1 if ref else (-(-n // min(acc.width, n)) if acc.kind in ("chunks", "ordered") else n)
+        out = _finish(s_lo, s_hi, max(k, 1), mag, gamma(n + 4, U64) * 4.0 * mag,
+                      Accum("any") if acc.kind == "ordered" else acc, None)
+        return rbf16(out, cfg.cast)
+    n_lo, n_hi, mag = _weighted(w_lo, w_hi, kv, sure, need)
+    slack = (g + 4 * n * U64) * mag
+    return rbf16(_quotient(n_lo - slack, n_hi + slack, den_lo, den_hi), cfg.cast)
+
+
+def _sparse_attn(cfg, ins, acc, raw):
+    """dsref.v32.sparse_attn, per entry over its selected rows; when the top-k is known only
+    within bounds (a :class:`TopkSet`), over every selection it allows."""
+    acc = _acc_of(cfg, acc)
+    ql, qp = ins["q_latent"], ins["q_pe_out"]
+    b, h = ql.shape[0], cfg.heads
+    sel = _source(ins, raw, "topk_idx")
+    ctx = np.asarray(raw["seq_lens"]).astype(np.int64)
+    kv_src, pe_src = _source(ins, raw, "kv_cache"), _source(ins, raw, "pe_cache")
+    lo = np.empty((b, h, cfg.kv_lora))
+    hi = np.empty_like(lo)
+    for i in range(b):
+        if isinstance(sel, TopkSet):
+            sure, maybe, need = sel.split(i)
+            if maybe.size > MAYBE_ROWS:
+                raise Unmodelled(f"entry {i}: {maybe.size} cache rows may or may not be in the "
+                                 f"top-k within the score bounds (the bound takes {MAYBE_ROWS})")
+        else:
+            sure = np.asarray(sel)[i, :int(min(cfg.index_topk, ctx[i]))].astype(np.int64)
+            maybe, need = np.arange(0), 0
+        rows = i * cfg.max_seq + np.concatenate([sure, maybe])
+        y = _attend(cfg, ql[i].reshape(h, cfg.kv_lora), qp[i].reshape(h, cfg.rope),
+                    _rows(kv_src, rows), _rows(pe_src, rows), acc, sure.size, need)
+        lo[i], hi[i] = y.lo, y.hi
+    return {"ctx_latent": Iv(lo.reshape(b, -1), hi.reshape(b, -1))}
+
+
+#: the most uncertain top-k rows an entry's sparse-attention bound takes (memory: H × rows × KL)
+MAYBE_ROWS = 256
+
+
+def _v_proj(cfg, ins, acc, raw):
+    """Per head ``bf16(ctx_h @ w_latent_to_v[h])``."""
+    c = ins["ctx_latent"]
+    b = c.shape[0]
+    ch = c.reshape(b, cfg.heads, cfg.kv_lora).map(lambda a: a.swapaxes(0, 1))
+    v = rbf16(bmm(ch, point(raw["w_latent_to_v"]), _acc_of(cfg, acc)), cfg.cast)
+    return {"attn_front": v.map(lambda a: a.swapaxes(0, 1).reshape(b, -1))}
+
+
+def _dispatch(cfg, ins, acc, raw):
+    """``dispatch_buf[(b + layer) % EP, b] = attn_front[b]``: the slots as rows of the
+    ``[EP·B, H·V]`` view."""
+    node, b = v32_owned(cfg, "dispatch_buf", raw)
+    nb = np.shape(raw["dispatch_buf"])[1]
+    return {"dispatch_buf": RowsIv(raw["dispatch_buf"], node * nb + b, ins["attn_front"], lead=2)}
+
+
+V32_SCOPE234: dict[str, Callable] = {
+    "k_idx_layernorm": _k_idx_layernorm, "idx_rope": _idx_rope, "idx_weights": _idx_weights,
+    "index_score": _index_score, "index_topk": _index_topk, "q_nope_latent": _q_nope_latent,
+    "sparse_attn": _sparse_attn, "v_proj": _v_proj, "dispatch": _dispatch,
+}
 
 
 # -- V4 ------------------------------------------------------------------------------------------
@@ -817,7 +1209,7 @@ MODELS = {"v32.decode_front": v32_stage, "v4.qkv_proj_rope": v4_stage}
 
 #: stages with no reduction whose order a kernel chooses: bitwise for exact inputs
 EXACT_STAGES = {"q_rope", "decode_cache_write", "qr_quant", "qproj_matmul", "k_idx_cache_write",
-                "dispatch"}
+                "idx_rope", "dispatch"}
 
 #: the tiling field that gives the width of a stage's exactly rounded partials (the K chunk of
 #: a projection, the column chunk of an RMSNorm's Σx²) in the kernels of lowering/kernels
@@ -826,6 +1218,7 @@ CHUNK_FIELD = {
     "kv_a_proj": "k", "kv_rmsnorm": "k", "attn_norm": "chunk", "qr_proj_matmul": "k",
     "qr_rms": "chunk", "q_head_rms_rope": "chunk", "kv_proj_matmul": "k",
     "kv_rms_rope": "chunk", "q_idx_proj": "k", "k_idx_proj": "k", "idx_hadamard": "k",
+    "k_idx_layernorm": "k", "idx_weights": "k", "q_nope_latent": "k", "v_proj": "k",
 }
 DOT_STAGES = {"q_lora_proj", "q_head_proj", "kv_a_proj", "qr_proj_matmul", "kv_proj_matmul",
               "q_idx_proj", "k_idx_proj", "idx_hadamard"}
@@ -838,7 +1231,9 @@ MODELLED: dict[str, tuple[Any, ...]] = {
     "rope_table": ("pair", "element"), "q_norm_input": ("bf16", "fp32"),
     "proj_out": ("fp32", "bf16"), "q_head_norm": ("fp32", "bf16"), "kv_nope_fp8": (False, True),
     "rope_table_dtype": ("bf16", "fp32"), "qr_scale_form": ("div", "mul_recip"),
-    "index_input": ("normed", "hidden"),
+    "index_input": ("normed", "hidden"), "index_score": ("relu", "reduce_q"),
+    "index_weights": ("bf16", "fp32"), "q_latent": ("bf16", "fp32"),
+    "attn_scale": ("yarn", "plain"), "attn_probs": ("bf16", "exact"),
 }
 
 
@@ -880,10 +1275,9 @@ def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], ac
     from dsref.model import STAGES, get_model
 
     st = STAGES[stage]
-    exact_inputs = not any(isinstance(v, Iv) and not v.is_point for v in inputs.values())
-    if stage in V32_UNBOUNDED and not (stage in EXACT_STAGES and exact_inputs):
-        raise Unmodelled(f"{stage}: no bound model yet for the V3.2 indexer, top-k and sparse "
-                         "attention")
+    exact_inputs = not any((isinstance(v, Iv) and not v.is_point)
+                           or (isinstance(v, RowsIv) and not v.iv.is_point)
+                           or isinstance(v, TopkSet) for v in inputs.values())
     check_modelled(stage, cfg)
     if stage in EXACT_STAGES and not compute_exact and exact_inputs:
         return {n: None for n in st.outputs}
@@ -902,7 +1296,9 @@ def stage_bounds(model: str, stage: str, cfg: Any, inputs: Mapping[str, Any], ac
     return {n: out[n] for n in st.outputs}
 
 
-def _with_envelope(b: Iv | RowsIv, env: Iv | RowsIv) -> None:
+def _with_envelope(b: Iv | RowsIv | TopkSet, env: Iv | RowsIv | TopkSet) -> None:
+    if isinstance(b, TopkSet):
+        return  # a set: no order to pin
     if isinstance(b, RowsIv):
         b.iv.envelope = env.iv
     else:

@@ -16,7 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from dsref.explore import ulps as ulp_distance
-from lowering.bounds import Iv, RowsIv
+from lowering.bounds import Iv, RowsIv, TopkSet
 from lowering.tolerances import DEFAULT_TOLERANCE, Preset, check_tolerance, preset_for
 
 FIRST_N = 8  # mismatching indices listed per output
@@ -117,7 +117,8 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, preset: Preset) -> Out
     )
 
 
-def judge(name: str, got: np.ndarray, want: np.ndarray, bound: Iv | RowsIv | None | str, *,
+def judge(name: str, got: np.ndarray, want: np.ndarray,
+          bound: Iv | RowsIv | TopkSet | None | str, *,
           tolerance: str = DEFAULT_TOLERANCE, pure: np.ndarray | None = None,
           accumulation: str = "", preset: Preset | None = None) -> OutputDiff:
     """The verdict on ``got`` given ``want`` (the reference stage on the inputs the kernel
@@ -138,6 +139,8 @@ def judge(name: str, got: np.ndarray, want: np.ndarray, bound: Iv | RowsIv | Non
     if isinstance(bound, str):
         d.note = f"no bound model ({bound}): judged by the pypto-lib ratio preset"
         return d
+    if isinstance(bound, TopkSet):
+        return _judge_set(d, name, got, want, bound, tolerance)
     fig = _bound_figures(name, got, want, bound)
     d.bound_ratio, d.outside, d.pinned, d.max_width_ulp = fig["ratio"], fig["outside"], \
         fig["pinned"], fig["width"]
@@ -156,6 +159,27 @@ def judge(name: str, got: np.ndarray, want: np.ndarray, bound: Iv | RowsIv | Non
     d.message = "; ".join(reasons)
     if fig["bad"].size:
         d.first_mismatches = _unravel(fig["bad"][:FIRST_N], want.shape)
+    return d
+
+
+def _judge_set(d: OutputDiff, name: str, got: np.ndarray, want: np.ndarray, bound: TopkSet,
+               tolerance: str) -> OutputDiff:
+    """A top-k judged as a set (:class:`lowering.bounds.TopkSet`): each entry's positions, in
+    any order, must be a top-k of some scores inside their bounds."""
+    own = bound.problems(want)
+    if own:
+        b, slot, why = own[0]
+        raise BoundModelError(f"{name}: the reference's entry {b} (slot {slot}) is not a top-k "
+                              f"of its own score bounds: {why}")
+    bad = bound.problems(got)
+    d.outside, d.bound_ratio = len(bad), None
+    if tolerance == "pypto-lib":
+        return d
+    d.preset, d.ok = "set", not bad
+    d.first_mismatches = [(b, slot) for b, slot, _ in bad[:FIRST_N]]
+    d.message = "" if not bad else (
+        f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'} not a top-{bound.slots} of their "
+        f"scores (first: entry {bad[0][0]}, slot {bad[0][1]}: {bad[0][2]})")
     return d
 
 
@@ -191,13 +215,14 @@ def _bound_figures(name: str, got: np.ndarray, want: np.ndarray, bound: Iv | Row
         pinned = float(np.mean(blo == bhi)) if blo.size else 1.0
         width = _width(blo, bhi, want.dtype)
     elif isinstance(bound, RowsIv):
-        row_len = int(np.prod(want.shape[1:], dtype=np.int64))
-        where = np.full(want.shape[0], -1, np.int64)
+        lead, tail = want.shape[:bound.lead], want.shape[bound.lead:]
+        row_len = int(np.prod(tail, dtype=np.int64))
+        where = np.full(int(np.prod(lead, dtype=np.int64)), -1, np.int64)
         where[bound.rows] = np.arange(bound.rows.size)
-        rlo = np.broadcast_to(bound.iv.lo, (bound.rows.size, *want.shape[1:])).reshape(-1)
-        rhi = np.broadcast_to(bound.iv.hi, (bound.rows.size, *want.shape[1:])).reshape(-1)
+        rshape = (bound.rows.size, *tail)
+        rlo = np.broadcast_to(bound.iv.lo, rshape).reshape(-1)
+        rhi = np.broadcast_to(bound.iv.hi, rshape).reshape(-1)
         flat_rows = (bound.rows[:, None] * row_len + np.arange(row_len)[None, :]).reshape(-1)
-        rshape = (bound.rows.size, *want.shape[1:])
         _self_check(name, wf[flat_rows], *_envelope(bound.iv, rlo, rhi, rshape), flat_rows,
                     want.shape)
         if bound.iv.envelope is not None:

@@ -64,8 +64,9 @@ def test_kernels_fingerprint_as_the_semantics_they_were_built_for():
         cfg = dsref.config("v32-tiny", semantics=sem)
         ins = dsref.make_inputs(V32, cfg, batch=16, seed=2)
         fp = fps[sem] = fpm.of_kernels(V32, cfg, ins)
-        with_kernel = [*SCOPE1, "q_idx_proj", "k_idx_proj", "idx_hadamard", "k_idx_cache_write",
-                       "dispatch"]
+        with_kernel = [*SCOPE1, "q_idx_proj", "k_idx_proj", "k_idx_layernorm", "idx_rope",
+                       "idx_hadamard", "idx_weights", "k_idx_cache_write", "index_score",
+                       "index_topk", "q_nope_latent", "sparse_attn", "v_proj", "dispatch"]
         assert [r.region for r in fp.regions] == with_kernel
         assert sem in _best(fp, "q_lora_rmsnorm") and sem in _best(fp, "input_rmsnorm")
         assert fp.source == f"kernels (built for {sem})"

@@ -39,17 +39,21 @@ def sum_squares(x, r0: int, rows: int, c0: int, n: int, k: int):
     return acc
 
 
-def inv_rms(sq, n: int, eps: float, variance: str = "mul_inv"):
-    """``1 / sqrt(var + eps)``, then sqrt and recip (each one rounding); ``var`` per the
-    ``variance`` variant: ``"mul_inv"`` ``sq · f32(1/N)`` (the pypto-lib kernels' form),
-    ``"mean"`` ``sq / N`` (one true fp32 division, the ds32 default)."""
+def mean_of(s, n: int, variance: str = "mul_inv"):
+    """A mean from its fp32 sum ``s`` over ``n`` values, per the ``variance`` variant:
+    ``"mul_inv"`` ``s · f32(1/N)`` (the pypto-lib kernels' form), ``"mean"`` ``s / N`` (one
+    true fp32 division, the ds32 default)."""
     if variance == "mul_inv":
-        var = pl.mul(sq, 1.0 / n)
-    elif variance == "mean":
-        var = pl.div(sq, float(n))
-    else:
-        raise ValueError(f"variance: expected 'mean' or 'mul_inv', got {variance!r}")
-    return pl.recip(pl.sqrt(pl.add(var, eps)))
+        return pl.mul(s, 1.0 / n)
+    if variance == "mean":
+        return pl.div(s, float(n))
+    raise ValueError(f"variance: expected 'mean' or 'mul_inv', got {variance!r}")
+
+
+def inv_rms(sq, n: int, eps: float, variance: str = "mul_inv"):
+    """``1 / sqrt(var + eps)``, then sqrt and recip (each one rounding); ``var`` =
+    :func:`mean_of` ``(sq, n, variance)``."""
+    return pl.recip(pl.sqrt(pl.add(mean_of(sq, n, variance), eps)))
 
 
 def rms_norm_rows(x, w, out, *, r0: int, rows: int, c0: int, n: int, k: int, eps: float,

@@ -39,7 +39,8 @@ def selects(t: RopeTiling):
 
 
 def rotate_row(x, table, sel, t: RopeTiling):
-    """RoPE of one bf16 ``[1, R]`` row at one position → bf16 ``[1, R]``.
+    """RoPE of one bf16 ``[1, R]`` row at one position → bf16 ``[1, R]`` (``t``: any tiling with
+    ``rope``, ``layout`` and ``mode``, e.g. idx_rope's, always half).
 
     ``table`` = the position's ``(cos_lo, cos_hi, sin_lo, sin_hi)`` halves. half layout:
     ``[x_lo·c_lo − x_hi·s_lo | x_hi·c_hi + x_lo·s_hi]``; interleaved (pair i reads column i):

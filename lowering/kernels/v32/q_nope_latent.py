@@ -1,0 +1,63 @@
+"""q_nope_latent — each head's q_nope projected into the KV latent space (pypto-lib HEAD
+decode_front.py stage 4.2 ``s4_q_nope_latent_proj``: per head, 128-wide latent output tiles,
+the whole K = NOPE in one matmul).
+
+    q_latent[b, h·KL + j] = (q_nope_out[b, h·NOPE : (h+1)·NOPE] @ w_q_nope_to_latent[h])[j]
+    q_latent="bf16" (ds32): rounded to bf16, stored fp32;  "fp32" (HEAD): stored as is
+
+dtypes: bf16 operands; one cube matmul per (head, output tile) over the whole NOPE (exact
+products, one fp32 rounding): the reference's order, so the fp32 outputs are bitwise (and the
+bf16-rounded ones too, one cast with the ``cast`` mode, widened back). HEAD runs one batch
+entry padded to 16 rows (``MATMUL_ROW_PAD``) per iteration; here ``batch_tile`` rows of the
+batch share each weight tile. The weight is read as HEAD's ``[H·NOPE, KL]`` view. The output
+tile is HEAD's ``Q_LATENT_TILE`` = 128 where it divides KL, else the largest common divisor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lowering.kernels.blocks import cast_mode, row_blocks
+from lowering.kernels.v32._tiling import BATCH_TILE
+from lowering.tile import pl
+
+Q_LATENT_TILE = 128  # HEAD: latent columns per matmul
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tiling:
+    batch_tile: int  # cube M
+    heads: int  # H
+    k: int  # NOPE: the whole K in one matmul per head and output tile
+    n_chunk: int  # latent columns per matmul (divides KL)
+    kv_lora: int  # KL
+    round_bf16: bool  # q_latent="bf16": the fp32 result rounded to bf16 (ds32)
+    mode: str  # pl.cast mode of that rounding
+
+    def __post_init__(self) -> None:
+        if self.batch_tile % 16 or self.kv_lora % self.n_chunk:
+            raise ValueError(f"q_nope_latent: batch tile {self.batch_tile} or output tile "
+                             f"{self.n_chunk} (KL {self.kv_lora}) not legal")
+
+
+def make_tiling(cfg, shapes) -> Tiling:
+    h, nope, kl = shapes["w_q_nope_to_latent"]
+    return Tiling(batch_tile=BATCH_TILE, heads=h, k=nope, n_chunk=math.gcd(kl, Q_LATENT_TILE),
+                  kv_lora=kl, round_bf16=cfg.q_latent == "bf16", mode=cast_mode(cfg.cast))
+
+
+def q_nope_latent(q_nope_out, w_q_nope_to_latent, q_latent, *, tiling: Tiling) -> None:
+    t, nope, kl = tiling, tiling.k, tiling.kv_lora
+    w = pl.reshape(w_q_nope_to_latent, [t.heads * nope, kl])  # HEAD's 2-D view
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_nope_latent"):
+        for r0, rows in row_blocks(q_nope_out.shape[0], t.batch_tile):
+            for h in pl.parallel(0, t.heads, 1):
+                q = q_nope_out[r0:r0 + rows, h * nope:(h + 1) * nope]
+                for c0 in pl.range(0, kl, t.n_chunk):
+                    acc = pl.matmul(q, w[h * nope:(h + 1) * nope, c0:c0 + t.n_chunk],
+                                    out_dtype=pl.FP32)
+                    if t.round_bf16:
+                        acc = pl.cast(pl.cast(acc, target_type=pl.BF16, mode=t.mode),
+                                      target_type=pl.FP32)
+                    q_latent[r0:r0 + rows, h * kl + c0:h * kl + c0 + t.n_chunk] = acc

@@ -1,0 +1,56 @@
+"""v_proj — each head's latent context projected to its V head (pypto-lib HEAD decode_front.py
+stage 4.6 ``s4_v_proj``: per head, 32-wide V output tiles, the whole K = KL in one matmul).
+
+    attn_front[b, h·V + j] = bf16( (ctx_latent[b, h·KL : (h+1)·KL] @ w_latent_to_v[h])[j] )
+
+dtypes: bf16 operands; one cube matmul per (head, output tile) over the whole KL (exact
+products, one fp32 rounding), one cast to bf16 with the ``cast`` mode: the reference's order,
+so the outputs are bitwise. HEAD runs one batch entry padded to 16 rows per iteration and
+casts the assembled fp32 row once (``s4_attn_row_write``, the same values); here
+``batch_tile`` rows of the batch share each weight tile. The weight is read as HEAD's
+``[H·KL, V]`` view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowering.kernels.blocks import cast_mode, row_blocks
+from lowering.kernels.v32._tiling import BATCH_TILE, chunk
+from lowering.tile import pl
+
+V_OUT_TILE = 32  # HEAD: V columns per matmul
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tiling:
+    batch_tile: int  # cube M
+    heads: int  # H
+    k: int  # KL: the whole K in one matmul per head and output tile
+    n_chunk: int  # V columns per matmul
+    v_head: int  # V
+    mode: str  # pl.cast mode of the bf16 output
+
+    def __post_init__(self) -> None:
+        if self.batch_tile % 16:
+            raise ValueError(f"v_proj: batch tile {self.batch_tile} is not a multiple of 16")
+
+
+def make_tiling(cfg, shapes) -> Tiling:
+    h, kl, v = shapes["w_latent_to_v"]
+    return Tiling(batch_tile=BATCH_TILE, heads=h, k=kl, n_chunk=chunk(v, V_OUT_TILE, "v_proj N"),
+                  v_head=v, mode=cast_mode(cfg.cast))
+
+
+def v_proj(ctx_latent, w_latent_to_v, attn_front, *, tiling: Tiling) -> None:
+    t, kl, v = tiling, tiling.k, tiling.v_head
+    w = pl.reshape(w_latent_to_v, [t.heads * kl, v])  # HEAD's 2-D view
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="v_proj"):
+        for r0, rows in row_blocks(ctx_latent.shape[0], t.batch_tile):
+            for h in pl.parallel(0, t.heads, 1):
+                ctx = ctx_latent[r0:r0 + rows, h * kl:(h + 1) * kl]
+                for c0 in pl.range(0, v, t.n_chunk):
+                    acc = pl.matmul(ctx, w[h * kl:(h + 1) * kl, c0:c0 + t.n_chunk],
+                                    out_dtype=pl.FP32)
+                    attn_front[r0:r0 + rows, h * v + c0:h * v + c0 + t.n_chunk] = pl.cast(
+                        acc, target_type=pl.BF16, mode=t.mode)
