@@ -43,7 +43,8 @@ import dsref  # noqa: E402
 import lowering  # noqa: E402
 
 #: V3.2 scope 1 (what pypto-lib PR #134's golden computes: the speed comparisons of the README),
-#: the whole fused V3.2 front (scopes 2-4 on the reference: no kernels yet) and V4
+#: the whole fused V3.2 front (drawn contexts: its sparse attention kernel runs HEAD's per-row
+#: online softmax, the emulator's longest region) and V4
 V32_SCOPE1 = "v32.decode_front[:decode_cache_write]"
 FULL = ((V32_SCOPE1, "v32", 16, 1), ("v32.decode_front", "v32", 16, 1),
         ("v4.qkv_proj_rope", "v4-flash", 64, 2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+from collections.abc import Sequence
 
 import ml_dtypes
 import numpy as np
@@ -143,7 +144,7 @@ def _tie_rows(rng: np.random.Generator, shape) -> np.ndarray:
 
 def make_inputs(
     model: str, cfg: Config, *, batch: int, seed: int = 0, seq: int = 1, tables: str = "real",
-    ties: bool = False,
+    ties: bool = False, seq_lens: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Inputs of ``model`` at ``cfg`` for ``batch`` (× ``seq`` for V4), keyed by tensor name.
 
@@ -154,6 +155,9 @@ def make_inputs(
     never-read columns R/2...
     ``ties=True``: the first norm's inputs are built so that most of its outputs are exact bf16
     ties (±1024 rows, 9-bit weights) — for cast-mode tests.
+    ``seq_lens``: V3.2's context length per entry (each in ``[1, MAX_SEQ]``) instead of the
+    drawn ones; every other tensor is drawn as without it (same seed, same bits). The cost of
+    sparse attention grows with ``min(TOPK, seq_len)`` per entry.
     """
     if tables not in TABLES:
         raise ValueError(f"tables: expected one of {TABLES}, got {tables!r}")
@@ -165,8 +169,11 @@ def make_inputs(
     if isinstance(cfg, V4Config) and seq > cfg.max_pos:
         raise InputError(f"seq={seq}: above {cfg.name}'s max_pos {cfg.max_pos} (the positions its "
                          "RoPE tables cover)")
+    if seq_lens is not None:
+        seq_lens = _check_seq_lens(cfg, batch, seq_lens)
     if m.base:  # a stage range: the whole model's inputs carried through the stages before it
-        whole = make_inputs(m.base, cfg, batch=batch, seed=seed, seq=seq, tables=tables, ties=ties)
+        whole = make_inputs(m.base, cfg, batch=batch, seed=seed, seq=seq, tables=tables, ties=ties,
+                            seq_lens=seq_lens)
         return range_inputs(m.name, cfg, whole)
     _fits_in_memory(m, cfg, batch, seq)
     rng = np.random.default_rng(seed)
@@ -174,7 +181,23 @@ def make_inputs(
         return _v4_inputs(cfg, rng, batch, seq, tables, ties)
     if seq != 1:
         raise ValueError(f"seq: v32.decode_front decodes one token per entry, got seq={seq}")
-    return _v32_inputs(cfg, rng, batch, tables, ties)
+    ins = _v32_inputs(cfg, rng, batch, tables, ties)
+    if seq_lens is not None:
+        ins["seq_lens"] = seq_lens
+    return ins
+
+
+def _check_seq_lens(cfg: Config, batch: int, seq_lens: Sequence[int]) -> np.ndarray:
+    if isinstance(cfg, V4Config):
+        raise InputError("seq_lens: V4 inputs have no per-entry context lengths")
+    a = np.asarray(seq_lens)
+    if a.shape != (batch,) or a.dtype.kind not in "iu":
+        raise InputError(f"seq_lens: expected {batch} integers (one per entry), got "
+                         f"{a.dtype.name}{list(a.shape)}")
+    if ((a < 1) | (a > cfg.max_seq)).any():
+        raise InputError(f"seq_lens: each must lie in [1, {cfg.max_seq}] (MAX_SEQ of {cfg.name}), "
+                         f"got {a.tolist()}")
+    return a.astype(np.int32)
 
 
 #: a run's peak memory over its inputs' own bytes: inputs are drawn in float64 (4× a bf16

@@ -722,6 +722,14 @@ def bmm(a: Iv, b: Iv, acc: Accum, exact_products: bool = True) -> Iv:
         r = rr if r is None else r + rr
     mag = _mag(a) @ _mag(b)
     slack = gamma(n + 4, U64) * 4.0 * mag
+    exact = None
+    if ra is None and rb is None:
+        # all products multiples of 2^lsb: our float64 sum is exact (no slack) where it fits 53
+        # bits, and every fp32 summation order is exact where it fits 24 (then a point)
+        lsb = (np.min(lsb_exponent(ma), axis=-1, keepdims=True)
+               + np.min(lsb_exponent(mb), axis=-2, keepdims=True))
+        slack = np.where(_exact_rows(lsb, mag, 53), 0.0, slack)
+        exact = _exact_rows(lsb, mag)
     if acc.kind == "reference":
         k = 1
     elif not exact_products:
@@ -732,7 +740,7 @@ def bmm(a: Iv, b: Iv, acc: Accum, exact_products: bool = True) -> Iv:
         k = n
     s_lo, s_hi = (s, s) if r is None else (s - r, s + r)
     return _finish(s_lo, s_hi, k, mag, slack, Accum("any") if acc.kind == "ordered" else acc,
-                   None)
+                   exact)
 
 
 def _rows(x: Any, rows: np.ndarray) -> Iv:
@@ -960,14 +968,24 @@ def _softmax_weights(sc: Iv, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return w_lo, np.exp(sc.hi - top) * (1 + kappa) + tiny
 
 
-def _quotient(n_lo: np.ndarray, n_hi: np.ndarray, d_lo: np.ndarray, d_hi: np.ndarray) -> Iv:
-    """``fl(n / d)`` for every ``n`` in ``[n_lo, n_hi]``, ``d`` in ``[d_lo, d_hi]`` (``d > 0``):
-    the extreme float64 quotients, nudged outward by their own rounding, then RNE to fp32."""
-    if not (d_lo > 0).all():
-        raise Unmodelled("sparse_attn: the score bounds leave the softmax sum unbounded below")
-    q = np.stack([n_lo / d_lo, n_lo / d_hi, n_hi / d_lo, n_hi / d_hi])
+def _quotient(n_lo: np.ndarray, n_hi: np.ndarray, d_lo: np.ndarray, d_hi: np.ndarray,
+              hull: tuple[np.ndarray, np.ndarray] | None = None) -> Iv:
+    """``fl(n / d)`` for every ``n`` in ``[n_lo, n_hi]``, ``d`` in ``[d_lo, d_hi]``: the extreme
+    float64 quotients, nudged outward by their own rounding, then RNE to fp32 — intersected
+    with ``hull`` (where the quotient is known to lie anyway), which alone bounds the elements
+    whose ``d_lo`` is not positive."""
+    pos = d_lo > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.stack(np.broadcast_arrays(n_lo / d_lo, n_lo / d_hi, n_hi / d_lo, n_hi / d_hi))
     nudge = 4 * U64 * np.max(np.abs(q), axis=0)
-    return Iv(_r32(np.min(q, axis=0) - nudge), _r32(np.max(q, axis=0) + nudge))
+    lo, hi = np.min(q, axis=0) - nudge, np.max(q, axis=0) + nudge
+    if hull is None:
+        if not pos.all():
+            raise Unmodelled("the bounds leave a divisor unbounded below")
+        return Iv(_r32(lo), _r32(hi))
+    lo = np.where(pos, np.maximum(lo, hull[0]), hull[0])
+    hi = np.where(pos, np.minimum(hi, hull[1]), hull[1])
+    return Iv(_r32(lo), _r32(hi))
 
 
 def _pick_sums(lo: np.ndarray, hi: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1022,8 +1040,8 @@ def _attend(cfg: Any, ql: Iv, qp: Iv, kv: Iv, pe: Iv, acc: Accum, sure: int, nee
     d_lo, d_hi = _pick_sums(w_lo[..., None], w_hi[..., None], need)
     den_lo = (np.sum(w_lo[..., :sure], -1, keepdims=True) + d_lo) * (1 - g)
     den_hi = (np.sum(w_hi[..., :sure], -1, keepdims=True) + d_hi) * (1 + g)
-    if cfg.attn_probs == "bf16":
-        p = rbf16(_quotient(w_lo, w_hi, den_lo, den_hi), cfg.cast)
+    if cfg.attn_probs == "bf16":  # a probability lies in [0, 1] whatever the weights
+        p = rbf16(_quotient(w_lo, w_hi, den_lo, den_hi, (np.zeros(1), np.ones(1))), cfg.cast)
         s_lo, s_hi, mag = _weighted(p.lo, p.hi, kv, sure, need)
         k = 1 if ref else (-(-n // min(acc.width, n)) if acc.kind in ("chunks", "ordered") else n)
         out = _finish(s_lo, s_hi, max(k, 1), mag, gamma(n + 4, U64) * 4.0 * mag,
@@ -1031,7 +1049,12 @@ def _attend(cfg: Any, ql: Iv, qp: Iv, kv: Iv, pe: Iv, acc: Accum, sure: int, nee
         return rbf16(out, cfg.cast)
     n_lo, n_hi, mag = _weighted(w_lo, w_hi, kv, sure, need)
     slack = (g + 4 * n * U64) * mag
-    return rbf16(_quotient(n_lo - slack, n_hi + slack, den_lo, den_hi), cfg.cast)
+    # a weighted mean with positive weights lies between its rows' smallest and largest
+    # values, whatever the weights: within 3·g of the largest |kv| once the sums are rounded
+    v_lo, v_hi = np.min(kv.lo, axis=0), np.max(kv.hi, axis=0)
+    edge = (3 * g + 8 * U64) * np.maximum(np.abs(v_lo), np.abs(v_hi))
+    return rbf16(_quotient(n_lo - slack, n_hi + slack, den_lo, den_hi,
+                           (v_lo - edge, v_hi + edge)), cfg.cast)
 
 
 def _sparse_attn(cfg, ins, acc, raw):

@@ -84,6 +84,16 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Any, int, int]]:
              1 if args.seq is None else args.seq)]
 
 
+def seq_lens_arg(text: str) -> list[int]:
+    """``--seq-lens 1,7,4096``: one context length per batch entry."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from dsref.progress import progress_steps, wanted
 
@@ -93,7 +103,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     total = sum(len(dsref.get_model(m).stages) for m, *_ in runs)
     with progress_steps(wanted(args.quiet), total) as step:
         for model, cfg, batch, seq in runs:
-            ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed)
+            ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=args.seed,
+                                    seq_lens=args.seq_lens)
             reports.append(pipeline.diff(model, cfg, ins, mode=args.mode, backend=backend,
                                          platform=args.platform, seed=args.seed, on_region=step,
                                          permute_parallel=args.permute_parallel,
@@ -173,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=COLUMN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(d, model_required=False)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seq-lens", type=seq_lens_arg, metavar="L,L,...",
+                   help="V3.2: each entry's context length (one per entry) instead of drawn ones")
     d.add_argument("--mode", choices=pipeline.MODES, default="isolated")
     d.add_argument("--tolerance", choices=("bound", "pypto-lib"), default="bound",
                    help="bound (default): exact-or-bounded per element; pypto-lib: upstream's "

@@ -229,7 +229,8 @@ def judge_observed(model: str, cfg: Any, inputs: Mapping[str, np.ndarray],
         ins = {n: unknown.get(n, np.asarray(v)) for n, v in zip(st.inputs, invals, strict=True)}
         reasons = [v for v in ins.values() if isinstance(v, str)]
         if reasons:
-            bounds = {n: f"upstream {reasons[0]}" for n in st.outputs}
+            why = reasons[0] if reasons[0].startswith("upstream ") else f"upstream {reasons[0]}"
+            bounds = {n: why for n in st.outputs}
         else:
             bounds = stage_bounds(model, cfg, region.name, ins, acc)
         judged = Judged(region.name)

@@ -406,6 +406,7 @@ class KernelResult:
 
 def run_file(path: str | os.PathLike, entry: str, *, model: str | None = None,
              config: str | None = None, batch: int = 4, seq: int = 1, seed: int = 0,
+             seq_lens: list[int] | None = None,
              data: str | None = None, maps: Mapping[str, str] | None = None,
              scalars: Mapping[str, str] | None = None, variants: Mapping[str, Any] | None = None,
              platform: str = "a2a3", emulate: bool = False,
@@ -416,7 +417,7 @@ def run_file(path: str | os.PathLike, entry: str, *, model: str | None = None,
     t0 = time.perf_counter()
     with loaded_module(path, emulate=emulate) as module:
         ent = build_entry(module, entry)
-        ref = _reference(ent, model, config, batch, seq, seed, data, variants or {})
+        ref = _reference(ent, model, config, batch, seq, seed, data, variants or {}, seq_lens)
         bnd = bind(ent, ref, maps, dict(scalars or {}))
         internals: dict[str, list[np.ndarray]] = {}
 
@@ -442,7 +443,8 @@ def run_file(path: str | os.PathLike, entry: str, *, model: str | None = None,
 
 
 def _reference(ent: Entry, model: str | None, config: str | None, batch: int, seq: int,
-               seed: int, data: str | None, variants: Mapping[str, Any]) -> Reference:
+               seed: int, data: str | None, variants: Mapping[str, Any],
+               seq_lens: list[int] | None = None) -> Reference:
     if data is not None:
         g = dsref.load_golden(data)
         model = model or g.meta.get("model")
@@ -460,7 +462,10 @@ def _reference(ent: Entry, model: str | None, config: str | None, batch: int, se
     cfg = dsref.config(config or DEFAULT_CONFIGS[dsref.get_model(model).family], **dict(variants))
     if not isinstance(cfg, dsref.get_model(model).config_type):
         raise KernelFileError(f"--config {cfg.name} is not a config of {model}")
-    ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=seed)
+    try:
+        ins = dsref.make_inputs(model, cfg, batch=batch, seq=seq, seed=seed, seq_lens=seq_lens)
+    except dsref.InputError as e:
+        raise KernelFileError(f"--seq-lens: {e}") from None
     outs = dsref.run(model, cfg, ins)
     return Reference(model, cfg, batch, seq, seed, ins, outs)
 
@@ -563,7 +568,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 #: the flags of dsref making the inputs and binding them by name (a file with no __main__)
-_MADE_BY_DSREF = ("entry", "model", "config", "data", "map", "scalar")
+_MADE_BY_DSREF = ("entry", "model", "config", "data", "map", "scalar", "seq_lens")
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -605,7 +610,8 @@ def cmd_run_kernel(args: argparse.Namespace) -> int:
         res = run_file(args.file, args.entry or _default_entry(args.file, args.emulate),
                        model=args.model, config=args.config,
                        batch=4 if args.batch is None else args.batch,
-                       seq=1 if args.seq is None else args.seq, seed=args.seed, data=args.data,
+                       seq=1 if args.seq is None else args.seq, seed=args.seed,
+                       seq_lens=args.seq_lens, data=args.data,
                        maps=_pairs(args.map, "--map"), scalars=_pairs(args.scalar, "--scalar"),
                        variants=_cli_variants(args), platform=args.platform,
                        emulate=args.emulate, permute_parallel=args.permute_parallel,
@@ -710,9 +716,12 @@ def add_subparser(sub: Any) -> None:
                    help="(dsref-made inputs) batch entries (default 4)")
     r.add_argument("--seq", type=int, default=None,
                    help="(dsref-made inputs) tokens per entry (default 1)")
-    r.add_argument("--seed", type=int, default=0)
-    from lowering.cli import semantics_flags
+    from lowering.cli import semantics_flags, seq_lens_arg
 
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seq-lens", type=seq_lens_arg, metavar="L,L,...",
+                   help="(dsref-made V3.2 inputs) each entry's context length, one per entry, "
+                        "instead of drawn ones")
     semantics_flags(r)
     r.add_argument("--tolerance", choices=TOLERANCES, default=None,
                    help="(dsref) bound (default): exact-or-bounded per element; pypto-lib: "

@@ -1,6 +1,7 @@
 """Input validation (one clear error naming the tensor) and the RoPE tables."""
 
 import math
+import re
 
 import ml_dtypes
 import numpy as np
@@ -209,3 +210,28 @@ def test_normals_are_drawn_by_quantile_and_caches_rolled_per_entry(tmp_path):
     d = tmp_path / "g"
     dsref.write_golden(d, "v32.decode_front", "v32-tiny", batch=2, seed=0)
     assert dsref.load_golden(d).meta["inputs_version"] == di.INPUTS_VERSION == 2
+
+
+def test_given_seq_lens_change_only_seq_lens():
+    cfg = dsref.config("v32-tiny")
+    drawn = dsref.make_inputs("v32.decode_front", cfg, batch=3, seed=4)
+    given = dsref.make_inputs("v32.decode_front", cfg, batch=3, seed=4, seq_lens=[64, 2, 1])
+    assert given["seq_lens"].dtype == np.int32 and given["seq_lens"].tolist() == [64, 2, 1]
+    for name, a in drawn.items():
+        if name != "seq_lens":
+            assert np.array_equal(a.view(np.uint8), given[name].view(np.uint8)), name
+    ranged = dsref.make_inputs("v32.decode_front[sparse_attn]", cfg, batch=3, seed=4,
+                               seq_lens=[64, 2, 1])
+    assert ranged["seq_lens"].tolist() == [64, 2, 1]
+
+
+@pytest.mark.parametrize("seq_lens,why", [([1, 2], "expected 3 integers"),
+                                          ([0, 1, 1], "must lie in [1, 64]"),
+                                          ([1, 1, 65], "must lie in [1, 64]"),
+                                          ([1.0, 1.0, 1.0], "expected 3 integers")])
+def test_given_seq_lens_are_checked(seq_lens, why):
+    with pytest.raises(dsref.InputError, match=re.escape(why)):
+        dsref.make_inputs("v32.decode_front", dsref.config("v32-tiny"), batch=3,
+                          seq_lens=seq_lens)
+    with pytest.raises(dsref.InputError, match="V4 inputs have no per-entry"):
+        dsref.make_inputs("v4.qkv_proj_rope", dsref.config("v4-tiny"), batch=1, seq_lens=[1])

@@ -238,3 +238,13 @@ def test_json_dash_is_stdout_and_bad_output_paths_fail_first(capsys, tmp_path, m
         assert time.perf_counter() - t0 < 30
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"lowering: error: {flag} {path}") and why in err
+
+
+def test_seq_lens_flag_sets_the_contexts_of_a_v32_diff(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["diff", "v32.decode_front[sparse_attn]", "--config", "v32-tiny", "--batch", "2",
+            "--quiet"]
+    assert cli.main([*args, "--seq-lens", "64,3", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["verdict"] == "PASS"
+    assert cli.main([*args, "--seq-lens", "64,65"]) == 2
+    assert "seq_lens: each must lie in [1, 64]" in capsys.readouterr().err

@@ -101,6 +101,12 @@ def test_type_mismatch_is_one_error_per_parameter(capsys):
     assert len([ln for ln in err.splitlines() if "kernel parameter" in ln]) == 8
 
 
+def test_seq_lens_reach_the_dsref_inputs(capsys):
+    rc = main(["run-kernel", *V32_ARGS, "--seq-lens", "1,2", "--quiet"])
+    assert rc == 2
+    assert "--seq-lens: seq_lens: expected 16 integers (one per entry)" in capsys.readouterr().err
+
+
 def test_unknown_parameter_needs_a_map(capsys):
     rc = main(["run-kernel", str(V4), *V4_ARGS, "--map", "q=no_such_tensor", "--quiet"])
     assert rc == 2

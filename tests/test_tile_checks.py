@@ -233,6 +233,36 @@ def test_race_read_of_another_iterations_write() -> None:
     np.testing.assert_array_equal(good.outputs["y"], x + x)
 
 
+def rows_of_a_scope_result(x, y, *, shift: int):  # noqa: ANN001, ANN201
+    """A tile made in one scope, then rotated row by row in pl.parallel iterations, each in its
+    own scope (pypto-lib HEAD decode_front.py's k_idx): iteration i reads row i+shift and
+    writes row i of the shared tile."""
+    n = x.shape[0]
+    with pl.at(level=CG, name_hint="make"):
+        t = pl.mul(x[0:n, :], 2.0)
+    for i in pl.parallel(0, n):
+        with pl.at(level=CG, name_hint="rows"):
+            j = min(n - 1, i + shift)
+            t = pl.assemble(t, pl.add(t[j:j + 1, :], 1.0), [i, 0])
+    with pl.at(level=CG, name_hint="out"):
+        y[0:n, :] = t
+
+
+def test_rows_of_a_shared_tile_race_only_when_an_iteration_reads_another_ones_row() -> None:
+    """A write into a tile (pl.assemble, a subscript store) reads nothing of it, and a slice
+    reads its window only: per-row work on a shared tile is no race; reading the next row
+    (which another iteration writes) is."""
+    x = f32(4, 32)
+    good = run_kernel(rows_of_a_scope_result, inputs={"x": x},
+                      outputs={"y": ((4, 32), pl.FP32)}, kwargs={"shift": 0})
+    assert good.ok and not good.by_check("race"), good.summary()
+    np.testing.assert_array_equal(good.outputs["y"], (x * 2 + 1).astype(np.float32))
+    bad = run_kernel(rows_of_a_scope_result, inputs={"x": x},
+                     outputs={"y": ((4, 32), pl.FP32)}, kwargs={"shift": 1})
+    f = only(bad, "race")
+    assert "iteration i=1 writes" in f.message and "iteration i=0 reads" in f.message
+
+
 def split_k(x, y, *, mode: str):  # noqa: ANN001, ANN201
     """Two K halves accumulate into y: atomic adds (mode 'atomic'), or one of them a plain
     write ('mixed') or a read ('read') of the element the other iteration adds into."""

@@ -752,8 +752,11 @@ class Run:
             b.last = 2 * self.seq + 1  # live while the op reads its input and writes its output
             entry.bufs.append(b)
 
-    def use(self, tile: Tile, how: str = "vec") -> None:
-        """Mark ``tile`` used by the current op ('vec', 'left', 'right' or 'acc')."""
+    def use(self, tile: Tile, how: str = "vec", read: bool = True,
+            box: tuple | None = None) -> None:
+        """Mark ``tile`` used by the current op ('vec', 'left', 'right' or 'acc'); ``read=False``:
+        the op only writes into it (the race log then holds the written box alone); ``box``
+        ``(lo, hi)``: the op reads that window of it only (a slice)."""
         if not self.checks:
             return
         buf = tile.buf
@@ -781,8 +784,10 @@ class Run:
                 buf.right = True
             if not buf.cuses or buf.cuses[-1] != 2 * self.seq:
                 buf.cuses.append(2 * self.seq)
-        if self.par:
-            self._tile_log(buf, READ, None)
+        if self.par and read:
+            home = buf.home
+            whole = box is None or home is None or tile.shape != home.shape
+            self._tile_log(buf, READ, None if whole else box)
 
     def tile_write(self, tile: Tile, lo: tuple, hi: tuple) -> None:
         """``tile[lo:hi]`` is written in place (``tile[...] = v``, ``pl.assemble`` into a tile);

@@ -187,7 +187,7 @@ def _tile_write(rt: Run, dst: Tile, lo: tuple, hi: tuple, value: Tile) -> None:
     if value.dtype != dst.dtype:
         raise TypeError(f"write of {value!r} into {dst!r}: dtypes differ")
     rt.use(value)
-    rt.use(dst)
+    rt.use(dst, read=False)  # an in-place insert (pto.tinsert) reads nothing of dst
     rt.tile_write(dst, lo, hi)  # race check: a tile shared by independent iterations
     valid = ops_data.assemble_valid(dst, value, lo)
     rt.bk.write(dst.data, core.box_key(lo, hi), value.data)  # the whole source (pto.tinsert)

@@ -274,7 +274,7 @@ def tile_window(rt: Run, src: Tile, lo: Sequence[int], hi: Sequence[int],
         if avail[d] != 1:
             raise ValueError(f"slice of {src!r}: cannot drop axis {d}, its valid extent under "
                              f"the window is {avail[d]}, not 1")
-    rt.use(src, "view")  # a subview: the source's space is its own
+    rt.use(src, "view", box=(lo, hi))  # a subview: the source's space is its own
     out = rt.new_tile(rt.bk.read(src.data, core.box_key(lo, hi)), src.dtype)
     out.valid = norm_valid(avail, win)
     if drop:

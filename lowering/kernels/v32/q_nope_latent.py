@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lowering.kernels.blocks import cast_mode, row_blocks
+from lowering.kernels.blocks import cast_mode
+from lowering.kernels.v32._shared import per_head_projection
 from lowering.kernels.v32._tiling import BATCH_TILE
 from lowering.tile import pl
 
@@ -48,16 +49,13 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def q_nope_latent(q_nope_out, w_q_nope_to_latent, q_latent, *, tiling: Tiling) -> None:
-    t, nope, kl = tiling, tiling.k, tiling.kv_lora
-    w = pl.reshape(w_q_nope_to_latent, [t.heads * nope, kl])  # HEAD's 2-D view
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_nope_latent"):
-        for r0, rows in row_blocks(q_nope_out.shape[0], t.batch_tile):
-            for h in pl.parallel(0, t.heads, 1):
-                q = q_nope_out[r0:r0 + rows, h * nope:(h + 1) * nope]
-                for c0 in pl.range(0, kl, t.n_chunk):
-                    acc = pl.matmul(q, w[h * nope:(h + 1) * nope, c0:c0 + t.n_chunk],
-                                    out_dtype=pl.FP32)
-                    if t.round_bf16:
-                        acc = pl.cast(pl.cast(acc, target_type=pl.BF16, mode=t.mode),
-                                      target_type=pl.FP32)
-                    q_latent[r0:r0 + rows, h * kl + c0:h * kl + c0 + t.n_chunk] = acc
+    t = tiling
+
+    def finish(acc):
+        if not t.round_bf16:
+            return acc
+        return pl.cast(pl.cast(acc, target_type=pl.BF16, mode=t.mode), target_type=pl.FP32)
+
+    per_head_projection(q_nope_out, w_q_nope_to_latent, q_latent, heads=t.heads, k=t.k,
+                        n=t.kv_lora, n_chunk=t.n_chunk, batch_tile=t.batch_tile,
+                        name="q_nope_latent", finish=finish)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowering.kernels.blocks import cast_mode, row_blocks
+from lowering.kernels.blocks import cast_mode
+from lowering.kernels.v32._shared import per_head_projection
 from lowering.kernels.v32._tiling import BATCH_TILE, chunk
 from lowering.tile import pl
 
@@ -43,14 +44,7 @@ def make_tiling(cfg, shapes) -> Tiling:
 
 
 def v_proj(ctx_latent, w_latent_to_v, attn_front, *, tiling: Tiling) -> None:
-    t, kl, v = tiling, tiling.k, tiling.v_head
-    w = pl.reshape(w_latent_to_v, [t.heads * kl, v])  # HEAD's 2-D view
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="v_proj"):
-        for r0, rows in row_blocks(ctx_latent.shape[0], t.batch_tile):
-            for h in pl.parallel(0, t.heads, 1):
-                ctx = ctx_latent[r0:r0 + rows, h * kl:(h + 1) * kl]
-                for c0 in pl.range(0, v, t.n_chunk):
-                    acc = pl.matmul(ctx, w[h * kl:(h + 1) * kl, c0:c0 + t.n_chunk],
-                                    out_dtype=pl.FP32)
-                    attn_front[r0:r0 + rows, h * v + c0:h * v + c0 + t.n_chunk] = pl.cast(
-                        acc, target_type=pl.BF16, mode=t.mode)
+    t = tiling
+    per_head_projection(ctx_latent, w_latent_to_v, attn_front, heads=t.heads, k=t.k,
+                        n=t.v_head, n_chunk=t.n_chunk, batch_tile=t.batch_tile, name="v_proj",
+                        finish=lambda acc: pl.cast(acc, target_type=pl.BF16, mode=t.mode))
