@@ -35,7 +35,7 @@ Values are float64 arrays holding numbers on the fp32 (or a narrower) grid, as i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import ml_dtypes
@@ -437,8 +437,7 @@ def fsum(t: Iv, acc: Accum) -> Iv:
     n = t.shape[-1]
     s_lo = np.sum(t.lo, axis=-1, keepdims=True)
     s_hi = s_lo if t.is_point else np.sum(t.hi, axis=-1, keepdims=True)
-    mag_t = np.maximum(np.abs(t.lo), np.abs(t.hi))
-    mag = np.sum(mag_t, axis=-1, keepdims=True)
+    mag = np.sum(_mag(t), axis=-1, keepdims=True)
     slack = gamma(n + 2, U64) * mag
     prefix = None
     if acc.kind in ("chunks", "ordered"):
@@ -483,6 +482,11 @@ def _fsum_chain(t: np.ndarray, parts: np.ndarray, w: int, k: int,
     return _chain_iv(acc)
 
 
+def _mag(x: Iv) -> np.ndarray:
+    """``max |v|`` over each element's interval."""
+    return np.abs(x.lo) if x.is_point else np.maximum(np.abs(x.lo), np.abs(x.hi))
+
+
 def _split(x: Iv) -> tuple[np.ndarray, np.ndarray | None]:
     """Midpoint and radius of an interval operand (radius None for a point)."""
     if x.is_point:
@@ -500,7 +504,7 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
     added as slack."""
     m, kdim = a.shape
     mid, rad = _split(a)
-    amag = np.maximum(np.abs(a.lo), np.abs(a.hi))
+    amag = _mag(a)
     width = min(acc.width, kdim) if acc.kind in ("chunks", "ordered") else kdim
     k = -(-kdim // width)
     s = np.zeros((m, w.shape[1]))
@@ -570,15 +574,21 @@ def idot(a: Iv, w: np.ndarray) -> Iv:
 def inv_rms(v: Iv, cfg: Any, acc: Accum) -> Iv:
     """dsref.rmsnorm.inv_rms: ``1 / sqrt(var + eps)``, ``var = Σfl(v²) / N`` (``mean``) or
     ``Σfl(v²) · f32(1/N)`` (``mul_inv``), every op one fp32 rounding."""
-    n = v.shape[-1]
-    s = fsum(square(v), acc)
-    if cfg.variance == "mean":
-        var = div(s, float(n))
-    elif cfg.variance == "mul_inv":
-        var = mul(s, float(np.float32(1.0 / n)))
-    else:
-        raise Unmodelled(f"variance={cfg.variance!r}")
-    return div(1.0, sqrt(add(var, float(np.float32(cfg.eps)))))
+    return _inv_sqrt(_mean_of(fsum(square(v), acc), v.shape[-1], cfg.variance), cfg.eps)
+
+
+def _inv_sqrt(var: Iv, eps: float) -> Iv:
+    """dsref.rmsnorm._inv_sqrt: ``1 / sqrt(var + eps)``, each op one fp32 rounding."""
+    return div(1.0, sqrt(add(var, float(np.float32(eps)))))
+
+
+def _mean_of(s: Iv, n: int, variance: str) -> Iv:
+    """dsref.rmsnorm.mean_of: ``s / n`` or ``s · f32(1/n)`` (``variance="mul_inv"``)."""
+    if variance == "mean":
+        return div(s, float(n))
+    if variance == "mul_inv":
+        return mul(s, float(np.float32(1.0 / n)))
+    raise Unmodelled(f"variance={variance!r}")
 
 
 def rms_norm(x: Iv, w: Iv, cfg: Any, acc: Accum, stats: Iv | None = None) -> Iv:
@@ -621,17 +631,19 @@ def _f64(x: Any) -> np.ndarray:
 # -- V3.2 ----------------------------------------------------------------------------------------
 
 
-def _v32_rotate(x: Iv, seq_lens: np.ndarray, cos: np.ndarray, sin: np.ndarray, cfg: Any) -> Iv:
+def _v32_rotate(x: Iv, seq_lens: np.ndarray, cos: np.ndarray, sin: np.ndarray, cfg: Any,
+                layout: str | None = None) -> Iv:
     pos = np.asarray(seq_lens).astype(np.int64) - 1
     extra = (1,) * (len(x.shape) - 2)
     c = _f64(cos)[pos].reshape(pos.shape + extra + (-1,))
     s = _f64(sin)[pos].reshape(pos.shape + extra + (-1,))
-    if cfg.rope_layout == "half":
+    layout = layout or cfg.rope_layout
+    if layout == "half":
         y = rope_half(x, c, s)
-    elif cfg.rope_layout == "interleaved":
+    elif layout == "interleaved":
         y = rope_interleaved(x, c, s, "pair")
     else:
-        raise Unmodelled(f"rope_layout={cfg.rope_layout!r}")
+        raise Unmodelled(f"rope_layout={layout!r}")
     return rbf16(y, cfg.cast)
 
 
@@ -699,10 +711,6 @@ def v32_stage(stage: str, cfg: Any, ins: Mapping[str, Iv], acc: Accum, raw: Mapp
 # -- V3.2 scopes 2-4: the indexer, top-k and sparse attention --------------------------------------
 
 
-def _mag(x: Iv) -> np.ndarray:
-    return np.abs(x.lo) if x.is_point else np.maximum(np.abs(x.lo), np.abs(x.hi))
-
-
 def bmm(a: Iv, b: Iv, acc: Accum, exact_products: bool = True) -> Iv:
     """The fp32 accumulator of the batched matmul ``a [..., M, K] @ b [..., K, N]`` over every
     value ``a`` and ``b`` can take (the per-head and per-entry contractions of scopes 2-4).
@@ -730,17 +738,23 @@ def bmm(a: Iv, b: Iv, acc: Accum, exact_products: bool = True) -> Iv:
                + np.min(lsb_exponent(mb), axis=-2, keepdims=True))
         slack = np.where(_exact_rows(lsb, mag, 53), 0.0, slack)
         exact = _exact_rows(lsb, mag)
-    if acc.kind == "reference":
-        k = 1
-    elif not exact_products:
+    if not exact_products and acc.kind != "reference":
         k, acc = n + 1, ANY
-    elif acc.kind in ("chunks", "ordered"):
-        k = -(-n // min(acc.width, n))
     else:
-        k = n
+        k, acc = _partials(acc, n)
     s_lo, s_hi = (s, s) if r is None else (s - r, s + r)
-    return _finish(s_lo, s_hi, k, mag, slack, Accum("any") if acc.kind == "ordered" else acc,
-                   exact)
+    return _finish(s_lo, s_hi, k, mag, slack, acc, exact)
+
+
+def _partials(acc: Accum, n: int) -> tuple[int, Accum]:
+    """The number of exactly rounded partials ``acc`` makes of ``n`` terms (1: the reference's
+    single rounding; ⌈n / width⌉ chunks; n in any order) and the model their fp32 sum follows
+    (an ordered chain is bounded as any order: these sums have no point-valued chain)."""
+    if acc.kind == "reference":
+        return 1, acc
+    if acc.kind in ("chunks", "ordered"):
+        return -(-n // min(acc.width, n)), ANY if acc.kind == "ordered" else acc
+    return n, acc
 
 
 def _rows(x: Any, rows: np.ndarray) -> Iv:
@@ -753,11 +767,12 @@ def _rows(x: Any, rows: np.ndarray) -> Iv:
         return Iv(_stored(np.asarray(x)[rows]))
     lo = _stored(x.base[rows])
     hi = lo.copy()
-    at = {int(r): i for i, r in enumerate(np.asarray(x.rows).reshape(-1))}
-    for j, r in enumerate(np.asarray(rows).reshape(-1).tolist()):
-        i = at.get(r)
-        if i is not None:
-            lo[j], hi[j] = x.iv.lo[i], x.iv.hi[i]
+    at = np.full(np.shape(x.base)[0], -1, np.int64)
+    at[x.rows] = np.arange(np.size(x.rows))
+    hit = at[rows]
+    known = hit >= 0
+    lo[known] = np.broadcast_to(x.iv.lo, (np.size(x.rows), *lo.shape[1:]))[hit[known]]
+    hi[known] = np.broadcast_to(x.iv.hi, (np.size(x.rows), *hi.shape[1:]))[hit[known]]
     return Iv(lo) if x.iv.is_point else Iv(lo, hi)
 
 
@@ -772,21 +787,8 @@ def _stored(x: np.ndarray) -> np.ndarray:
     return (x.view(BF16) if x.dtype == np.uint16 else x).astype(np.float64)
 
 
-def _acc_of(cfg: Any, acc: Accum) -> Accum:
-    """The reference's own order under ``accumulate="fp32"`` is unspecified: any order."""
-    return ANY if cfg.accumulate == "fp32" and acc.kind != "reference" else acc
-
-
 def _index_x(cfg: Any, ins: Mapping[str, Iv]) -> Iv:
     return ins["normed"] if cfg.index_input == "normed" else ins["hidden_states"]
-
-
-def _mean_of(s: Iv, n: int, variance: str) -> Iv:
-    if variance == "mean":
-        return div(s, float(n))
-    if variance == "mul_inv":
-        return mul(s, float(np.float32(1.0 / n)))
-    raise Unmodelled(f"variance={variance!r}")
 
 
 def _k_idx_layernorm(cfg, ins, acc, raw):
@@ -794,8 +796,7 @@ def _k_idx_layernorm(cfg, ins, acc, raw):
     weight, bias, bf16 — each fp32 op one rounding, both sums per ``acc``."""
     x, n = ins["k_idx"], ins["k_idx"].shape[-1]
     c = sub(x, _mean_of(fsum(x, acc), n, cfg.variance))
-    var = _mean_of(fsum(square(c), acc), n, cfg.variance)
-    inv = div(1.0, sqrt(add(var, float(np.float32(cfg.eps)))))
+    inv = _inv_sqrt(_mean_of(fsum(square(c), acc), n, cfg.variance), cfg.eps)
     y = add(mul(mul(c, inv), ins["k_norm_weight"]), ins["k_norm_bias"])
     return {"k_idx_normed": rbf16(y, cfg.cast)}
 
@@ -805,9 +806,9 @@ def _idx_rope(cfg, ins, acc, raw):
     q, k, r = ins["q_idx"], ins["k_idx_normed"], cfg.rope
     b = q.shape[0]
     q3 = q.reshape(b, cfg.index_heads, cfg.index_head_dim)
-    half = replace(cfg, rope_layout="half")
-    qp = _v32_rotate(q3[..., :r], raw["seq_lens"], raw["rope_cos"], raw["rope_sin"], half)
-    kp = _v32_rotate(k[:, :r], raw["seq_lens"], raw["rope_cos"], raw["rope_sin"], half)
+    tables = raw["seq_lens"], raw["rope_cos"], raw["rope_sin"]
+    qp = _v32_rotate(q3[..., :r], *tables, cfg, layout="half")
+    kp = _v32_rotate(k[:, :r], *tables, cfg, layout="half")
     return {"q_idx_rope": concat([qp, q3[..., r:]]).reshape(b, -1),
             "k_idx_rope": concat([kp, k[:, r:]])}
 
@@ -817,7 +818,7 @@ def _idx_weights(cfg, ins, acc, raw):
     factor)."""
     wp = np.asarray(raw["weights_proj"]).astype(np.float32)
     wp = _narrow(wp, BF16, _MODES[cfg.cast]).astype(BF16)
-    y = dot(_index_x(cfg, ins), wp, _acc_of(cfg, acc))
+    y = dot(_index_x(cfg, ins), wp, acc)
     ih, d = cfg.index_heads, cfg.index_head_dim
     if cfg.index_weights == "fp32":
         return {"idx_weights": mul(y, float(np.float32(ih ** -0.5 * d ** -0.5)))}
@@ -939,7 +940,7 @@ def _q_nope_latent(cfg, ins, acc, raw):
     q = ins["q_nope_out"]
     b = q.shape[0]
     qh = q.reshape(b, cfg.heads, cfg.nope).map(lambda a: a.swapaxes(0, 1))  # [H, B, NOPE]
-    lat = bmm(qh, point(raw["w_q_nope_to_latent"]), _acc_of(cfg, acc))  # [H, B, KL]
+    lat = bmm(qh, point(raw["w_q_nope_to_latent"]), acc)  # [H, B, KL]
     if cfg.q_latent == "bf16":
         lat = rbf16(lat, cfg.cast)
     elif cfg.q_latent != "fp32":
@@ -1043,9 +1044,8 @@ def _attend(cfg: Any, ql: Iv, qp: Iv, kv: Iv, pe: Iv, acc: Accum, sure: int, nee
     if cfg.attn_probs == "bf16":  # a probability lies in [0, 1] whatever the weights
         p = rbf16(_quotient(w_lo, w_hi, den_lo, den_hi, (np.zeros(1), np.ones(1))), cfg.cast)
         s_lo, s_hi, mag = _weighted(p.lo, p.hi, kv, sure, need)
-        k = 1 if ref else (-(-n // min(acc.width, n)) if acc.kind in ("chunks", "ordered") else n)
-        out = _finish(s_lo, s_hi, max(k, 1), mag, gamma(n + 4, U64) * 4.0 * mag,
-                      Accum("any") if acc.kind == "ordered" else acc, None)
+        k, model = _partials(acc, max(n, 1))
+        out = _finish(s_lo, s_hi, k, mag, gamma(n + 4, U64) * 4.0 * mag, model, None)
         return rbf16(out, cfg.cast)
     n_lo, n_hi, mag = _weighted(w_lo, w_hi, kv, sure, need)
     slack = (g + 4 * n * U64) * mag
@@ -1060,7 +1060,6 @@ def _attend(cfg: Any, ql: Iv, qp: Iv, kv: Iv, pe: Iv, acc: Accum, sure: int, nee
 def _sparse_attn(cfg, ins, acc, raw):
     """dsref.v32.sparse_attn, per entry over its selected rows; when the top-k is known only
     within bounds (a :class:`TopkSet`), over every selection it allows."""
-    acc = _acc_of(cfg, acc)
     ql, qp = ins["q_latent"], ins["q_pe_out"]
     b, h = ql.shape[0], cfg.heads
     sel = _source(ins, raw, "topk_idx")
@@ -1093,7 +1092,7 @@ def _v_proj(cfg, ins, acc, raw):
     c = ins["ctx_latent"]
     b = c.shape[0]
     ch = c.reshape(b, cfg.heads, cfg.kv_lora).map(lambda a: a.swapaxes(0, 1))
-    v = rbf16(bmm(ch, point(raw["w_latent_to_v"]), _acc_of(cfg, acc)), cfg.cast)
+    v = rbf16(bmm(ch, point(raw["w_latent_to_v"]), acc), cfg.cast)
     return {"attn_front": v.map(lambda a: a.swapaxes(0, 1).reshape(b, -1))}
 
 
@@ -1244,7 +1243,8 @@ CHUNK_FIELD = {
     "k_idx_layernorm": "k", "idx_weights": "k", "q_nope_latent": "k", "v_proj": "k",
 }
 DOT_STAGES = {"q_lora_proj", "q_head_proj", "kv_a_proj", "qr_proj_matmul", "kv_proj_matmul",
-              "q_idx_proj", "k_idx_proj", "idx_hadamard"}
+              "q_idx_proj", "k_idx_proj", "idx_hadamard", "idx_weights", "index_score",
+              "q_nope_latent", "sparse_attn", "v_proj"}
 
 #: the variant values whose semantics the interval formulas above implement
 MODELLED: dict[str, tuple[Any, ...]] = {

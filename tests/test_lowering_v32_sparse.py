@@ -146,7 +146,7 @@ def test_q_nope_latent_reading_the_next_heads_weights_fails(monkeypatch):
     cfg, model, ins = _one("q_nope_latent")
 
     def next_head(q_nope_out, w_q_nope_to_latent, q_latent, *, tiling):
-        t, nope, kl = tiling, tiling.k, tiling.kv_lora
+        t, nope, kl = tiling, tiling.k, tiling.n
         w = pl.reshape(w_q_nope_to_latent, [t.heads * nope, kl])
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="q_nope_latent"):
             for r0, rows in row_blocks(q_nope_out.shape[0], t.batch_tile):
@@ -169,7 +169,7 @@ def test_v_proj_with_another_heads_weights_fails(monkeypatch):
     ins = {"ctx_latent": ctx.astype(w.dtype), "w_latent_to_v": w}
 
     def wrong_head(ctx_latent, w_latent_to_v, attn_front, *, tiling):
-        t, kl, v = tiling, tiling.k, tiling.v_head
+        t, kl, v = tiling, tiling.k, tiling.n
         with pl.at(level=pl.Level.CORE_GROUP, name_hint="v_proj"):
             for r0, rows in row_blocks(ctx_latent.shape[0], t.batch_tile):
                 for h in pl.parallel(0, t.heads, 1):

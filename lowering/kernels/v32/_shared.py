@@ -11,7 +11,7 @@ from lowering.kernels.blocks import (
     rope_selects,
     row_blocks,
 )
-from lowering.kernels.v32._tiling import ProjTiling, RmsNormTiling, RopeTiling
+from lowering.kernels.v32._tiling import HeadProjTiling, ProjTiling, RmsNormTiling, RopeTiling
 from lowering.tile import pl
 
 
@@ -33,22 +33,26 @@ def projection_kernel(x, w, y, t: ProjTiling, name: str) -> None:
                 project_block(x, w, y, r0=r0, rows=rows, n0=n0, n=t.n_chunk, k=t.k, mode=t.mode)
 
 
-def per_head_projection(x, w, y, *, heads: int, k: int, n: int, n_chunk: int, batch_tile: int,
-                        name: str, finish) -> None:
-    """``y[:, h·n : (h+1)·n] = finish(x[:, h·k : (h+1)·k] @ w[h])`` for every head: one cube
-    matmul per (head, ``n_chunk``-wide output tile) over the whole K (exact products, one fp32
-    rounding), ``batch_tile`` rows sharing each weight tile; ``w [H, K, N]`` read as its
-    ``[H·K, N]`` view (pypto-lib HEAD's scope 4 layout); ``finish`` maps each fp32 tile to
-    what is stored."""
-    w2 = pl.reshape(w, [heads * k, n])
+def per_head_projection(x, w, y, t: HeadProjTiling, name: str) -> None:
+    """``y[:, h·N : (h+1)·N] = x[:, h·K : (h+1)·K] @ w[h]`` for every head: one cube matmul per
+    (head, ``n_chunk``-wide output tile) over the whole K (exact products, one fp32 rounding),
+    ``batch_tile`` rows sharing each weight tile; ``w [H, K, N]`` read as its ``[H·K, N]``
+    view (pypto-lib HEAD's scope 4 layout). Stored as ``y``'s dtype: a bf16 ``y`` one cast, an
+    fp32 ``y`` the accumulator (rounded to bf16 and back first under ``round_bf16``)."""
+    w2 = pl.reshape(w, [t.heads * t.k, t.n])
+    k, n = t.k, t.n
     with pl.at(level=pl.Level.CORE_GROUP, name_hint=name):
-        for r0, rows in row_blocks(x.shape[0], batch_tile):
-            for h in pl.parallel(0, heads, 1):
+        for r0, rows in row_blocks(x.shape[0], t.batch_tile):
+            for h in pl.parallel(0, t.heads, 1):
                 xh = x[r0:r0 + rows, h * k:(h + 1) * k]
-                for c0 in pl.range(0, n, n_chunk):
-                    acc = pl.matmul(xh, w2[h * k:(h + 1) * k, c0:c0 + n_chunk],
+                for c0 in pl.range(0, n, t.n_chunk):
+                    acc = pl.matmul(xh, w2[h * k:(h + 1) * k, c0:c0 + t.n_chunk],
                                     out_dtype=pl.FP32)
-                    y[r0:r0 + rows, h * n + c0:h * n + c0 + n_chunk] = finish(acc)
+                    if y.dtype == pl.BF16 or t.round_bf16:
+                        acc = pl.cast(acc, target_type=pl.BF16, mode=t.mode)
+                    if acc.dtype != y.dtype:  # the bf16-rounded value, stored fp32
+                        acc = pl.cast(acc, target_type=y.dtype)
+                    y[r0:r0 + rows, h * n + c0:h * n + c0 + t.n_chunk] = acc
 
 
 def selects(t: RopeTiling):

@@ -92,3 +92,22 @@ class RopeTiling:
 def rope_tiling(cfg) -> RopeTiling:
     return RopeTiling(heads=cfg.heads, nope=cfg.nope, rope=cfg.rope, kv_lora=cfg.kv_lora,
                       max_seq=cfg.max_seq, mode=cast_mode(cfg.cast), layout=cfg.rope_layout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadProjTiling:
+    """The per-head projections of scope 4 (``q_nope_latent``, ``v_proj``): for every head,
+    ``[rows, K] @ w[h] [K, N]`` in ``n_chunk``-wide output tiles, the whole K per matmul."""
+
+    batch_tile: int  # cube M
+    heads: int  # H
+    k: int  # K: the whole reduction in one matmul per head and output tile
+    n: int  # N: output columns per head
+    n_chunk: int  # output columns per matmul (divides N)
+    mode: str  # pl.cast mode of the bf16 rounding
+    round_bf16: bool = False  # an fp32 output rounded to bf16 first (q_latent="bf16")
+
+    def __post_init__(self) -> None:
+        if self.batch_tile % 16 or self.n % self.n_chunk:
+            raise ValueError(f"per-head projection: batch tile {self.batch_tile} or output tile "
+                             f"{self.n_chunk} (N {self.n}) not legal")

@@ -16,46 +16,20 @@ tile is HEAD's ``Q_LATENT_TILE`` = 128 where it divides KL, else the largest com
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from lowering.kernels.blocks import cast_mode
 from lowering.kernels.v32._shared import per_head_projection
 from lowering.kernels.v32._tiling import BATCH_TILE
-from lowering.tile import pl
+from lowering.kernels.v32._tiling import HeadProjTiling as Tiling
 
 Q_LATENT_TILE = 128  # HEAD: latent columns per matmul
 
 
-@dataclass(frozen=True, kw_only=True)
-class Tiling:
-    batch_tile: int  # cube M
-    heads: int  # H
-    k: int  # NOPE: the whole K in one matmul per head and output tile
-    n_chunk: int  # latent columns per matmul (divides KL)
-    kv_lora: int  # KL
-    round_bf16: bool  # q_latent="bf16": the fp32 result rounded to bf16 (ds32)
-    mode: str  # pl.cast mode of that rounding
-
-    def __post_init__(self) -> None:
-        if self.batch_tile % 16 or self.kv_lora % self.n_chunk:
-            raise ValueError(f"q_nope_latent: batch tile {self.batch_tile} or output tile "
-                             f"{self.n_chunk} (KL {self.kv_lora}) not legal")
-
-
 def make_tiling(cfg, shapes) -> Tiling:
     h, nope, kl = shapes["w_q_nope_to_latent"]
-    return Tiling(batch_tile=BATCH_TILE, heads=h, k=nope, n_chunk=math.gcd(kl, Q_LATENT_TILE),
-                  kv_lora=kl, round_bf16=cfg.q_latent == "bf16", mode=cast_mode(cfg.cast))
+    return Tiling(batch_tile=BATCH_TILE, heads=h, k=nope, n=kl, n_chunk=math.gcd(kl, Q_LATENT_TILE),
+                  mode=cast_mode(cfg.cast), round_bf16=cfg.q_latent == "bf16")
 
 
 def q_nope_latent(q_nope_out, w_q_nope_to_latent, q_latent, *, tiling: Tiling) -> None:
-    t = tiling
-
-    def finish(acc):
-        if not t.round_bf16:
-            return acc
-        return pl.cast(pl.cast(acc, target_type=pl.BF16, mode=t.mode), target_type=pl.FP32)
-
-    per_head_projection(q_nope_out, w_q_nope_to_latent, q_latent, heads=t.heads, k=t.k,
-                        n=t.kv_lora, n_chunk=t.n_chunk, batch_tile=t.batch_tile,
-                        name="q_nope_latent", finish=finish)
+    per_head_projection(q_nope_out, w_q_nope_to_latent, q_latent, tiling, "q_nope_latent")

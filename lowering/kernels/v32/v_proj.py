@@ -13,38 +13,19 @@ casts the assembled fp32 row once (``s4_attn_row_write``, the same values); here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from lowering.kernels.blocks import cast_mode
 from lowering.kernels.v32._shared import per_head_projection
 from lowering.kernels.v32._tiling import BATCH_TILE, chunk
-from lowering.tile import pl
+from lowering.kernels.v32._tiling import HeadProjTiling as Tiling
 
 V_OUT_TILE = 32  # HEAD: V columns per matmul
 
 
-@dataclass(frozen=True, kw_only=True)
-class Tiling:
-    batch_tile: int  # cube M
-    heads: int  # H
-    k: int  # KL: the whole K in one matmul per head and output tile
-    n_chunk: int  # V columns per matmul
-    v_head: int  # V
-    mode: str  # pl.cast mode of the bf16 output
-
-    def __post_init__(self) -> None:
-        if self.batch_tile % 16:
-            raise ValueError(f"v_proj: batch tile {self.batch_tile} is not a multiple of 16")
-
-
 def make_tiling(cfg, shapes) -> Tiling:
     h, kl, v = shapes["w_latent_to_v"]
-    return Tiling(batch_tile=BATCH_TILE, heads=h, k=kl, n_chunk=chunk(v, V_OUT_TILE, "v_proj N"),
-                  v_head=v, mode=cast_mode(cfg.cast))
+    return Tiling(batch_tile=BATCH_TILE, heads=h, k=kl, n=v,
+                  n_chunk=chunk(v, V_OUT_TILE, "v_proj N"), mode=cast_mode(cfg.cast))
 
 
 def v_proj(ctx_latent, w_latent_to_v, attn_front, *, tiling: Tiling) -> None:
-    t = tiling
-    per_head_projection(ctx_latent, w_latent_to_v, attn_front, heads=t.heads, k=t.k,
-                        n=t.v_head, n_chunk=t.n_chunk, batch_tile=t.batch_tile, name="v_proj",
-                        finish=lambda acc: pl.cast(acc, target_type=pl.BF16, mode=t.mode))
+    per_head_projection(ctx_latent, w_latent_to_v, attn_front, tiling, "v_proj")
