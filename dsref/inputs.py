@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import ml_dtypes
 import numpy as np
 
-from dsref.config import Config, V4Config, YarnRope
+from dsref.config import Config, V4Config, YarnRope, config
 from dsref.model import get_model
 from dsref.run import InputError, range_inputs
 
@@ -143,8 +143,8 @@ def _tie_rows(rng: np.random.Generator, shape) -> np.ndarray:
 
 
 def make_inputs(
-    model: str, cfg: Config, *, batch: int, seed: int = 0, seq: int = 1, tables: str = "real",
-    ties: bool = False, seq_lens: Sequence[int] | None = None,
+    model: str, cfg: Config | str, *, batch: int, seed: int = 0, seq: int = 1,
+    tables: str = "real", ties: bool = False, seq_lens: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Inputs of ``model`` at ``cfg`` for ``batch`` (× ``seq`` for V4), keyed by tensor name.
 
@@ -162,8 +162,12 @@ def make_inputs(
     if tables not in TABLES:
         raise ValueError(f"tables: expected one of {TABLES}, got {tables!r}")
     m = get_model(model)
+    if isinstance(cfg, str):
+        cfg = config(cfg)
     if not isinstance(cfg, m.config_type):
-        raise ValueError(f"config: {model} expects a {m.config_type.__name__}, got {cfg.name!r}")
+        got = repr(cfg.name) if isinstance(cfg, Config) else type(cfg).__name__
+        raise ValueError(f"config: {model} expects a {m.config_type.__name__} (or its name), "
+                         f"got {got}")
     if batch < 1 or seq < 1:
         raise ValueError(f"batch/seq: expected >= 1, got batch={batch}, seq={seq}")
     if isinstance(cfg, V4Config) and seq > cfg.max_pos:

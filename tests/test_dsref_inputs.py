@@ -181,6 +181,18 @@ def test_dims_too_big_for_memory_are_refused_before_any_work(monkeypatch):
     assert dsref.make_inputs("v32.decode_front", dsref.config("v32-tiny"), batch=2)
 
 
+def test_a_config_is_given_by_object_or_by_name_and_anything_else_is_named():
+    by_name = dsref.make_inputs("v32.decode_front", "v32-tiny", batch=2, seed=3)
+    by_cfg = dsref.make_inputs("v32.decode_front", dsref.config("v32-tiny"), batch=2, seed=3)
+    assert by_name.keys() == by_cfg.keys()
+    assert all(np.array_equal(by_name[k], by_cfg[k]) for k in by_cfg)
+    with pytest.raises(ValueError, match=r"^config: v32.decode_front expects a V32Config \(or "
+                                         r"its name\), got 'v4-tiny'$"):
+        dsref.make_inputs("v32.decode_front", "v4-tiny", batch=2)
+    with pytest.raises(ValueError, match=r"expects a V32Config \(or its name\), got int$"):
+        dsref.make_inputs("v32.decode_front", 3, batch=2)
+
+
 def test_v4_seq_past_the_rope_tables_is_refused():
     cfg = dsref.config("v4-tiny")
     with pytest.raises(dsref.InputError, match=rf"seq={cfg.max_pos + 1}: above v4-tiny's max_pos"):

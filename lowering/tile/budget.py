@@ -209,6 +209,17 @@ class SpaceUsage:
         return used.get(platform, 0) > self.limit(platform)
 
 
+def _signature(bufs: list) -> tuple:
+    """What :func:`measure` depends on, with times relative to the entry's first buffer: two
+    entries with equal signatures measure the same. One tuple per buffer, built without a
+    generator per buffer (an entry of a long ``pl.range`` holds one buffer per op), and with
+    the dtype's name: hashing and comparing the DType dataclass are Python calls, 4x the time."""
+    t0 = min([b.start for b in bufs])
+    return tuple([(b.shape, b.dtype.name, b.origin, b.vec, b.left, b.right, b.mult, b.site,
+                   b.start - t0, b.last - t0, tuple([t - t0 for t in b.cuses]) if b.cuses else ())
+                  for b in bufs])
+
+
 class BudgetReport:
     """Per scope × memory space: bytes under both reuse models for both platforms."""
 
@@ -224,10 +235,7 @@ class BudgetReport:
             return
         # the blocks of one pl.spmd (the iterations of a loop around a scope) usually make the
         # same buffers at the same relative times: measure each distinct entry once
-        t0 = min(b.start for b in entry.bufs)
-        sig = (entry.name, tuple((b.shape, b.dtype, b.origin, b.vec, b.left, b.right, b.mult,
-                                  b.site, b.start - t0, b.last - t0,
-                                  tuple(t - t0 for t in b.cuses)) for b in entry.bufs))
+        sig = (entry.name, _signature(entry.bufs))
         measured = self._seen.get(sig)
         if measured is None:
             if len(self._seen) > 256:

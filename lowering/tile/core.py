@@ -55,10 +55,12 @@ def caller_site() -> tuple[str, int]:
     if run is not None and run.op_site is not None:
         return run.op_site
     f = sys._getframe(1)
-    while f is not None and f.f_code in _PKG_CODES:
+    while f is not None and id(f.f_code) in _PKG_CODES:
         f = f.f_back
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
-        _PKG_CODES.add(f.f_code)  # a set lookup per frame next time, not a string compare
+        # a set lookup per frame next time, not a string compare (this package's code objects
+        # live as long as its modules: their ids are never reused)
+        _PKG_CODES.add(id(f.f_code))
         f = f.f_back
     if f is None:
         return ("?", 0)
@@ -68,10 +70,15 @@ def caller_site() -> tuple[str, int]:
 def frame_site(f: Any) -> tuple[str, int]:
     """(file, line) a frame is executing, memoised per instruction: ``f_lineno`` walks the
     code object's line table, linear in the length of a long kernel function."""
-    key = (f.f_code, f.f_lasti)
-    site = _SITES.get(key)
-    if site is None:
-        site = _SITES[key] = (f.f_code.co_filename, f.f_lineno)
+    code = f.f_code
+    # keyed by the code object's identity: hashing a code object hashes its constants and
+    # names, every time — for a long kernel function most of an op's cost
+    key = (id(code), f.f_lasti)
+    hit = _SITES.get(key)
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    site = (code.co_filename, f.f_lineno)
+    _SITES[key] = (code, site)  # holding the code keeps its id from being reused
     return site
 
 
@@ -80,8 +87,8 @@ def frame_site(f: Any) -> tuple[str, int]:
 #: (:func:`lowering.harness.run_file` reports these; ``lowering sweep`` uses them)
 op_files: dict[str, int] = {}
 
-_PKG_CODES: set = set()  # code objects of this package's functions seen on the stack
-_SITES: dict = {}  # (code, instruction offset) -> (file, line)
+_PKG_CODES: set = set()  # ids of this package's code objects seen on the stack
+_SITES: dict = {}  # (id(code), instruction offset) -> (code, (file, line))
 
 
 def call_stack() -> tuple[tuple[str, int], ...]:
