@@ -2,7 +2,10 @@
 they implement, and each one's check catches the bug it exists for (planted by monkeypatching
 one helper of the kernel module)."""
 
+from dataclasses import replace
+
 import numpy as np
+import oracle
 import pytest
 
 import dsref
@@ -12,7 +15,7 @@ from lowering.kernels.v32 import index_score as isc
 from lowering.kernels.v32 import index_topk as itk
 from lowering.kernels.v32 import sparse_attn as sat
 from lowering.report import FAIL, PASS
-from lowering.tile import pl
+from lowering.tile import pl, run_kernel
 
 SCORES = "v32.decode_front[index_score:index_topk]"
 ATTN = "v32.decode_front[sparse_attn]"
@@ -87,14 +90,57 @@ def test_topk_keeping_one_position_past_the_context_fails(monkeypatch):
 
 
 def test_sparse_attn_without_the_alpha_rescale_fails(monkeypatch):
-    def no_alpha(mi, li, oi, cur, kv_i):  # o = o + kv·β: the old rows never rescaled
-        mi_new = pl.maximum(mi, cur)
-        alpha, beta = pl.exp(pl.sub(mi, mi_new)), pl.exp(pl.sub(cur, mi_new))
-        return mi_new, pl.add(pl.mul(alpha, li), beta), pl.add(oi, pl.row_expand_mul(kv_i,
-                                                                                     beta))
+    update = sat._update
+
+    def no_alpha(mi, li, oi, s, kv):  # o = o + p @ kv: the earlier blocks never rescaled
+        m, den, acc = update(mi, li, oi, s, kv)
+        return (m, den, acc) if mi is None else (m, den, pl.add(oi, pl.sub(acc, pl.row_expand_mul(
+            oi, pl.exp(pl.sub(mi, m))))))
 
     monkeypatch.setattr(sat, "_update", no_alpha)
+    monkeypatch.setattr(sat, "ROW_TILE", 4)  # several blocks per entry
     assert _failing(_run(ATTN, HEAD), "sparse_attn") == ["ctx_latent"]
+
+
+def _head_rows(cfg, ins) -> np.ndarray:
+    """HEAD decode_front.py's ``s4_softmax`` recurrence, one selected row at a time, in numpy
+    fp32 (each op one rounding; exp in float64 rounded once): m = s₀, l = 1, o = kv₀; then
+    m' = max(m, s), α = exp(m − m'), β = exp(s − m'), l = α·l + β, o = o·α + kv·β."""
+    h, kl, scale = cfg.heads, cfg.kv_lora, oracle._attn_scale(cfg)
+    exp32 = lambda x: np.exp(x.astype(np.float64)).astype(oracle.F32)  # noqa: E731
+    ql = oracle.f32(ins["q_latent"]).reshape(-1, h, kl)
+    qp = oracle.f32(ins["q_pe_out"]).reshape(-1, h, cfg.rope)
+    out = np.empty(ql.shape, oracle.BF16)
+    for b, ctx in enumerate(ins["seq_lens"]):
+        rows = b * cfg.max_seq + ins["topk_idx"][b, :min(cfg.index_topk, ctx)].astype(np.int64)
+        kv, pe = oracle.f32(ins["kv_cache"][rows]), oracle.f32(ins["pe_cache"][rows])
+        s = (oracle.matmul32(ql[b], kv.T) + oracle.matmul32(qp[b], pe.T)) * scale  # [H, n]
+        m, den, acc = s[:, 0], np.ones(h, oracle.F32), np.broadcast_to(kv[0], (h, kl))
+        for j in range(1, len(rows)):
+            m_new = np.maximum(m, s[:, j])
+            alpha, beta = exp32(m - m_new), exp32(s[:, j] - m_new)
+            den = alpha * den + beta
+            acc = acc * alpha[:, None] + kv[j] * beta[:, None]
+            m = m_new
+        out[b] = oracle.bf16(acc / den[:, None], cfg.cast)
+    return out.reshape(out.shape[0], -1)
+
+
+@pytest.mark.parametrize("row_tile", [1, 4])
+def test_sparse_attn_one_row_per_block_is_heads_per_row_recurrence(row_tile):
+    """With one selected row per block the online softmax is HEAD's row-by-row recurrence, bit
+    for bit (an independent numpy version of it); with four, a block's rows are summed in one
+    rounding and rescaled once: the same up to a bf16 ulp here."""
+    cfg = dsref.config("v32-tiny", semantics=HEAD)
+    ins = dsref.make_inputs(ATTN, cfg, batch=5, seed=2)
+    tiling = replace(sat.make_tiling(cfg, None), row_tile=row_tile)
+    names = ["q_latent", "q_pe_out", "topk_idx", "seq_lens", "kv_cache", "pe_cache"]
+    run = run_kernel(sat.sparse_attn, inputs={n: ins[n] for n in names}, kwargs={"tiling": tiling},
+                     outputs={"ctx_latent": ((5, cfg.heads * cfg.kv_lora), pl.BF16)})
+    assert run.ok and not run.findings, run.summary()
+    got, want = run.outputs["ctx_latent"].view(np.uint16), _head_rows(cfg, ins).view(np.uint16)
+    ulps = np.abs(got.astype(np.int64) - want.astype(np.int64)).max()
+    assert ulps == 0 if row_tile == 1 else ulps <= 1
 
 
 @pytest.mark.parametrize("semantics", [None, HEAD])

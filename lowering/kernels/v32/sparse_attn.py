@@ -1,15 +1,20 @@
 """sparse_attn — every head's attention over the top-k selected cache rows of its batch entry,
-online softmax in fp32 (pypto-lib HEAD decode_front.py stages 4.3-4.5 ``s4_softmax``).
+online softmax in fp32 (pypto-lib HEAD decode_front.py stages 4.3-4.5 ``s4_softmax``), a block
+of ``TB`` selected rows at a time.
 
     n_b = min(TOPK, seq_lens[b]);  row_j = b·MAX_SEQ + topk_idx[b, j],  j < n_b
     s_j = f32( f32(q_lat_h @ kv_j) + f32(q_pe_h @ pe_j) ) · scale                (fp32)
-    row 0:  m = s_0,  l = exp(m − m) = 1,  o = kv_0
-    row j:  m' = max(m, s_j),  α = exp(m − m'),  β = exp(s_j − m')
-            l = α·l + β,  o = o·α + kv_j·β,  m = m'
+    block 0:  m = rowmax(s),  p = exp(s − m),  l = Σp,  o = p @ kv
+    block k:  m' = max(m, rowmax(s)),  α = exp(m − m'),  p = exp(s − m')
+              l = α·l + Σp,  o = o·α + p @ kv,  m = m'
     ctx_latent[b, h·KL:(h+1)·KL] = bf16( o / l )
 
-``attn_probs="exact"`` (HEAD): this recurrence is the exact softmax mean up to rounding — each
-op above one fp32 rounding (``pl.exp`` the float64 exp rounded once), in HEAD's order per row;
+``attn_probs="exact"`` (HEAD): each op above one fp32 rounding (``pl.exp`` the float64 exp
+rounded once, ``Σp`` and ``p @ kv`` float64 sums rounded once). With ``TB = 1`` this is HEAD's
+recurrence bit for bit (m = s₀, l = 1, o = kv₀; then α, β = exp(s − m'), l = α·l + β,
+o = o·α + kv·β, one row at a time — ``tests/test_lowering_v32_attn.py`` checks it against a
+numpy version); the default ``TB = 32`` sums a block's rows in one rounding and rescales once
+per block (flash-decoding's order: 32× fewer ops on the emulator, the rounding a bound covers).
 dsref sums in float64 and divides once, so the output is not bitwise (judged within a bound).
 ``attn_probs="bf16"`` (ds32: the probabilities rounded to bf16 before ``p @ kv``) is the plain
 softmax, three passes over the selected rows with the scores recomputed in each (no [HG, TOPK]
@@ -22,16 +27,17 @@ each tile's sums one float64-accumulated rounding, the tiles added in fp32 (dsre
 and Σ, one rounding of the whole p @ kv); slots past n_b score −inf (zero probability, zero kv
 rows). ``scale``: ``dsref.v32.attn_scale`` (``attn_scale="yarn"`` folds in mscale²).
 
-Tiling: HEAD runs one head at a time, scalar per row (a [16, KL] tile of one repeated row);
-here a group of ``head_group`` heads is one ``[HG, KL]`` tile (rows = heads) so the recurrence's
-vector ops work on all of them at once, and the scores of ``row_tile`` selected rows come from
-two cube matmuls per group (``[HG, KL] fp32 @ [TB, KL]ᵀ`` and ``[HG, R] bf16 @ [TB, R]ᵀ``:
-exact products, one rounding each — the reference's dots; HEAD forms them on the vector unit as
-``row_sum(q · kv)`` with fp32-rounded products). The selected rows are gathered row by row
-(``pl.gather_row``, HEAD's per-row cache loads) into a ``[TB, KL]`` bf16 tile, widened to fp32
-once for both the score matmul and the ``o`` update. Heads are grouped so that the fp32
-``[HG, KL]`` tiles stay within the Vec budget; a group smaller than 16 is zero-padded to 16
-rows for the cube and its scores sliced back.
+Tiling: first, per batch entry, its selected rows are gathered row by row (``pl.gather_row``,
+HEAD's per-row cache loads) into GM work tensors ``[TOPK, KL]`` / ``[TOPK, R]`` in slot order,
+once for all head groups (scope ``sparse_attn_gather``). Then HEAD runs one head at a time,
+scalar per row (a [16, KL] tile of one repeated row); here a group of ``head_group`` heads is
+one ``[HG, KL]`` tile (rows = heads) so the softmax's vector ops work on all of them at once,
+and the scores of a block of ``TB`` rows come from two cube matmuls per group (``[HG, KL] fp32
+@ [TB, KL]ᵀ`` and ``[HG, R] bf16 @ [TB, R]ᵀ``: exact products, one rounding each — the
+reference's dots; HEAD forms them on the vector unit as ``row_sum(q · kv)`` with fp32-rounded
+products), the block's kv rows widened to fp32 once for both the score matmul and ``p @ kv``.
+Heads are grouped so that the fp32 ``[HG, KL]`` tiles stay within the Vec budget; a group
+smaller than 16 is zero-padded to 16 rows for the cube and its results sliced back.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from lowering.kernels.blocks import cast_mode
 from lowering.tile import pl
 
 HEAD_GROUP = 16  # heads per [HG, KL] tile
-ROW_TILE = 16  # selected rows per score matmul
+ROW_TILE = 32  # selected rows per block (the most whose tiles fit the a2a3 Vec budget beside o)
 CUBE_M = 16
 
 
@@ -82,21 +88,33 @@ def _cube_rows(x):
     return x if m % CUBE_M == 0 else pl.fillpad_expand(x, [-(-m // CUBE_M) * CUBE_M, x.shape[1]])
 
 
-def _gather_rows(kv_cache, pe_cache, topk_idx, b: int, j0: int, rows: int, t: Tiling,
-                 zero: bool):
+def _gather_rows(kv_cache, pe_cache, topk_idx, b: int, j0: int, rows: int, t: Tiling):
     """The cache rows of top-k slots ``j0 .. j0+rows`` of entry ``b``: ``[TB, KL]`` and
-    ``[TB, R]`` bf16 tiles (rows past ``rows`` undefined, or zero)."""
-    if zero:
-        kv = pl.full([t.row_tile, t.kv_lora], pl.BF16, 0.0)
-        pe = pl.full([t.row_tile, t.rope], pl.BF16, 0.0)
-    else:
-        kv = pl.create_tile([t.row_tile, t.kv_lora], pl.BF16)
-        pe = pl.create_tile([t.row_tile, t.rope], pl.BF16)
+    ``[TB, R]`` bf16 tiles, rows past ``rows`` zero."""
+    kv = pl.full([t.row_tile, t.kv_lora], pl.BF16, 0.0)
+    pe = pl.full([t.row_tile, t.rope], pl.BF16, 0.0)
     for i in pl.range(rows):
         row = b * t.max_seq + pl.read(topk_idx, [b, j0 + i])
         kv = pl.gather_row(kv, kv_cache, [i, 0], [row, 0], [1, t.kv_lora])
         pe = pl.gather_row(pe, pe_cache, [i, 0], [row, 0], [1, t.rope])
     return kv, pe
+
+
+def _gather(kv_cache, pe_cache, topk_idx, seq_lens, b: int, t: Tiling):
+    """Entry ``b``'s selected cache rows, in top-k slot order, into GM work tensors
+    ``[TOPK_pad, KL]`` / ``[TOPK_pad, R]`` bf16 (a partial last block padded with zero rows):
+    gathered once per entry, read by every head group."""
+    slots = -(-t.topk // t.row_tile) * t.row_tile
+    sel_kv = pl.create_tensor([slots, t.kv_lora], dtype=pl.BF16)
+    sel_pe = pl.create_tensor([slots, t.rope], dtype=pl.BF16)
+    with pl.at(level=pl.Level.CORE_GROUP, name_hint="sparse_attn_gather"):
+        n = _selected(seq_lens, b, t)
+        for j0 in pl.range(0, n, t.row_tile):
+            kv, pe = _gather_rows(kv_cache, pe_cache, topk_idx, b, j0,
+                                  pl.min(t.row_tile, n - j0), t)
+            sel_kv[j0:j0 + t.row_tile, :] = kv
+            sel_pe[j0:j0 + t.row_tile, :] = pe
+    return sel_kv, sel_pe
 
 
 def _scores(ql, qp, kv, pe, t: Tiling):
@@ -109,24 +127,36 @@ def _scores(ql, qp, kv, pe, t: Tiling):
     return s
 
 
-def _block(ql, qp, kv_cache, pe_cache, topk_idx, b: int, j0: int, rows: int, t: Tiling,
-           zero: bool = False):
-    """Top-k slots ``j0 .. j0+rows`` of entry ``b``: their kv rows widened to fp32
-    ``[TB, KL]`` (``zero``: rows past ``rows`` zero), their bf16 kv rows, and the scores
-    ``[HG, TB]``."""
-    kv, pe = _gather_rows(kv_cache, pe_cache, topk_idx, b, j0, rows, t, zero)
+def _block(ql, qp, sel_kv, sel_pe, j0: int, n: int, t: Tiling):
+    """Top-k slots ``j0 .. j0+TB`` of the entry: their kv rows as bf16 and widened to fp32
+    ``[TB, KL]``, and the scores ``[HG, TB]`` — the slots past ``n`` scored −inf (zero
+    probability; their kv rows are zero)."""
+    hg, tb = t.head_group, t.row_tile
+    kv = sel_kv[j0:j0 + tb, :]
     kvf = pl.cast(kv, target_type=pl.FP32)
-    return kvf, kv, _scores(ql, qp, kvf, pe, t)
+    s = _scores(ql, qp, kvf, sel_pe[j0:j0 + tb, :], t)
+    rows = pl.min(tb, n - j0)
+    if rows < tb:
+        s = pl.fillpad(pl.slice(s, [hg, tb], [0, 0], valid_shape=[hg, rows]),
+                       pad_value=pl.PadValue.min)
+    return kvf, kv, s
 
 
-def _update(mi, li, oi, cur, kv_i):
-    """One row of the online softmax: ``m' = max(m, s)``, ``α = exp(m − m')``,
-    ``β = exp(s − m')``, ``l = α·l + β``, ``o = o·α + kv·β`` (each one fp32 op)."""
-    mi_new = pl.maximum(mi, cur)
+def _update(mi, li, oi, s, kv):
+    """One block of the online softmax: ``m' = max(m, rowmax(s))``, ``α = exp(m − m')``,
+    ``p = exp(s − m')``, ``l = α·l + Σp``, ``o = o·α + p @ kv`` (each one fp32 rounding; the
+    first block starts from ``m = rowmax(s)``, ``l = Σp``, ``o = p @ kv``)."""
+    block_max = pl.row_max(s)
+    mi_new = block_max if mi is None else pl.maximum(mi, block_max)
+    p = pl.exp(pl.row_expand_sub(s, mi_new))
+    pv = pl.matmul(_cube_rows(p), kv, out_dtype=pl.FP32)
+    if pv.shape[0] != p.shape[0]:
+        pv = pl.slice(pv, [p.shape[0], kv.shape[1]], [0, 0])
+    if mi is None:
+        return mi_new, pl.row_sum(p), pv
     alpha = pl.exp(pl.sub(mi, mi_new))
-    beta = pl.exp(pl.sub(cur, mi_new))
-    li = pl.add(pl.mul(alpha, li), beta)
-    oi = pl.add(pl.row_expand_mul(oi, alpha), pl.row_expand_mul(kv_i, beta))
+    li = pl.add(pl.mul(alpha, li), pl.row_sum(p))
+    oi = pl.add(pl.row_expand_mul(oi, alpha), pv)
     return mi_new, li, oi
 
 
@@ -135,45 +165,29 @@ def _selected(seq_lens, b: int, t: Tiling) -> int:
     return pl.min(t.topk, pl.read(seq_lens, [b]))
 
 
-def _online(ql, qp, kv_cache, pe_cache, topk_idx, b: int, n: int, t: Tiling):
-    """HEAD's online softmax over the ``n`` selected rows, row by row → fp32 ``o / l``."""
-    hg, kl = t.head_group, t.kv_lora
-    shape = pl.full([hg, kl], pl.FP32, 0.0)  # col_expand's target shape
+def _online(ql, qp, sel_kv, sel_pe, n: int, t: Tiling):
+    """The online softmax over the ``n`` selected rows, ``TB`` at a time → fp32 ``o / l``."""
+    mi = li = oi = None
     for j0 in pl.range(0, n, t.row_tile):
-        rows = pl.min(t.row_tile, n - j0)
-        kvf, _, s = _block(ql, qp, kv_cache, pe_cache, topk_idx, b, j0, rows, t)
-        for i in pl.range(rows):
-            cur = pl.slice(s, [hg, 1], [0, i])
-            kv_i = pl.col_expand(shape, pl.slice(kvf, [1, kl], [i, 0]))
-            if j0 + i == 0:
-                mi, li, oi = cur, pl.exp(pl.sub(cur, cur)), kv_i
-                continue
-            mi, li, oi = _update(mi, li, oi, cur, kv_i)
+        kvf, _, s = _block(ql, qp, sel_kv, sel_pe, j0, n, t)
+        mi, li, oi = _update(mi, li, oi, s, kvf)
     return pl.row_expand_div(oi, li)
 
 
-def _plain(ql, qp, kv_cache, pe_cache, topk_idx, b: int, n: int, t: Tiling):
+def _plain(ql, qp, sel_kv, sel_pe, n: int, t: Tiling):
     """ds32's softmax, three passes over the ``n`` selected rows (the scores recomputed in
     each): the row max ``m``; ``Σ e``, ``e = exp(s − m)``; ``Σ bf16(e / Σe) @ kv`` → fp32."""
-    hg, tb = t.head_group, t.row_tile
-
-    def scores(j0):
-        rows = pl.min(tb, n - j0)
-        _, kv, s = _block(ql, qp, kv_cache, pe_cache, topk_idx, b, j0, rows, t, rows < tb)
-        if rows < tb:  # the slots past n_b: −inf scores, zero probabilities
-            s = pl.fillpad(pl.slice(s, [hg, tb], [0, 0], valid_shape=[hg, rows]),
-                           pad_value=pl.PadValue.min)
-        return kv, s
-
+    hg = t.head_group
     m = total = acc = None
-    for j0 in pl.range(0, n, tb):
-        block_max = pl.row_max(scores(j0)[1])
+    for j0 in pl.range(0, n, t.row_tile):
+        block_max = pl.row_max(_block(ql, qp, sel_kv, sel_pe, j0, n, t)[2])
         m = block_max if m is None else pl.maximum(m, block_max)
-    for j0 in pl.range(0, n, tb):
-        block_sum = pl.row_sum(pl.exp(pl.row_expand_sub(scores(j0)[1], m)))
+    for j0 in pl.range(0, n, t.row_tile):
+        s = _block(ql, qp, sel_kv, sel_pe, j0, n, t)[2]
+        block_sum = pl.row_sum(pl.exp(pl.row_expand_sub(s, m)))
         total = block_sum if total is None else pl.add(total, block_sum)
-    for j0 in pl.range(0, n, tb):
-        kv, s = scores(j0)
+    for j0 in pl.range(0, n, t.row_tile):
+        _, kv, s = _block(ql, qp, sel_kv, sel_pe, j0, n, t)
         p = _cube_rows(pl.cast(pl.row_expand_div(pl.exp(pl.row_expand_sub(s, m)), total),
                                target_type=pl.BF16, mode=t.mode))
         acc = pl.matmul(p, kv, out_dtype=pl.FP32) if acc is None else pl.matmul_acc(acc, p, kv)
@@ -189,12 +203,13 @@ def sparse_attn(q_latent, q_pe_out, topk_idx, seq_lens, kv_cache, pe_cache, ctx_
     q_pe = pl.reshape(q_pe_out, [nb * t.heads, r])
     ctx_out = pl.reshape(ctx_latent, [nb * t.heads, kl])
     softmax = _online if t.online else _plain
-    with pl.at(level=pl.Level.CORE_GROUP, name_hint="sparse_attn"):
-        for b in pl.parallel(0, nb, 1):
-            n = _selected(seq_lens, b, t)
-            for h0 in pl.parallel(0, t.heads, hg):
+    for b in pl.parallel(0, nb, 1):
+        sel_kv, sel_pe = _gather(kv_cache, pe_cache, topk_idx, seq_lens, b, t)
+        for h0 in pl.parallel(0, t.heads, hg):
+            with pl.at(level=pl.Level.CORE_GROUP, name_hint="sparse_attn"):
+                n = _selected(seq_lens, b, t)
                 r0 = b * t.heads + h0
                 ql = _cube_rows(q_lat[r0:r0 + hg, :])
                 qp = _cube_rows(q_pe[r0:r0 + hg, :])
-                ctx = softmax(ql, qp, kv_cache, pe_cache, topk_idx, b, n, t)
+                ctx = softmax(ql, qp, sel_kv, sel_pe, n, t)
                 ctx_out[r0:r0 + hg, :] = pl.cast(ctx, target_type=pl.BF16, mode=t.mode)
