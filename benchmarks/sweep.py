@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,18 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_kind  # noqa: E402
 
 from lowering.sweep import PHASES, SIM_SET, VERDICTS, SweepRow, ci_class, summary, sweep, with_verdict  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def checkout_commit(root: Path, given: str | None) -> str:
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     spent["other_s"] = round(sum(r.seconds for r in rows) - sum(spent.values()), 1)
     per = summary(rows)
     res = {
-        "date": datetime.date.today().isoformat(), "cpu": cpu_model(),
+        "date": datetime.date.today().isoformat(), "cpu": cpu_kind(),
         "cores": len(os.sched_getaffinity(0)), "jobs": jobs, "timeout_s": args.timeout,
         "checkout": str(root), "commit": checkout_commit(root, args.commit),
         "files": len(rows), "wall_s": round(wall, 1),

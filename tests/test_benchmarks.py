@@ -13,9 +13,10 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "b.json"
-    assert mod.main(["--quick", "--no-eager", "--out", str(out)]) == 0
+    assert mod.main(["--quick", "--no-eager", "--no-cli", "--rounds", "2", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["quick"] and res["copy_bandwidth_GBps"] > 0
+    assert res["quick"] and res["copy_bandwidth_GBps"] > 0 and res["f64_gemm_gflops"] > 0
+    assert res["machine"]["cpu"] and res["machine"]["cores"] >= 1 and res["cpu_kind"]
     assert res["lowering_diff"]["exit_code"] == 0  # every region of both models has a kernel
     # --quick: V3.2 scope 1 and V4 (the full run adds the whole fused V3.2 front)
     assert set(res["models"]) == {"v32.decode_front[:decode_cache_write]", "v4.qkv_proj_rope"}
@@ -25,7 +26,14 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
         assert m["reference"]["jit_s"] > 0 and m["emulator"]["verdict"] == "PASS"
         assert set(m["prepared"]) == set(m["prepared_over_floor"]) == {"exact", "fp32"}
         assert all(p["call_s"] > 0 for p in m["prepared"].values())
-    assert "reference/floor" in capsys.readouterr().out
+        # interleaved rounds: every call kind timed once per round, its spread kept
+        for kind in ("oneshot", "prepared"):
+            for t in m[kind].values():
+                assert len(t["runs_s"]) == 2 and t["min_s"] <= t["median_s"] <= t["max_s"]
+        assert len(m["make_inputs_s"]["runs_s"]) == 2 and m["dot_gflop"] > 0
+        assert m["prepared_exact_over_f64_gemm"] > 0 and "cli_diff" not in m  # --no-cli
+    out = capsys.readouterr().out
+    assert "x the floor" in out and "interleaved rounds" in out and "float64 GEMM" in out
 
 
 def test_sweep_benchmark_from_a_finished_sweep(tmp_path, capsys):

@@ -558,11 +558,39 @@ def test_ordered_dot_is_bitwise_and_one_ulp_in_one_partial_fails_the_verdict():
     assert not d.ok and d.outside == int(differs.sum()) and d.bound_ratio == float("inf")
 
 
+def _lsb_by_frexp(x: np.ndarray) -> np.ndarray:
+    """The exponent of each value's lowest set bit from float64 arithmetic alone: frexp's
+    mantissa scaled to a 53-bit integer, its lowest set bit isolated and its log2 taken."""
+    x = np.asarray(x, np.float64)
+    m, e = np.frexp(x)
+    mant = np.abs(m * 2.0**53).astype(np.int64)
+    low = mant & -mant
+    with np.errstate(divide="ignore"):
+        tz = np.where(low > 0, np.log2(np.maximum(low, 1)), 0.0)
+    return np.where((mant == 0) | ~np.isfinite(x), np.inf, e - 53 + tz)
+
+
+def test_lowest_set_bit_of_fp32_values_from_their_bits_and_of_others_from_float64():
+    """``lsb_exponent`` reads fp32-grid values from their fp32 bits and anything else in
+    float64: both equal the frexp oracle — normals, subnormals, ±0 and non-finite (+inf),
+    fp32 or float64 storage, values off the fp32 grid; and known values."""
+    from lowering.bounds import lsb_exponent
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(4096) * np.exp2(rng.integers(-160, 120, 4096))).astype(np.float32)
+    x[:8] = [0.0, -0.0, np.inf, np.nan, 2.0**-149, 3 * 2.0**-149, -0.75, 2.0**127]
+    for v in (x, x.astype(np.float64), x.astype(np.float64) + 2.0**-60):
+        with np.errstate(invalid="ignore"):
+            assert np.array_equal(lsb_exponent(v), _lsb_by_frexp(v))
+    assert lsb_exponent(np.array([12.0, 2.0**-149, 1 + 2.0**-30, 0.0])).tolist() == [
+        2.0, -149.0, -30.0, np.inf]
+
+
 def test_lowest_set_bit_of_bf16_weights_per_column_from_their_bits():
     """The dot bound's per-column lowest set bit of a bf16 weight, read from its bits in int16,
     equals the exponent found from float64 values by frexp — normals, subnormals, zeros (+inf:
     they constrain nothing), a column of zeros, and powers of two alone."""
-    from lowering.bounds import _lsb_bf16_cols, lsb_exponent
+    from lowering.bounds import _lsb_bf16_cols
 
     rng = np.random.default_rng(2)
     w = (rng.standard_normal((64, 9)) * np.exp2(rng.integers(-140, 20, (64, 9)))).astype(
@@ -571,6 +599,6 @@ def test_lowest_set_bit_of_bf16_weights_per_column_from_their_bits():
     w[5, 4] = ml_dtypes.bfloat16(2.0**-133)  # a subnormal: its lowest bit is 2^-133
     w[:, 6] = ml_dtypes.bfloat16(-0.75)
     got = _lsb_bf16_cols(w)
-    want = np.min(lsb_exponent(w.astype(np.float64)), axis=0, keepdims=True)
+    want = np.min(_lsb_by_frexp(w.astype(np.float64)), axis=0, keepdims=True)
     assert got.shape == (1, 9) and np.array_equal(got, want), (got, want)
     assert got[0, 3] == np.inf and got[0, 4] == -133 and got[0, 6] == -2
