@@ -21,7 +21,7 @@ import numpy as np
 
 from dsref.config import Config, V4Config, YarnRope, config
 from dsref.model import get_model
-from dsref.run import InputError, range_inputs
+from dsref.run import InputError, aligned_empty, range_inputs
 
 BF16 = ml_dtypes.bfloat16
 TABLES = ("real", "adversarial")
@@ -98,7 +98,7 @@ def _normal(rng: np.random.Generator, shape, scale: float = 1.0, dtype=np.float3
     table = (_quantiles() * scale).astype(np.float32)
     if dtype is not np.float32:
         table = table.astype(dtype)
-    return table[_bits(rng, shape)]
+    return np.take(table, _bits(rng, shape), out=aligned_empty(shape, table.dtype), mode="clip")
 
 
 def _cache(rng: np.random.Generator, batch: int, rows: int, width: int) -> np.ndarray:
@@ -108,7 +108,8 @@ def _cache(rng: np.random.Generator, batch: int, rows: int, width: int) -> np.nd
     entry's row shows)."""
     block = _normal(rng, (rows, width), dtype=BF16)
     shifts = rng.permutation(rows)[:batch] if batch <= rows else rng.integers(0, rows, batch)
-    return np.concatenate([np.roll(block, int(s), axis=0) for s in shifts], axis=0)
+    return np.concatenate([np.roll(block, int(s), axis=0) for s in shifts], axis=0,
+                          out=aligned_empty((len(shifts) * rows, width), block.dtype))
 
 
 def _w8(rng: np.random.Generator, shape: tuple[int, int], std: float
@@ -118,7 +119,7 @@ def _w8(rng: np.random.Generator, shape: tuple[int, int], std: float
     one random row of each column set to ±127 so every channel spans its range, the scales
     ``std · 2.6 / 127`` times a per-channel factor in [0.75, 1.25)."""
     table = np.clip(np.rint(_quantiles() * (127 / 2.6)), -127, 127).astype(np.int8)
-    codes = table[_bits(rng, shape)]
+    codes = np.take(table, _bits(rng, shape), out=aligned_empty(shape, table.dtype), mode="clip")
     top = rng.integers(0, shape[0], shape[1])
     codes[top, np.arange(shape[1])] = np.where(rng.random(shape[1]) < 0.5, -127, 127)
     factor = 0.75 + 0.5 * rng.random(shape[1], dtype=np.float32)

@@ -21,6 +21,33 @@ class InputError(ValueError):
     """A model input has the wrong name, shape, dtype or value (one line, names the tensor)."""
 
 
+#: XLA CPU takes a C-contiguous host buffer aligned to this many bytes as it is (no copy)
+HOST_ALIGN = 64
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose buffer is :data:`HOST_ALIGN`-byte aligned
+    (numpy's own large allocations sit 16 bytes past a page: XLA would copy them)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + HOST_ALIGN, np.uint8)
+    off = -raw.ctypes.data % HOST_ALIGN
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
+def to_device(a: np.ndarray) -> jax.Array:
+    """A device array of host ``a`` for the length of one call, never written: an aligned
+    C-contiguous buffer is taken as it is, any other first copied into an aligned one (numpy's
+    copy is 2-3x faster than ``device_put``'s own, measured on 75 MB weights). Not for what a
+    caller keeps (:class:`dsref.Prepared` copies its resident tensors)."""
+    a = np.asarray(a)
+    if a.nbytes >= 1 << 16 and (not a.flags.c_contiguous or a.ctypes.data % HOST_ALIGN):
+        b = aligned_empty(a.shape, a.dtype)
+        np.copyto(b, a)
+        a = b
+    return jax.device_put(a)
+
+
 def infer_batch_seq(model: Model, inputs: Mapping[str, np.ndarray]) -> tuple[int, int]:
     """(batch, seq) implied by the model's leading activation (``x`` or ``hidden_states``);
     for a stage range without it, by the first per-call activation it takes (``[T, ...]``:
@@ -155,7 +182,7 @@ def run(model: str, cfg: Config, inputs: Mapping[str, np.ndarray], *, jit: bool 
         validate(model, cfg, inputs)
     m = get_model(model)
     with x64():
-        ins = {k: jax.device_put(v) for k, v in inputs.items() if k not in m.inouts}
+        ins = {k: to_device(v) for k, v in inputs.items() if k not in m.inouts}
         inouts = device_inouts(m, inputs)
         if jit:
             outs, inouts = compiled_step(model, cfg)(ins, {}, inouts)

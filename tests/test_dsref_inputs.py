@@ -247,3 +247,23 @@ def test_given_seq_lens_are_checked(seq_lens, why):
                           seq_lens=seq_lens)
     with pytest.raises(dsref.InputError, match="V4 inputs have no per-entry"):
         dsref.make_inputs("v4.qkv_proj_rope", dsref.config("v4-tiny"), batch=1, seq_lens=[1])
+
+
+def test_large_inputs_are_aligned_so_a_run_takes_them_without_a_copy():
+    """make_inputs' weights and caches sit on 64-byte boundaries, which XLA CPU takes as they
+    are (a one-shot dsref.run copied ~180 MB per call before); an unaligned or strided array is
+    copied into an aligned buffer first, with the same values."""
+    from dsref.run import HOST_ALIGN, to_device
+
+    ins = dsref.make_inputs("v32.decode_front", "v32-tiny", batch=2, seed=0)
+    for name in ("wq_a", "wq_b", "wkv_a", "kv_cache", "pe_cache", "w_latent_to_v"):
+        assert ins[name].ctypes.data % HOST_ALIGN == 0, name
+    w = ins["wq_b"]
+    assert to_device(w).unsafe_buffer_pointer() == w.ctypes.data
+    raw = np.zeros(w.nbytes + 8, np.uint8)
+    shifted = raw[8:].view(w.dtype).reshape(w.shape)  # 8 bytes off an aligned base
+    shifted[...] = w
+    for a in (shifted, np.asfortranarray(w)):
+        d = to_device(a)
+        assert d.unsafe_buffer_pointer() != a.ctypes.data
+        assert np.asarray(d).view(np.uint16).tobytes() == w.view(np.uint16).tobytes()
