@@ -137,11 +137,18 @@ def _sweep(start: np.ndarray, last: np.ndarray, delta: np.ndarray) -> tuple[np.n
 def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[str], list[str]]]:
     """space -> (shape-model bytes, peak bytes, top shape-model keys, largest tiles at peak)."""
     per_space: dict[str, list] = {}
+    kinds: dict[tuple, list[tuple[str, int]]] = {}  # what places a buffer -> (space, bytes)
     for b in bufs:
         if b.last == b.start and b.origin != "scratch":
             continue  # never read: dead code the compiler drops
-        for sp in buf_spaces(b):
-            nb = tile_bytes(sp, b.shape, b.dtype.itemsize, b.dtype.is_int, platform) * b.mult
+        kind = (b.shape, b.dtype.name, b.mult, b.origin, bool(b.left), bool(b.right),
+                bool(b.vec))
+        placed = kinds.get(kind)
+        if placed is None:
+            placed = kinds[kind] = [
+                (sp, tile_bytes(sp, b.shape, b.dtype.itemsize, b.dtype.is_int, platform)
+                 * b.mult) for sp in buf_spaces(b)]
+        for sp, nb in placed:
             if sp in ("Left", "Right") and b.cuses and not b.origin.endswith(sp):
                 # AutoTileMatmulL0 slices an L1 operand into L0 panels that fit, extracted
                 # right before each matmul and free after it (MemoryReuse aliases the panels
@@ -169,7 +176,7 @@ def measure(bufs: list[Any], platform: str) -> dict[str, tuple[int, int, list[st
         # shape: per key, the most tiles live at once
         groups: dict[tuple, list[int]] = {}
         for k, t in enumerate(items):
-            groups.setdefault((t[0].shape, t[0].dtype, t[0].mult), []).append(k)
+            groups.setdefault((t[0].shape, t[0].dtype.name, t[0].mult), []).append(k)
         shape_total = 0
         keys = []
         for members in groups.values():
