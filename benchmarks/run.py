@@ -20,8 +20,8 @@ V3.2 scope 1 and the whole fused front; ``v4-flash`` B=64 S=2):
   compilation), so a noisy machine slows them alike; each reports median, min and max;
 - ``bandwidth``: a large in-memory copy (``np.copyto`` of 512 MiB; bytes read + written per
   second) and, per model, the floor = weight bytes ÷ that bandwidth, and each time ÷ floor;
-  ``dot_gflop``: 2 · tokens · the projection weights' elements, and prepared exact ÷ the time
-  the measured float64 GEMM rate needs for them (the exact dot is a float64 GEMM);
+  ``dot_gflop``: 2 · tokens · the bf16 projection weights' elements, and prepared exact ÷ the
+  time the measured float64 GEMM rate needs for them (the exact dot is a float64 GEMM);
 - ``emulator``: per region the seconds of its kernel on the tile emulator at the same dims
   (isolated mode, in-process), the total, and total ÷ reference;
 - ``cli_diff``: ``python -m lowering diff MODEL --config C --batch B --seq S`` as a user runs
@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -126,9 +127,11 @@ def bench_calls(model: str, cfg: Any, ins: dict, rounds: int, eager: bool = True
 
 
 def dot_flops(ins: dict, tokens: int) -> float:
-    """2 · tokens · the elements of every 2-D (or stacked) projection weight: the flops of the
-    model's weight dots, each weight used once per token."""
-    return 2.0 * tokens * sum(a.size for n, a in ins.items() if WEIGHT.search(n) and a.ndim >= 2)
+    """2 · tokens · the elements of every bf16 projection weight (2-D, or stacked per head):
+    the flops of the model's exact dots, float64 GEMMs, each weight used once per token (int8
+    weights are int32 dots, not counted)."""
+    return 2.0 * tokens * sum(a.size for n, a in ins.items()
+                              if WEIGHT.search(n) and a.ndim >= 2 and a.dtype == ml_dtypes.bfloat16)
 
 
 def bench_cli_diff(model: str, config: str, batch: int, seq: int, backend_args: list[str]
@@ -253,6 +256,34 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(res: dict) -> str:
+    """The README's speed table of a record: one column per model, median [min–max]."""
+    ms = lambda s: f"{s['median_s'] * 1e3:.0f} ms [{s['min_s'] * 1e3:.0f}–{s['max_s'] * 1e3:.0f}]"  # noqa: E731
+    models = res["models"]
+    head = [f"`{m['config']}` {name.split('.', 1)[1]} B={m['batch']}"
+            + (f" S={m['seq']}" if m["seq"] > 1 else "") for name, m in models.items()]
+    rows = [("weights / bandwidth floor",
+             lambda m: f"{m['weight_bytes'] / 1e6:.1f} MB / {m['floor_s'] * 1e3:.1f} ms"),
+            ("`make_inputs`", lambda m: ms(m["make_inputs_s"]))]
+    for acc in ACCUMULATE:
+        rows.append((f"`dsref.run`, one-shot, {acc}",
+                     lambda m, a=acc: ms(m["oneshot"][a])))
+    for acc in ACCUMULATE:
+        rows.append((f"`dsref.prepare`d call, {acc} (÷ floor)",
+                     lambda m, a=acc: f"{ms(m['prepared'][a])} ({m['prepared_over_floor'][a]:.0f}×)"))
+    rows += [("prepared exact ÷ float64 GEMM time of its bf16 dots",
+              lambda m: f"{m['prepared_exact_over_f64_gemm']:.1f}× ({m['dot_gflop']:.1f} GFLOP)"),
+             ("eager reference (`jit=False`)",
+              lambda m: f"{m['reference']['eager_s']:.1f} s" if m["reference"]["eager_s"] else "–"),
+             ("emulator, every region's kernel", lambda m: f"{m['emulator']['kernels_s']:.1f} s"),
+             ("`lowering diff`, a fresh process, end to end",
+              lambda m: f"{m['cli_diff']['seconds']:.1f} s" if "cli_diff" in m else "–")]
+    out = ["| | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    out += ["| " + label + " | " + " | ".join(f(m) for m in models.values()) + " |"
+            for label, f in rows]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None,
@@ -267,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cli", action="store_true",
                    help="skip the end-to-end `lowering diff` processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--markdown", metavar="RECORD",
+                   help="print the README table of a record (e.g. benchmarks/results.json); "
+                        "runs nothing")
     a = p.parse_args(argv)
+    if a.markdown:
+        print(markdown(json.loads(Path(a.markdown).read_text())))
+        return 0
     from dsref.progress import wanted
 
     res = run(quick=a.quick, backend=a.backend, device=a.device, eager=not a.no_eager,

@@ -32,6 +32,10 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
                 assert len(t["runs_s"]) == 2 and t["min_s"] <= t["median_s"] <= t["max_s"]
         assert len(m["make_inputs_s"]["runs_s"]) == 2 and m["dot_gflop"] > 0
         assert m["prepared_exact_over_f64_gemm"] > 0 and "cli_diff" not in m  # --no-cli
+    table = mod.markdown(res).splitlines()  # the README's table of this record
+    assert "`v32-tiny`" in table[0] and "`v4-tiny`" in table[0] and len(table) == 12
+    assert all(row.count("|") == 4 for row in table)
+    assert table[-1].endswith("| – | – |")  # --no-cli: no end-to-end row
     out = capsys.readouterr().out
     assert "x the floor" in out and "interleaved rounds" in out and "float64 GEMM" in out
 
