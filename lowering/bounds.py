@@ -335,22 +335,6 @@ def int8_codes(p: Iv) -> Iv:
 _NO_LSB = np.iinfo(np.int16).max  # a zero's (or non-finite value's) lowest set bit: +inf
 
 
-def _lsb_of_bf16_bits() -> np.ndarray:
-    """The exponent of the lowest set bit of every bf16 bit pattern (int16, :data:`_NO_LSB`
-    for zeros and non-finite values): ``(-1)^s · 1.m · 2^(e-127)`` has it at
-    ``max(e, 1) − 134 + tz(sig)``, ``sig`` the 8-bit significand with its hidden bit."""
-    bits = np.arange(1 << 16)
-    e = (bits >> 7) & 0xFF
-    sig = (bits & 0x7F) | ((e > 0) << 7)
-    tz = np.array([8] + [(i & -i).bit_length() - 1 for i in range(1, 256)])[sig]
-    out = (np.maximum(e, 1) - 134 + tz).astype(np.int16)
-    out[(sig == 0) | (e == 0xFF)] = _NO_LSB
-    return out
-
-
-_LSB_BF16 = _lsb_of_bf16_bits()
-
-
 def _lsb_bf16_cols(w: np.ndarray, rows: int = 32) -> np.ndarray:
     """``min(lsb_exponent(w), axis=0, keepdims=True)`` of a stored bf16 matrix, from its bits
     (no float64 copy of a weight): a table lookup per bit pattern, ``rows`` rows at a time
@@ -389,6 +373,13 @@ def lsb_exponent(x: np.ndarray) -> np.ndarray:
     out = (np.maximum(e, 1).astype(np.int32) - 150 + tz).astype(np.float64)
     out[(sig == 0) | (e == 0xFF)] = np.inf
     return out
+
+
+#: the exponent of the lowest set bit of every bf16 bit pattern (int16; :data:`_NO_LSB` for zeros
+#: and non-finite values), from :func:`lsb_exponent` of its exact fp32 value
+_LSB_BF16 = np.nan_to_num(
+    lsb_exponent(np.arange(1 << 16, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)),
+    posinf=_NO_LSB).astype(np.int16)
 
 
 def _exact_rows(lsb_min: np.ndarray, magnitude: np.ndarray, bits: int = 24) -> np.ndarray:
