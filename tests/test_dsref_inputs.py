@@ -224,6 +224,37 @@ def test_normals_are_drawn_by_quantile_and_caches_rolled_per_entry(tmp_path):
     assert dsref.load_golden(d).meta["inputs_version"] == di.INPUTS_VERSION == 2
 
 
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float32, np.int8])
+def test_chunked_draws_are_the_one_draw_they_stand_for(dtype):
+    """The bits of INPUTS_VERSION 2, written out plainly: all the uint16s of one draw of
+    ``ceil(n / 4)`` PCG64 outputs, each indexing the table. The generator draws and looks up in
+    chunks; across chunk boundaries and a tail that is not a multiple of 4 it must give the
+    same bits, in aligned storage. The cache and dispatch blocks are np.roll's rolls."""
+    from dsref import inputs as di
+    from dsref.run import HOST_ALIGN
+
+    table = (di._quantiles() * 3.0).astype(np.float32).astype(dtype)
+    shape = (3, di.DRAW_CHUNK - 1)  # 3 chunks less 3 elements: two boundaries and a tail
+    n = math.prod(shape)
+    raw = np.random.default_rng(5).bit_generator.random_raw(-(-n // 4))
+    want = table[raw.astype("<u8").view("<u2")[:n]].reshape(shape)
+    got = di._draw(np.random.default_rng(5), table, shape)
+    assert got.dtype == table.dtype and got.ctypes.data % HOST_ALIGN == 0
+    assert got.tobytes() == want.tobytes()
+
+    rng = np.random.default_rng(6)
+    block = rng.standard_normal((4, 32)).astype(ml_dtypes.bfloat16)
+    shifts = np.array([1, 31, 7])
+    want = np.stack([np.roll(block, int(k), axis=1) for k in shifts])
+    assert di._rolled(block, shifts).tobytes() == want.tobytes()
+    rows = di._cache(np.random.default_rng(7), 3, 16, 8)
+    blk = di._normal(np.random.default_rng(7), (16, 8), dtype=ml_dtypes.bfloat16)
+    rng = np.random.default_rng(7)
+    di._normal(rng, (16, 8), dtype=ml_dtypes.bfloat16)
+    want = np.concatenate([np.roll(blk, int(s), axis=0) for s in rng.permutation(16)[:3]])
+    assert rows.tobytes() == want.tobytes()
+
+
 def test_given_seq_lens_change_only_seq_lens():
     cfg = dsref.config("v32-tiny")
     drawn = dsref.make_inputs("v32.decode_front", cfg, batch=3, seed=4)
