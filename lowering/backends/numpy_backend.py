@@ -83,7 +83,9 @@ class NumpyBackend:
 
     def full(self, shape: tuple[int, ...], dtype: str, value: float | int) -> np.ndarray:
         """A new array filled with ``value`` (converted to ``dtype`` by the library cast)."""
-        return np.full(shape, value, dtype=_NATIVE[dtype])
+        out = np.empty(shape, _NATIVE[dtype])
+        np.copyto(out, value, casting="unsafe")  # np.full's own steps, without its wrapper
+        return out
 
     def scalar(self, value: float | int, dtype: str) -> Any:
         """A Python number as a backend scalar of ``dtype`` (fp32: the RNE-rounded double)."""
@@ -91,7 +93,8 @@ class NumpyBackend:
 
     def read(self, x: np.ndarray, key: Any) -> np.ndarray:
         """A copy of ``x[key]`` (tiles never alias GM)."""
-        return np.array(x[key], copy=True, order="C")
+        v = x[key]
+        return v.copy() if type(v) is np.ndarray else np.array(v)  # C order
 
     def write(self, x: np.ndarray, key: Any, value: np.ndarray) -> None:
         """``x[key] = value`` in place (``value`` broadcast to the region's shape)."""

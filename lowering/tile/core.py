@@ -29,12 +29,13 @@ import gc
 import itertools
 import linecache
 import math
+import numbers
 import operator
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -500,35 +501,61 @@ def _interval_boxes(a: int, b: int, shape: list[int]) -> list[tuple[tuple, tuple
     return out
 
 
-def parse_key(shape: tuple[int, ...], key: Any, what: str, open_stop: bool = False
-              ) -> tuple[tuple, tuple, tuple]:
+def parse_key(shape: tuple[int, ...], key: Any, what: str | Callable[[], str],
+              open_stop: bool = False) -> tuple[tuple, tuple, tuple]:
     """Subscript -> (lo, hi, result shape); ints drop their dimension. Bounds are checked;
     ``open_stop``: a slice's stop may pass the dimension (a subscript *write* is pypto's
-    ``assemble`` at the offsets: what it moves, the source's valid box, is checked instead)."""
+    ``assemble`` at the offsets: what it moves, the source's valid box, is checked instead).
+    ``what`` names the subscripted value in errors: a string, or a function making one (a
+    ``repr`` per subscript is a tenth of a load's cost; an error is rare)."""
     if not isinstance(key, tuple):
         key = (key,)
     if len(key) > len(shape):
-        raise IndexError(f"{what}: {len(key)} indices for a {len(shape)}-d value")
+        raise IndexError(f"{_said(what)}: {len(key)} indices for a {len(shape)}-d value")
     key = key + (slice(None),) * (len(shape) - len(key))
     lo, hi, out = [], [], []
     for k, n in zip(key, shape, strict=True):
         if isinstance(k, slice):
             if k.step not in (None, 1):
-                raise IndexError(f"{what}: strided slices are not tile loads (step {k.step})")
+                raise IndexError(f"{_said(what)}: strided slices are not tile loads (step {k.step})")
             a = 0 if k.start is None else operator.index(k.start)
             b = n if k.stop is None else operator.index(k.stop)
             if not 0 <= a < b <= (max(b, n) if open_stop else n):
-                raise OutOfBounds(f"{what}: slice {a}:{b} out of bounds for a dimension of {n}")
+                raise OutOfBounds(f"{_said(what)}: slice {a}:{b} out of bounds for a dimension of {n}")
             lo.append(a)
             hi.append(b)
             out.append(b - a)
         else:
             i = operator.index(k)
             if not 0 <= i < n:
-                raise OutOfBounds(f"{what}: index {i} out of bounds for a dimension of {n}")
+                raise OutOfBounds(f"{_said(what)}: index {i} out of bounds for a dimension of {n}")
             lo.append(i)
             hi.append(i + 1)
     return tuple(lo), tuple(hi), tuple(out)
+
+
+_PLAIN_NUMBERS = (int, float)
+
+
+def is_number(x: Any) -> bool:
+    """``isinstance(x, numbers.Number)``, with Python's int and float, tiles and tensors told
+    apart first: an ABC check is a microsecond, more than some ops' whole work."""
+    if type(x) in _PLAIN_NUMBERS:
+        return True
+    return not isinstance(x, (Tile, Tensor)) and isinstance(x, numbers.Number)
+
+
+def ints(seq: Any) -> tuple[int, ...]:
+    """A shape / offset operand (a sequence of ints, or one int) as a tuple of Python ints."""
+    if type(seq) is int:
+        return (seq,)
+    if isinstance(seq, numbers.Integral):
+        return (int(seq),)
+    return tuple(map(int, seq))
+
+
+def _said(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
 
 
 def box_key(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:

@@ -173,7 +173,7 @@ class HostTensor(Tensor):
             self.name = f"{base.name}[{', '.join(idx)}]"
 
     def __getitem__(self, key: Any) -> HostTensor:
-        klo, khi, _ = core.parse_key(self.shape, key, f"{self!r}")
+        klo, khi, _ = core.parse_key(self.shape, key, self.__repr__)
         nkey = key if isinstance(key, tuple) else (key,)
         lo, hi, dims = list(self.lo), list(self.hi), []
         for i, d in enumerate(self.dims):
@@ -676,7 +676,7 @@ def _box(t: Tensor, offsets: Any, shape: Sequence[int], what: str) -> tuple[tupl
                                 f"{t.ndim} entries for {t!r} ({_here()})")
     hi = tuple(a + s for a, s in zip(lo, shape, strict=True))
     lo, hi, _ = core.parse_key(t.shape, tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)),
-                               f"{what} of {t!r}")
+                               lambda: f"{what} of {t!r}")
     return lo, hi
 
 

@@ -9,13 +9,25 @@ import ml_dtypes
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DType:
     """An element type: ``name`` as in pypto, size in bytes, kind 'f' | 'i' | 'u' | 'b'."""
 
     name: str
     itemsize: int
     kind: str
+
+    # the dataclass's own equality, with identity first: every op compares operand dtypes,
+    # and the generated __eq__ builds two tuples each time
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not DType:
+            return NotImplemented
+        return (self.name, self.itemsize, self.kind) == (other.name, other.itemsize, other.kind)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.itemsize, self.kind))
 
     @property
     def is_float(self) -> bool:

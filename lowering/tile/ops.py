@@ -94,10 +94,7 @@ def _same_shape(op: str, a: Tile, b: Tile) -> None:
                         f"({a!r}, {b!r}); cast first")
 
 
-def _ints(seq: Any) -> tuple[int, ...]:
-    if isinstance(seq, numbers.Integral):
-        return (int(seq),)
-    return tuple(int(s) for s in seq)
+_ints = core.ints
 
 
 def _load(rt: Run, t: Tensor, lo: Sequence[int], hi: Sequence[int], shape: Sequence[int],
@@ -160,7 +157,7 @@ def gm_view(rt: Run) -> bool:
 
 @rule("slice_key")
 def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile | float | int:
-    lo, hi, shape = core.parse_key(src.shape, key, f"{src!r}")
+    lo, hi, shape = core.parse_key(src.shape, key, src.__repr__)
     if not shape and src.ndim:  # an int per axis: pypto's tensor.read / tile.read, a scalar
         return apply("read", src, lo)
     if isinstance(src, Tensor):
@@ -174,7 +171,7 @@ def _slice_key(rt: Run, src: Tensor | Tile, key: Any) -> Tensor | Tile | float |
 @rule("store_key")
 def _store_key(rt: Run, dst: Tensor | Tile, key: Any, value: Tile) -> None:
     gm = isinstance(dst, Tensor)
-    lo, hi, _ = core.parse_key(dst.shape, key, f"{dst!r}", open_stop=gm)
+    lo, hi, _ = core.parse_key(dst.shape, key, dst.__repr__, open_stop=gm)
     if isinstance(value, Tensor):  # a GM source (a view) is staged through a tile, as assemble
         value = _tile(rt, value, op="store")
     if gm:
@@ -220,7 +217,7 @@ def _assemble(rt: Run, target: Tensor | Tile, source: Tile, offset: Sequence[int
                          "rank mismatch")
     hi = tuple(o + s for o, s in zip(offset, sshape, strict=True))
     key = tuple(slice(o, h) for o, h in zip(offset, hi, strict=True))
-    lo, hi, _ = core.parse_key(target.shape, key, f"pl.assemble into {target!r}")
+    lo, hi, _ = core.parse_key(target.shape, key, lambda: f"pl.assemble into {target!r}")
     if isinstance(target, Tensor):
         if add:
             _atomic_store(rt, target, lo, hi, source)
@@ -294,7 +291,7 @@ def _read(rt: Run, src: Tensor | Tile, offset: Any) -> float | int:
     if len(idx) != len(src.shape):
         raise ValueError(f"pl.read of {src!r}: {len(idx)} indices for {len(src.shape)} dims")
     key = tuple(slice(i, i + 1) for i in idx)
-    lo, hi, _ = core.parse_key(src.shape, key, f"pl.read of {src!r}")
+    lo, hi, _ = core.parse_key(src.shape, key, lambda: f"pl.read of {src!r}")
     if isinstance(src, Tensor):
         rt.access(src, lo, hi, write=False)
     else:
@@ -307,7 +304,7 @@ def _read(rt: Run, src: Tensor | Tile, offset: Any) -> float | int:
 def _write(rt: Run, dst: Tensor, offset: Any, value: float | int) -> None:
     idx = _ints(offset)
     key = tuple(slice(i, i + 1) for i in idx)
-    lo, hi, _ = core.parse_key(dst.shape, key, f"pl.write of {dst!r}")
+    lo, hi, _ = core.parse_key(dst.shape, key, lambda: f"pl.write of {dst!r}")
     v = rt.bk.full((1,) * len(idx), dst.dtype.name, value)
     rt.bk.write(dst.data, core.box_key(lo, hi), v)
     if isinstance(dst, Tensor):
@@ -341,10 +338,10 @@ def _binary_rule(name: str) -> None:
     def fn(rt: Run, lhs: Any, rhs: Any, high_precision: bool = False) -> Tile:
         if high_precision and name != "div":  # div: correctly rounded either way
             raise TypeError(f"pl.{name} takes no high_precision")
-        if isinstance(lhs, numbers.Number) and isinstance(rhs, numbers.Number):
+        if core.is_number(lhs) and core.is_number(rhs):
             return _scalar_binary(name, lhs, rhs)
         a = _tile(rt, lhs, op=name)
-        if isinstance(rhs, numbers.Number):
+        if core.is_number(rhs):
             sdt = "FP32" if a.dtype.is_float else a.dtype.name
             b = rt.bk.scalar(rhs, sdt)
         else:
@@ -440,7 +437,7 @@ for _axis in ("row", "col"):
 def _cast(rt: Run, x: Any, target_type: DType, mode: str | int = "round") -> Tile:
     from lowering.backends._rounding import normalize_mode
 
-    if isinstance(x, numbers.Number):  # a scalar: ops_index.cast_scalar (MLIR arith casts)
+    if core.is_number(x):  # a scalar: ops_index.cast_scalar (MLIR arith casts)
         from lowering.tile.ops_index import cast_scalar
 
         return cast_scalar(rt, x, target_type, mode)

@@ -288,10 +288,7 @@ def int_axes(key: Any, ndim: int) -> tuple[int, ...]:
     return tuple(i for i, k in enumerate(key[:ndim]) if not isinstance(k, slice))
 
 
-def _ints(seq: Any) -> tuple[int, ...]:
-    if isinstance(seq, numbers.Integral):
-        return (int(seq),)
-    return tuple(int(s) for s in seq)
+_ints = core.ints
 
 
 def _drop_dims(t: Tile, drop: Any) -> tuple[int, ...]:
@@ -313,7 +310,7 @@ def _slice_hi(src: Tensor | Tile, shape: tuple[int, ...], offset: tuple[int, ...
         raise ValueError(f"pl.slice of {src!r}: shape {list(shape)} / offset "
                          f"{list(offset)} must have {src.ndim} entries")
     hi = tuple(o + s for o, s in zip(offset, shape, strict=True))
-    core.parse_key(src.shape, core.box_key(offset, hi), f"pl.slice of {src!r}")  # bounds
+    core.parse_key(src.shape, core.box_key(offset, hi), lambda: f"pl.slice of {src!r}")  # bounds
     return hi
 
 
@@ -441,7 +438,7 @@ def _store_rule(rt: Run, tile: Tile, offsets: Sequence[int], output_tensor: Tens
                          f"{output_tensor.ndim} entries")
     hi = tuple(o + s for o, s in zip(off, shp, strict=True))
     lo, hi, _ = core.parse_key(output_tensor.shape, core.box_key(off, hi),
-                               f"pl.store into {output_tensor!r}")
+                               lambda: f"pl.store into {output_tensor!r}")
     if math.prod(shp) != math.prod(moved(tile)):
         raise ValueError(f"pl.store: partition {list(shp)} does not hold the valid box "
                          f"{list(moved(tile))} of {tile!r}")
@@ -572,7 +569,7 @@ def _full(rt: Run, shape: Sequence[int], dtype: Any, value: float | int) -> Tile
     """``pl.full`` / ``pl.tile.full(shape, dtype, value)``: a Vec tile of ``value`` (converted
     to ``dtype`` as numpy converts it)."""
     dt = as_dtype(dtype)
-    if not isinstance(value, numbers.Number):
+    if not core.is_number(value):
         raise TypeError(f"pl.full: value must be a number, got {value!r}")
     return rt.new_tile(rt.bk.full(_ints(shape), dt.name, value), dt)
 
@@ -785,13 +782,13 @@ def _gather_row(rt: Run, dst: Tile, src: Tensor, dst_offset: Sequence[int],
         raise ValueError("pl.gather_row: offsets, shapes and valid_shape are [row, col] pairs of "
                          "2-D dst and src")
     _check_window_valid("pl.gather_row", shp, ext)
-    what = f"pl.gather_row from {src!r}"
     shi = tuple(o + e for o, e in zip(soff, ext, strict=True))
-    core.parse_key(src.shape, core.box_key(soff, shi), what) if all(ext) else None
+    if all(ext):
+        core.parse_key(src.shape, core.box_key(soff, shi), lambda: f"pl.gather_row from {src!r}")
     dext = ext[::-1] if transpose else ext
     dhi = tuple(o + e for o, e in zip(doff, dext, strict=True))
     if all(ext):
-        core.parse_key(dst.shape, core.box_key(doff, dhi), f"pl.gather_row into {dst!r}")
+        core.parse_key(dst.shape, core.box_key(doff, dhi), lambda: f"pl.gather_row into {dst!r}")
     rt.use(dst)
     data = rt.bk.copy(dst.data)
     if all(ext):
