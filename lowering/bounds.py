@@ -514,6 +514,12 @@ def _split(x: Iv) -> tuple[np.ndarray, np.ndarray | None]:
     return 0.5 * x.lo + 0.5 * x.hi, 0.5 * x.hi - 0.5 * x.lo
 
 
+#: elements of one float64 block of weight rows in :func:`dot` (8 MiB): a weight converted
+#: whole was a fresh allocation per call, and first touches of fresh memory cost up to
+#: 1 s/GB on the VMs we measure on — 0.45 s of V3.2 scope 1's bounds at full dims
+_BLOCK_ELEMS = 1 << 20
+
+
 def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
     """The fp32 accumulator of ``a [M, K] @ w [K, N]`` (bf16 operands: every product exact in
     fp32), over every value ``a`` can take, accumulated per ``acc`` (see :func:`fsum`).
@@ -535,24 +541,41 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
     lsb_w = np.full((1, w.shape[1]), np.inf)
     w_bits = np.asarray(w).dtype == BF16
     chain = None  # the kernel's in-order fp32 accumulator (sequential ``ordered``, point ``a``)
+    n = w.shape[1]
+    any_parts = np.zeros_like(s) if acc.kind == "any" else None  # |a| @ |w|
+    step = max(16, _BLOCK_ELEMS // max(n, 1) // 16 * 16)  # weight rows per float64 block
+    wbuf = np.empty((min(step, kdim), n))
     for c0 in range(0, kdim, width):
-        wc = np.asarray(w[c0:c0 + width]).astype(np.float64)
-        p = mid[:, c0:c0 + width] @ wc
+        c1 = min(c0 + width, kdim)
+        p = np.zeros_like(s)
+        rc = np.zeros_like(s) if rad is not None else None
+        wsq = np.zeros(n)  # Σ_j w_j² per column
+        for b0 in range(c0, c1, step):  # the chunk's GEMMs, a block of weight rows at a time
+            b1 = min(b0 + step, c1)
+            wb = wbuf[:b1 - b0]
+            np.copyto(wb, w[b0:b1], casting="unsafe")  # exact: bf16 / fp32 in float64
+            p += mid[:, b0:b1] @ wb
+            wsq += np.einsum("ij,ij->j", wb, wb)
+            if rc is not None or any_parts is not None:
+                np.abs(wb, out=wb)
+                if rc is not None:
+                    rc += rad[:, b0:b1] @ wb
+                if any_parts is not None:
+                    any_parts += amag[:, b0:b1] @ wb
         s += p
         part = np.abs(p)
-        if rad is not None:
-            rc = rad[:, c0:c0 + width] @ np.abs(wc)
+        if rc is not None:
             r += rc
             part += rc
         parts += part
         if c0 > 0:
             prefix += np.abs(s) if r is None else np.abs(s) + r
         na = np.sqrt(np.sum(amag[:, c0:c0 + width] ** 2, axis=1, keepdims=True))
-        csc = na * np.sqrt(np.einsum("ij,ij->j", wc, wc))[None, :]
+        csc = na * np.sqrt(wsq)[None, :]
         cs += csc
         if rad is None:
             lsb_wc = (_lsb_bf16_cols(w[c0:c0 + width]) if w_bits
-                      else np.min(lsb_exponent(wc), axis=0, keepdims=True))
+                      else np.min(lsb_exponent(np.asarray(w[c0:c1])), axis=0, keepdims=True))
             lsb_w = np.minimum(lsb_w, lsb_wc)
             if acc.sequential:  # this chunk's partial: exact in float64, or within err of it
                 lsb_c = np.min(lsb_exponent(mid[:, c0:c0 + width]), axis=1, keepdims=True)
@@ -564,7 +587,7 @@ def dot(a: Iv, w: np.ndarray, acc: Accum) -> Iv:
     slack = gamma(kdim + 4, U64) * 4.0 * cs
     s_lo, s_hi = (s, s) if r is None else (s - r, s + r)
     if acc.kind == "any":
-        k, parts = kdim, amag @ np.abs(np.asarray(w).astype(np.float64))
+        k, parts = kdim, any_parts
     elif acc.kind == "reference":
         k = 1
     exact = None

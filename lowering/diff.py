@@ -187,9 +187,17 @@ def _fmt_ratio(r: float) -> str:
     return "∞×" if not np.isfinite(r) else f"{r:.3g}×"
 
 
+def _nonfinite(a: np.ndarray) -> np.ndarray:
+    """NaN/Inf mask of a flat float array; bf16 by its exponent bits, all ones (ml_dtypes'
+    isfinite widens each element: 55 vs 33 ms on a 33M-element cache)."""
+    if a.dtype == np.dtype(ml_dtypes.bfloat16):
+        return (a.view(np.uint16) & 0x7F80) == 0x7F80
+    return ~np.isfinite(a)
+
+
 def _differing(gf: np.ndarray, wf: np.ndarray, is_float: bool) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices whose bits differ or that are NaN/Inf, and the non-finite mask."""
-    nonfinite = ~(np.isfinite(gf) & np.isfinite(wf)) if is_float else np.zeros(gf.size, bool)
+    nonfinite = _nonfinite(gf) | _nonfinite(wf) if is_float else np.zeros(gf.size, bool)
     word = np.dtype(f"u{wf.dtype.itemsize}")
     return np.flatnonzero((gf.view(word) != wf.view(word)) | nonfinite), nonfinite
 

@@ -248,3 +248,13 @@ def test_seq_lens_flag_sets_the_contexts_of_a_v32_diff(tmp_path, capsys):
     assert json.loads(out.read_text())[0]["verdict"] == "PASS"
     assert cli.main([*args, "--seq-lens", "64,65"]) == 2
     assert "seq_lens: each must lie in [1, 64]" in capsys.readouterr().err
+
+
+def test_nonfinite_mask_of_every_bf16_pattern():
+    """The comparison's NaN/Inf mask reads bf16 exponent bits; for all 65536 patterns it must
+    agree with isfinite of the exactly widened fp32 values (256 of them: ±Inf and the NaNs)."""
+    from lowering.diff import _nonfinite
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(ml_dtypes.bfloat16)
+    want = ~np.isfinite(every.astype(np.float32))
+    assert np.array_equal(_nonfinite(every), want) and want.sum() == 256

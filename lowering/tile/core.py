@@ -757,11 +757,11 @@ class Run:
 
     def new_tile(self, data: Any, dtype: DType, origin: str = "op",
                  share: Buf | None = None) -> Tile:
-        site = caller_site()
+        site = self.op_site or caller_site()
         self.next_id += 1
         buf = None
         if self.checks:
-            entry = self._entry()
+            entry = self.scope or self._entry()
             home = None
             if share is not None and share.entry is not entry:
                 home = share.home
@@ -794,7 +794,7 @@ class Run:
         if not self.checks:
             return
         buf = tile.buf
-        entry = self._entry()
+        entry = self.scope or self._entry()
         if buf is None or buf.entry is not entry:
             # a value from outside this scope entry crosses the boundary through GM: in this
             # scope it occupies a buffer like a load

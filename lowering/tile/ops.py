@@ -338,10 +338,11 @@ def _binary_rule(name: str) -> None:
     def fn(rt: Run, lhs: Any, rhs: Any, high_precision: bool = False) -> Tile:
         if high_precision and name != "div":  # div: correctly rounded either way
             raise TypeError(f"pl.{name} takes no high_precision")
-        if core.is_number(lhs) and core.is_number(rhs):
+        scalar_rhs = core.is_number(rhs)
+        if scalar_rhs and core.is_number(lhs):
             return _scalar_binary(name, lhs, rhs)
         a = _tile(rt, lhs, op=name)
-        if core.is_number(rhs):
+        if scalar_rhs:
             sdt = "FP32" if a.dtype.is_float else a.dtype.name
             b = rt.bk.scalar(rhs, sdt)
         else:
