@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,20 +280,21 @@ def run_one(path: Path, root: Path, timeout: float, seed: int, platform: str,
 
 
 def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str = "a2a3",
-          progress: Any = None, alone: set[str] | frozenset[str] = frozenset()
-          ) -> list[SweepRow]:
+          progress: Any = None, alone: set[str] | frozenset[str] = frozenset(),
+          took: Mapping[str, float] | None = None) -> list[SweepRow]:
     """Every kernel file, ``jobs`` at a time; a file killed (out of memory, as a rule, or
     stopped by the :class:`Launcher` to leave memory to another) while others ran beside it
     is run again alone at the end, on every core. ``alone``: files (paths relative to
     ``root``) run alone from the start, on every core — those a previous sweep had to run
-    again alone (:func:`needed_alone`), so that no first run beside another is wasted."""
+    again alone (:func:`needed_alone`), so that no first run beside another is wasted.
+    ``took``: seconds per file from a previous sweep (:func:`seconds_taken`): files start
+    longest first (:func:`start_order`)."""
     root = root.resolve()
     cores = max(1, len(os.sched_getaffinity(0)))
     threads = max(1, cores // max(1, jobs))  # the cores shared out among the children
     files = kernel_files(root)
     rows: list[SweepRow] = []
-    # the largest files first (the whole-model forwards): fewer of them left alone at the end
-    files.sort(key=lambda f: -f.stat().st_size)
+    files = start_order(files, root, took or {})
     first = [f for f in files if str(f.relative_to(root)) in alone] if jobs > 1 else []
     files = [f for f in files if f not in first]
     total = len(files) + len(first)
@@ -322,6 +324,25 @@ def sweep(root: Path, *, jobs: int, timeout: float, seed: int = 0, platform: str
         launcher.close()
     rows.sort(key=lambda r: r.file)
     return judge_modules(rows, root)
+
+
+def start_order(files: list[Path], root: Path, took: Mapping[str, float]) -> list[Path]:
+    """The order files start in: longest first, so that no long file starts last while the
+    other workers sit idle (Graham's longest-processing-time order: a sweep within 4/3 of the
+    shortest possible). Files a previous sweep timed (``took``, by path relative to ``root``)
+    by those seconds; the others before them, largest source first (a new file may be long,
+    and the largest are the whole-model forwards)."""
+    def key(f: Path) -> tuple[int, float]:
+        t = took.get(str(f.relative_to(root)))
+        return (0, -f.stat().st_size) if t is None else (1, -t)
+
+    return sorted(files, key=key)
+
+
+def seconds_taken(history: dict[str, Any]) -> dict[str, float]:
+    """Seconds per file (path relative to the root) of a finished sweep (its ``--json``)."""
+    return {r["file"]: float(r["seconds"]) for r in history.get("files", [])
+            if isinstance(r.get("seconds"), (int, float))}
 
 
 #: why a file ran alone although nothing stopped it (``first_run`` of its row)
@@ -436,14 +457,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     jobs = args.jobs or len(os.sched_getaffinity(0))
     alone: set[str] = set()
+    took: dict[str, float] = {}
     if args.history:
         try:
-            alone = needed_alone(json.loads(Path(args.history).read_text()))
-        except (OSError, ValueError) as e:
+            history = json.loads(Path(args.history).read_text())
+            alone, took = needed_alone(history), seconds_taken(history)
+        except (OSError, ValueError, TypeError, KeyError) as e:
             print(f"lowering: error: sweep --history {args.history}: {e}", file=sys.stderr)
             return 2
     rows = sweep(root, jobs=jobs, timeout=args.timeout, seed=args.seed, platform=args.platform,
-                 progress=progress, alone=alone)
+                 progress=progress, alone=alone, took=took)
     wall = time.perf_counter() - t0
     if not rows:
         print(f"lowering: error: sweep {args.dir}: no kernel files (@pl.jit / @pl.program)",
@@ -484,8 +507,9 @@ def add_subparser(sub: Any) -> None:
     s.add_argument("--platform", choices=("a2a3", "a5"), default="a2a3")
     s.add_argument("--json", metavar="FILE")
     s.add_argument("--history", metavar="FILE",
-                   help="a previous sweep's --json: the files it had to run again alone (out "
-                        "of memory beside another) run alone from the start, on every core")
+                   help="a previous sweep's --json: files start longest first by its times, "
+                        "and those it had to run again alone (out of memory beside another) "
+                        "run alone from the start, on every core")
     s.add_argument("--quiet", action="store_true",
                    help="print nothing (no progress lines, table or summary): the exit code and "
                         "--json")

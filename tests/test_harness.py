@@ -325,6 +325,41 @@ def test_history_runs_the_files_a_previous_sweep_needed_alone_first(tmp_path, mo
                  "--quiet"]) == 2  # an unreadable history is a usage error, before any run
 
 
+def test_history_starts_the_files_longest_first(tmp_path, monkeypatch):
+    """``--history``: files start in the order of the previous sweep's seconds, longest first
+    (a 2400 s file started last would hold the sweep for its whole length while the other
+    workers idle); files it did not time start before them, largest source first."""
+    from lowering import sweep as sw
+
+    for name, size in [("a.py", 10), ("b.py", 30), ("c.py", 20), ("new_small.py", 5),
+                       ("new_big.py", 50)]:
+        (tmp_path / name).write_text("#" * size)
+    files = sorted(tmp_path.glob("*.py"))
+    history = {"files": [{"file": "a.py", "seconds": 2400.0}, {"file": "b.py", "seconds": 3.5},
+                         {"file": "c.py", "seconds": 60}, {"file": "gone.py", "seconds": 9}]}
+    took = sw.seconds_taken(history)
+    assert took == {"a.py": 2400.0, "b.py": 3.5, "c.py": 60.0, "gone.py": 9.0}
+    assert [f.name for f in sw.start_order(files, tmp_path, took)] == [
+        "new_big.py", "new_small.py", "a.py", "c.py", "b.py"]
+    assert [f.name for f in sw.start_order(files, tmp_path, {})] == [
+        "new_big.py", "b.py", "c.py", "a.py", "new_small.py"]  # no history: by size
+
+    given = []
+    real = sw.run_one
+
+    def recorded(path, root, timeout, seed, platform, launcher, threads):
+        given.append(path.name)
+        return real(path, root, timeout, seed, platform, launcher, threads)
+
+    monkeypatch.setattr(sw, "kernel_files", lambda root: sorted((root / "examples").glob("*.py")))
+    monkeypatch.setattr(sw, "run_one", recorded)
+    for slow in ("modes.py", "scale.py"):
+        given.clear()
+        took = {f"examples/{n}": 100.0 if n == slow else 1.0 for n in ("modes.py", "scale.py")}
+        sw.sweep(MINI, jobs=1, timeout=60, took=took)
+        assert given[0] == slow
+
+
 def test_a_child_runs_its_file_on_the_threads_it_is_given(tmp_path):
     from lowering.sweep import run_one
 
