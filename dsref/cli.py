@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import dsref
+from dsref import compile_cache
 from dsref.config import MODEL_VARIANTS, SEMANTICS, VARIANTS, semantics_names
 from dsref.io import FORMATS, PROGRESS_BYTES, ExtraMissing, golden_bytes
 
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    compile_cache.enable()  # compiled XLA programs kept on disk between commands
     rc = None
     try:
         rc = args.fn(args)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import dsref
+from dsref import compile_cache
 from dsref.cli import model_arg
 from lowering import pipeline
 from lowering.registry import kernel_for
@@ -248,6 +249,7 @@ def semantics_flags(sp: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    compile_cache.enable()  # compiled XLA programs kept on disk between commands
     rc = None
     try:
         check_outputs(args)

@@ -7,6 +7,9 @@ import numpy as np
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
+# the command-line entry points keep compiled XLA programs on disk (dsref.compile_cache): not
+# from the tests, in process or in the commands they start (tests of the cache set their own)
+os.environ["DSREF_COMPILE_CACHE"] = "off"
 
 settings.register_profile("dsref", derandomize=True, deadline=None, max_examples=200)
 settings.load_profile("dsref")
