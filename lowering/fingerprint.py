@@ -116,7 +116,9 @@ class Fingerprint:
                             for m in self.overall()]}
 
     def to_text(self) -> str:
-        lines = [f"fingerprint {self.model}  config={self.config}  source={self.source}"]
+        # wrapped like the rest: a long data path goes onto its own line
+        lines = [wrap(f"fingerprint {self.model}  config={self.config}  source={self.source}",
+                      "  ")]
         width = max((len(r.region) for r in self.regions), default=0)
         for r in self.regions:  # wrapped at 100 columns, under the region's column
             body = _groups(r.matches) if r.matches else r.note

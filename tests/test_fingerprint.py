@@ -55,7 +55,9 @@ def test_data_fingerprint_names_pr134(pr134_dir):
     assert _frac(fp, "k_idx_cache_write", "pypto-lib-head") < 1.0
     text = fp.to_text()
     assert "q_lora_rmsnorm" in text and "pypto-lib-pr134 = pypto-lib-head 100.000%" in text
-    assert max(len(line) for line in text.splitlines()) <= 100  # wrapped under the region
+    # wrapped under the region; past 100 columns only a word that cannot be broken (the data
+    # path, however long the machine's temporary directory)
+    assert all(len(line) <= 100 or " " not in line.strip() for line in text.splitlines())
 
 
 def test_kernels_fingerprint_as_the_semantics_they_were_built_for():
