@@ -113,12 +113,25 @@ def check_tensors(specs: Mapping[str, TensorSpec], cfg: Config, inputs: Mapping[
             )
 
 
+#: elements per step of :func:`_all_finite` (a reused 2 MiB buffer)
+FINITE_CHUNK = 1 << 20
+
+
 def _all_finite(a: np.ndarray) -> bool:
-    """No inf or NaN in ``a``. bf16 by its magnitude bits (below the inf pattern 0x7F80):
-    3x faster than the float32 copy ``np.isfinite`` needs (V3.2 full dims: 128 -> 51 ms)."""
-    if a.dtype == BF16:
-        return a.size == 0 or int(np.max(np.ascontiguousarray(a).view(np.uint16) & 0x7FFF)) < 0x7F80
-    return bool(np.isfinite(a).all())
+    """No inf or NaN in ``a``. bf16 by its magnitude bits (below the inf pattern 0x7F80),
+    :data:`FINITE_CHUNK` at a time through one buffer: a whole-array temporary is fresh memory
+    on every call, and its first touch was most of the cost (V3.2 full dims, every input:
+    106-142 -> 52-62 ms; the float32 copy ``np.isfinite`` needs took 128 ms)."""
+    if a.dtype != BF16:
+        return bool(np.isfinite(a).all())
+    bits = np.ascontiguousarray(a).view(np.uint16).reshape(-1)
+    buf = np.empty(min(bits.size, FINITE_CHUNK), np.uint16)
+    for i in range(0, bits.size, FINITE_CHUNK):
+        part = buf[:min(FINITE_CHUNK, bits.size - i)]
+        np.bitwise_and(bits[i:i + part.size], 0x7FFF, out=part)
+        if int(part.max()) >= 0x7F80:
+            return False
+    return True
 
 
 def _finite_regions(cfg: Config, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -75,6 +75,24 @@ def test_non_finite_inputs_rejected(v32, name, value):
     assert msg.startswith(f"{name}: expected finite values, got")
 
 
+def test_a_non_finite_bf16_anywhere_is_found():
+    """The finiteness check reads bf16 in chunks: an Inf or NaN in the first, at a chunk's
+    edge, or as the very last element is found; the largest finite values are not flagged.
+    The oracle: isfinite of the exactly widened fp32 values."""
+    from dsref.run import FINITE_CHUNK, _all_finite
+
+    n = 2 * FINITE_CHUNK + 7
+    big = np.full(n, 3.0e38, dtype=np.float32).astype(ml_dtypes.bfloat16)  # max finite bf16
+    big[::2] = -big[::2]
+    assert _all_finite(big) and np.isfinite(big.astype(np.float32)).all()
+    for where in (0, FINITE_CHUNK - 1, FINITE_CHUNK, 2 * FINITE_CHUNK, n - 1):
+        for bad in (np.inf, -np.inf, np.nan):
+            a = big.copy()
+            a[where] = bad
+            assert not _all_finite(a) and not np.isfinite(a.astype(np.float32)).all(), where
+    assert _all_finite(np.zeros(0, ml_dtypes.bfloat16))
+
+
 def test_v4_nan_only_allowed_in_unread_table_columns(v4):
     cfg, ins = v4
     r = cfg.rope
