@@ -126,12 +126,7 @@ def _cache(rng: np.random.Generator, batch: int, rows: int, width: int) -> np.nd
     entry's row shows)."""
     block = _normal(rng, (rows, width), dtype=BF16)
     shifts = rng.permutation(rows)[:batch] if batch <= rows else rng.integers(0, rows, batch)
-    out = aligned_empty((len(shifts) * rows, width), block.dtype)
-    src, dst = block.view(np.uint16), out.view(np.uint16)  # plain copies of the bits
-    for i, s in enumerate(int(s) for s in shifts):  # entry i: the block rolled down s rows
-        dst[i * rows:i * rows + s] = src[rows - s:]
-        dst[i * rows + s:(i + 1) * rows] = src[:rows - s]
-    return out
+    return _rolled(block, shifts, axis=0).reshape(len(shifts) * rows, width)
 
 
 def _w8(rng: np.random.Generator, shape: tuple[int, int], std: float
@@ -318,19 +313,21 @@ def _v32_sparse_inputs(cfg, rng, batch: int) -> dict[str, np.ndarray]:
         "w_q_nope_to_latent": _normal(rng, (h, cfg.nope, kl), cfg.nope**-0.5, BF16),
         "w_latent_to_v": _normal(rng, (h, kl, cfg.v_head), kl**-0.5, BF16),
         "k_cache_idx": _cache(rng, batch, cfg.max_seq, idim),
-        "dispatch_buf": _rolled(block, shifts),
+        "dispatch_buf": _rolled(block, shifts, axis=1),
     }
 
 
-def _rolled(block: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """``np.stack([np.roll(block, k, axis=1) for k in shifts])`` for a bf16 ``block [B, N]``
-    with every ``k`` in ``[1, N)``: one aligned buffer, each part written in place as bits."""
-    b, n = block.shape
-    out = aligned_empty((len(shifts), b, n), block.dtype)
-    src, dst = block.view(np.uint16), out.view(np.uint16)
+def _rolled(block: np.ndarray, shifts: np.ndarray, axis: int) -> np.ndarray:
+    """``np.stack([np.roll(block, k, axis) for k in shifts])`` for a bf16 2-d ``block`` and
+    every ``k`` in ``[0, block.shape[axis])``: one aligned buffer, each part written in place
+    as bits (``np.roll`` and a stack copy the 67 MB V3.2 caches twice)."""
+    out = aligned_empty((len(shifts), *block.shape), block.dtype)
+    src = np.moveaxis(block.view(np.uint16), axis, 0)
+    n = src.shape[0]
     for i, k in enumerate(int(k) for k in shifts):
-        dst[i, :, k:] = src[:, :n - k]
-        dst[i, :, :k] = src[:, n - k:]
+        dst = np.moveaxis(out[i].view(np.uint16), axis, 0)
+        dst[k:] = src[:n - k]
+        dst[:k] = src[n - k:]
     return out
 
 

@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from dsref.explore import ulps as ulp_distance
+from dsref.numerics import bf16_nonfinite
 from lowering.bounds import Iv, RowsIv, TopkSet
 from lowering.tolerances import DEFAULT_TOLERANCE, Preset, check_tolerance, preset_for
 
@@ -188,10 +189,9 @@ def _fmt_ratio(r: float) -> str:
 
 
 def _nonfinite(a: np.ndarray) -> np.ndarray:
-    """NaN/Inf mask of a flat float array; bf16 by its exponent bits, all ones (ml_dtypes'
-    isfinite widens each element: 55 vs 33 ms on a 33M-element cache)."""
+    """NaN/Inf mask of a flat float array (bf16 by its bits)."""
     if a.dtype == np.dtype(ml_dtypes.bfloat16):
-        return (a.view(np.uint16) & 0x7F80) == 0x7F80
+        return bf16_nonfinite(a)
     return ~np.isfinite(a)
 
 

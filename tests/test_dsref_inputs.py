@@ -262,9 +262,11 @@ def test_chunked_draws_are_the_one_draw_they_stand_for(dtype):
 
     rng = np.random.default_rng(6)
     block = rng.standard_normal((4, 32)).astype(ml_dtypes.bfloat16)
-    shifts = np.array([1, 31, 7])
-    want = np.stack([np.roll(block, int(k), axis=1) for k in shifts])
-    assert di._rolled(block, shifts).tobytes() == want.tobytes()
+    shifts = np.array([1, 31, 0, 7])
+    for axis in (0, 1):
+        ks = shifts % block.shape[axis]
+        want = np.stack([np.roll(block, int(k), axis=axis) for k in ks])
+        assert di._rolled(block, ks, axis=axis).tobytes() == want.tobytes()
     rows = di._cache(np.random.default_rng(7), 3, 16, 8)
     blk = di._normal(np.random.default_rng(7), (16, 8), dtype=ml_dtypes.bfloat16)
     rng = np.random.default_rng(7)
