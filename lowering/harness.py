@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import hashlib
 import importlib
 import inspect
 import io
@@ -100,6 +101,8 @@ class Case:
     #: ``--reference dsref``: what the kernel's tensors were bound to, and how (or why not)
     dsref: str = ""
     notes: list[str] = field(default_factory=list)
+    #: the emulator's parallel loops (file:line): "lanes", or "one at a time: why"
+    lane_loops: dict[str, str] = field(default_factory=dict)
     #: (kernel output, golden output) per output name, numpy; not serialised
     values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -111,11 +114,24 @@ class Case:
             "compare_s": round(self.compare_s, 4),
             **({"dsref": self.dsref, "notes": list(self.notes)} if self.dsref else {}),
             "outputs": [{"name": o.name, "ok": o.ok, "comparator": o.comparator,
-                         "detail": o.detail, "metrics": o.diff.to_dict() if o.diff else None}
+                         "detail": o.detail, "digest": _digest(self.values.get(o.name)),
+                         "metrics": o.diff.to_dict() if o.diff else None}
                         for o in self.outputs],
             "findings": [{"check": f.check, "severity": f.severity, "message": f.message}
                          for f in self.findings],
+            "lane_loops": dict(self.lane_loops),
         }
+
+
+def _digest(pair: tuple[np.ndarray, np.ndarray] | None) -> str | None:
+    """The kernel's output bits, in brief (sha256 of its bytes, dtype and shape): one seed
+    gives one digest, whatever machine or emulator mode ran it."""
+    if pair is None:
+        return None
+    a = np.ascontiguousarray(pair[0])
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -508,6 +524,7 @@ class Harness:
                      permute_parallel=self.permute_parallel, zero_outputs=True,
                      budget_model="peak", input_store="warning")
         case.emulator_s = self.phase(case.label + then)
+        case.lane_loops = dict(getattr(run, "lane_loops", {}))
         case.findings = list(run.findings)
         case.budget = run.budget.as_dicts()
         return run

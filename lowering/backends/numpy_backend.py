@@ -94,7 +94,7 @@ class NumpyBackend:
     def read(self, x: np.ndarray, key: Any) -> np.ndarray:
         """A copy of ``x[key]`` (tiles never alias GM)."""
         v = x[key]
-        return v.copy() if type(v) is np.ndarray else np.array(v)  # C order
+        return v.copy() if isinstance(v, np.ndarray) else np.array(v)  # C order
 
     def write(self, x: np.ndarray, key: Any, value: np.ndarray) -> None:
         """``x[key] = value`` in place (``value`` broadcast to the region's shape)."""
@@ -119,7 +119,7 @@ class NumpyBackend:
         return y
 
     def copy(self, x: np.ndarray) -> np.ndarray:
-        return np.array(x, copy=True)
+        return x.copy()  # of its own class (a lane array stays one)
 
     # -- compute -----------------------------------------------------------------------
     def binary(self, op: str, a: Any, b: Any, dtype: str) -> np.ndarray:
@@ -172,14 +172,15 @@ class NumpyBackend:
         raise KeyError(op)
 
     def col_reduce(self, op: str, x: np.ndarray) -> np.ndarray:
-        """Reduce the first axis of a 2-D array, keep it as size 1 (sum in float64)."""
+        """Reduce the rows of a 2-D array (the second-last axis: a stack of them, each on its
+        own), keep it as size 1 (sum in float64)."""
         if op == "sum":
             acc = np.float64 if _rounding.is_float_dtype(x.dtype) else np.int64
-            return x.astype(acc).sum(axis=0, keepdims=True).astype(x.dtype)
+            return x.astype(acc).sum(axis=-2, keepdims=True).astype(x.dtype)
         if op == "max":
-            return np.max(x, axis=0, keepdims=True)
+            return np.max(x, axis=-2, keepdims=True)
         if op == "min":
-            return np.min(x, axis=0, keepdims=True)
+            return np.min(x, axis=-2, keepdims=True)
         raise KeyError(op)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out_dtype: str) -> np.ndarray:
@@ -215,7 +216,7 @@ class NumpyBackend:
         return np.concatenate([a, b], axis=axis)
 
     def transpose(self, x: np.ndarray, axis1: int, axis2: int) -> np.ndarray:
-        return np.ascontiguousarray(np.swapaxes(x, axis1, axis2))
+        return np.swapaxes(x, axis1, axis2).copy()  # C order; a lane array stays one
 
     def count_nan(self, x: np.ndarray) -> int:
         """How many elements of the float array ``x`` are NaN."""

@@ -43,6 +43,7 @@ import numpy as np
 from lowering.tile import core, ops
 from lowering.tile.core import DslError, DynVar, Tensor, caller_site, fmt_site
 from lowering.tile.dtypes import DType, Level, as_dtype
+from lowering.tile.lanes import LaneEscape
 
 
 def _here() -> str:
@@ -179,6 +180,8 @@ TaskId.INVALID = TaskId(-1, "invalid")
 def new_task(what: str, deps: Any = None) -> TaskId:
     """A new task id named ``what`` that waits for ``deps`` (checked as ``deps=``)."""
     rt = core.current()
+    if rt.lane_frame is not None and rt.manual:  # one task per iteration, ordered by deps=
+        raise LaneEscape("a task of a pl.manual_scope")
     rt.next_task += 1
     return TaskId(rt.next_task, what, tuple(_deps(deps, what)), caller_site())
 

@@ -44,6 +44,7 @@ from lowering.backends import get_backend
 from lowering.tile import budget as _budget
 from lowering.tile.dtypes import DType
 from lowering.tile.findings import Finding, KernelDefect, OutOfBounds
+from lowering.tile.lanes import LaneArray, LaneEscape, Lanes, body_refusal
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -162,7 +163,7 @@ class Buf:
     """One on-chip buffer inside one scope entry (tiles of a reshape / in-place acc share it)."""
 
     __slots__ = ("entry", "start", "last", "shape", "dtype", "origin", "vec", "left", "right",
-                 "mult", "site", "home", "cuses")
+                 "mult", "site", "home", "cuses", "shared")
 
     def __init__(self, entry: Any, seq: int, shape: tuple[int, ...], dtype: DType, origin: str,
                  mult: int, site: tuple[str, int], home: Buf | None = None) -> None:
@@ -179,6 +180,7 @@ class Buf:
         self.right = False
         self.mult = mult
         self.site = site
+        self.shared = False  # another tile's storage too (a reshape, an in-place result)
 
 
 class Tile:
@@ -193,7 +195,9 @@ class Tile:
                  site: tuple[str, int]) -> None:
         self.data = data
         self.dtype = dtype
-        self.shape = tuple(data.shape)
+        # a LaneArray holds one value per iteration of a pl.parallel loop run in lanes along
+        # its leading axis (lowering.tile.lanes): the tile's shape is one iteration's
+        self.shape = tuple(data.shape) if type(data) is not LaneArray else tuple(data.shape[1:])
         self.buf = buf
         self.id = tid
         self.site = site
@@ -220,6 +224,31 @@ class Tile:
         from lowering.tile import ops
 
         ops.apply("store_key", self, key, value)
+
+
+def _lanes_of(data: Any, n: int) -> LaneArray:
+    """The result of a lane op, which a backend function returned as a plain array: its
+    leading axis must be the ``n`` lanes."""
+    if getattr(data, "ndim", 0) == 0 or data.shape[0] != n:
+        raise LaneEscape(f"an op's result of shape {list(getattr(data, 'shape', ()))} has no "
+                         f"axis of its {n} lanes")
+    return data.view(LaneArray)
+
+
+def shape_of(data: Any) -> tuple[int, ...]:
+    """The tile shape of backend array ``data`` (one lane's, for a lane array)."""
+    return tuple(data.shape) if type(data) is not LaneArray else tuple(data.shape[1:])
+
+
+def data_shape(data: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The array shape of a tile of ``shape`` that is ``data`` reshaped (lanes kept)."""
+    return shape if type(data) is not LaneArray else (data.shape[0], *shape)
+
+
+def data_key(data: Any, lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:
+    """The subscript of the window [lo, hi) of a tile's array (every lane's)."""
+    key = box_key(lo, hi)
+    return key if type(data) is not LaneArray else (slice(None), *key)
 
 
 class BaseTensor:
@@ -576,6 +605,11 @@ OUTSIDE = "(outside in-core scopes)"
 PARALLEL_KINDS = ("parallel", "spmd", "split_aiv")
 #: access kinds in the race logs
 READ, WRITE, ATOMIC = 0, 1, 2
+#: the iteration of a race-log record made by every iteration of a loop running in lanes (a
+#: read: they write only lane by lane). It differs from every iteration index, so a write by
+#: any one iteration meets it as a write meets another iteration's read — a race, which
+#: sends the loop back to one iteration at a time (lowering.tile.lanes) to report it
+EVERY_LANE = -(1 << 62)
 VERBS = _VERB = {READ: "reads", WRITE: "writes", ATOMIC: "atomically adds into"}
 
 
@@ -666,6 +700,16 @@ class Run:
         self.task: Any = None  # the in-core task running (a control.TaskId), or None
         self.manual: list[list] = []  # per open manual scope: the tasks started in it
         self._once: set = set()
+        # pl.parallel loops run in lanes (lowering.tile.lanes): on, the loop running so now
+        # (its frame), and the loop sites that must run one iteration at a time
+        self.lanes = checks and getattr(self.bk, "name", "") == "numpy"
+        self.lane_frame: LoopFrame | None = None
+        self.lane_out = 0  # while a lane op runs whose results are per lane: the lane count
+        self.lane_bytes = 0  # the largest tile of the running pass, one lane's bytes
+        self.inputs_written = False  # a store into an input tensor happened (input_store)
+        self.lane_deny: dict[tuple[str, int], str] = {}  # loop -> why it runs one at a time
+        self.lane_sites: set[tuple[str, int]] = set()  # the loops that ran in lanes
+        self.lane_refused: dict[tuple[str, int], str] = {}  # the others that ran, and why
 
     def begin_task(self, task: Any) -> bool:
         """An in-core task starts (unless one is running: nested scopes belong to it). In a
@@ -720,7 +764,8 @@ class Run:
 
     # -- messages ----------------------------------------------------------------------
     def indices(self) -> tuple[tuple[str, int], ...]:
-        return tuple((f.name, f.value) for f in self.loops)
+        return tuple((f.name, f.value if type(f.value) is not Lanes else str(f.value))
+                     for f in self.loops)
 
     def where(self, indices: tuple | None = None, scope: str | None = None) -> str:
         idx = self.indices() if indices is None else indices
@@ -736,6 +781,9 @@ class Run:
                once: Any = None, indices: tuple | None = None, scope: str | None = None) -> None:
         if not self.checks:
             return
+        if self.lane_frame is not None and check == "race" and severity == "fail":
+            # a race makes the values depend on the order: the one-at-a-time run's to show
+            raise LaneEscape("a race")
         if once is not None:
             if once in self._once:
                 return
@@ -759,6 +807,10 @@ class Run:
     def new_tile(self, data: Any, dtype: DType, origin: str = "op",
                  share: Buf | None = None) -> Tile:
         site = caller_site()
+        if self.lane_out and origin != "load" and type(data) is not LaneArray:
+            data = _lanes_of(data, self.lane_out)  # a lane op's result has the lanes
+        if type(data) is LaneArray and data.nbytes > self.lane_bytes * data.shape[0]:
+            self.lane_bytes = data.nbytes // data.shape[0]
         self.next_id += 1
         buf = None
         if self.checks:
@@ -769,12 +821,13 @@ class Run:
                 share = entry.imports.get(id(share))
             if share is not None:
                 buf = share
+                buf.shared = True
                 buf.last = 2 * self.seq + 1
                 if origin == "acc" and self.par:  # matmul_acc accumulates in place
                     self._tile_log(buf, WRITE, None)
             else:
                 mult = self.pipeline_mult() if origin == "load" else 1
-                buf = Buf(entry, 2 * self.seq + 1, tuple(data.shape), dtype, origin, mult, site,
+                buf = Buf(entry, 2 * self.seq + 1, shape_of(data), dtype, origin, mult, site,
                           home)
                 entry.bufs.append(buf)
         return Tile(data, dtype, buf, self.next_id, site)
@@ -849,11 +902,13 @@ class Run:
                 continue
             key = -id(home)
             lo, hi = box if box is not None else ((0,) * len(home.shape), home.shape)
-            rec = (key, kind, lo, hi, fr.value, fr.epoch)
+            it = fr.value if type(fr.value) is not Lanes else EVERY_LANE
+            if it == EVERY_LANE and kind != READ:  # every iteration writes one shared tile
+                raise LaneEscape(f"every iteration writes the tile made at {fmt_site(home.site)}")
+            rec = (key, kind, lo, hi, it, fr.epoch)
             if rec not in fr.seen:
                 fr.seen.add(rec)
-                fr.log.setdefault(key, []).append((kind, lo, hi, fr.value, None, fr.epoch,
-                                                   None))
+                fr.log.setdefault(key, []).append((kind, lo, hi, it, None, fr.epoch, None))
                 fr.tiles[key] = home
 
     def _carried(self, fr: LoopFrame, home: Buf) -> None:
@@ -893,11 +948,17 @@ class Run:
                 task.log[(bid, kind, blo, bhi)] = None
         if self.par:
             scope = self.scope.name if self.scope is not None else None
+            if kind != READ and self.lane_frame is not None and type(
+                    self.lane_frame.value) is Lanes:
+                # every iteration writes this one box: what the checks make of N writes
+                # (unordered writes of the same bits, a dead first write) is told by their order
+                raise LaneEscape(f"every iteration writes {fmt_box(base.name, *boxes[0])}")
             for fr in self.par:
-                seen, it, ep = fr.seen, fr.value, fr.epoch
+                seen, ep = fr.seen, fr.epoch
                 recs = fr.log.get(bid)
                 if recs is None:
                     recs = fr.log[bid] = []
+                it = fr.value if type(fr.value) is not Lanes else EVERY_LANE
                 for blo, bhi in boxes:
                     rec = (bid, kind, blo, bhi, it, ep, value)
                     if rec not in seen:
@@ -907,6 +968,7 @@ class Run:
             key = box_key(blo, bhi)
             if kind != READ:
                 if base.kind == "input":
+                    self.inputs_written = True
                     self.report("coverage", self.input_store,
                                 f"store into input tensor {fmt_box(base.name, blo, bhi)} "
                                 "(declared without pl.Out / pl.InOut: the write is invisible "
@@ -1071,6 +1133,12 @@ def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple
                     tag)
 
 
+def _gm_tensor(value: Any) -> bool:
+    """A value a lane loop's body may carry by name: a GM tensor, the same in every iteration
+    (``out = pl.assemble(out, ...)`` returns it)."""
+    return isinstance(value, Tensor)
+
+
 def _same_kind(a: Any, b: Any) -> bool:
     """Can ``b`` replace carried value ``a`` (pypto: a carried value keeps one type)?"""
     if isinstance(a, Tile | Tensor) or isinstance(b, Tile | Tensor):
@@ -1098,6 +1166,35 @@ def _next_carry(frame: LoopFrame) -> tuple:
     return got
 
 
+#: iterations run side by side in one pass of a loop running in lanes, at most: enough to
+#: make an op's Python cost small beside its arithmetic
+LANES_PER_PASS = 128
+#: a pass's largest tile (all its lanes) after the first pass: numpy maps an array over 32 MB
+#: afresh, and first touching fresh memory costs up to 1 s/GB on these machines (qwen3_32b
+#: decode.py's [16, 5120] fp32 tiles, 128 lanes: 42 MB each, the emulator slower than one at
+#: a time); 4 MiB keeps the float64 temporaries of an op under that too
+LANE_TILE_BYTES = 4 << 20
+#: the first pass, before a tile's size is known
+FIRST_PASS_LANES = 8
+
+
+def _passes(rt: Run, idx: np.ndarray) -> Iterator[Any]:
+    """The passes of a loop running in lanes over iterations ``idx``: the first of
+    FIRST_PASS_LANES, the next ones as many as keep its largest tile under LANE_TILE_BYTES
+    (``rt.lane_bytes``: the largest tile of the pass, one lane's bytes). A single iteration
+    is its index, not lanes."""
+    i, n = 0, min(FIRST_PASS_LANES, LANES_PER_PASS)
+    while i < len(idx):
+        c = idx[i:i + n]
+        rt.lane_bytes = 0
+        yield Lanes(c) if len(c) > 1 else int(c[0])
+        i += len(c)
+        n = max(2, min(LANES_PER_PASS, LANE_TILE_BYTES // max(1, rt.lane_bytes)))
+#: loops whose iterations may run side by side (lowering.tile.lanes): the independent ones
+#: (a pl.split_aiv's two lanes are one core's two vector units: too few to gain)
+_LANE_KINDS = ("parallel", "spmd")
+
+
 def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
              site: tuple[str, int], hint: str = "", carry: tuple | None = None,
              emit: Any = None, task: Any = None, tag: Any = None) -> Iterator[Any]:
@@ -1119,6 +1216,16 @@ def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
         rt.par.append(frame)
     frame.loop_seq = 2 * rt.seq + 2
     started = own and rt.begin_task(task)  # the blocks of a pl.spmd are one task
+    if (kind in _LANE_KINDS and carry is None and (emit is None or kind == "spmd")
+            and rt.lanes and rt.lane_frame is None and len(values) > 1 and not rt.manual):
+        why = rt.lane_deny.get(site) or body_refusal(site, sys._getframe(1), _gm_tensor,
+                                                      rt.scope is None and kind == "parallel")
+        if why is None:  # passes of iterations side by side, each iteration a lane
+            vals = _passes(rt, np.array(vals, np.int64))
+            rt.lane_frame = frame
+            rt.lane_sites.add(site)
+        else:
+            rt.lane_refused[site] = why
     try:
         for v in vals:
             frame.value = v
@@ -1142,6 +1249,8 @@ def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
         if parallel:
             rt.par.pop()
             _race_check(rt, frame)
+        if rt.lane_frame is frame:  # left only when the pass ends normally (see LaneEscape)
+            rt.lane_frame = None
         frame = None
     finally:
         if started:

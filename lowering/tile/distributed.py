@@ -313,6 +313,11 @@ class RankRun(core.Run):
 
     rank: Rank
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # one iteration at a time: a rank's run cannot be started again (lowering.tile.lanes)
+        self.lanes = False
+
     def access(self, view: Tensor, lo: tuple, hi: tuple, write: bool, *args: Any,
                **kwargs: Any) -> None:
         super().access(view, lo, hi, write, *args, **kwargs)

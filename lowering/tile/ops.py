@@ -37,6 +37,7 @@ from lowering.backends.numpy_backend import BINARY
 from lowering.tile import core
 from lowering.tile.core import Run, Tensor, Tile, fmt_site
 from lowering.tile.dtypes import BF16, FP16, FP32, INT8, INT32, DType, as_dtype
+from lowering.tile.lanes import LaneArray, LaneEscape
 
 RULES: dict[str, Callable[..., Any]] = {}
 
@@ -61,9 +62,14 @@ def apply(name: str, *args: Any, **kwargs: Any) -> Any:
     rt.op_site = site = core.caller_site()
     core.op_files[site[0]] = core.op_files.get(site[0], 0) + 1
     try:
+        if rt.lane_frame is not None:  # a pl.parallel loop runs in lanes
+            return ops_lanes.apply(rt, name, fn, args, kwargs)
+        if rt.lane_sites:  # a value of a loop's lanes must not outlive the loop
+            ops_lanes.check_outside(name, args, kwargs)
         return fn(rt, *args, **kwargs)
     finally:
         rt.op_site = None
+        rt.lane_out = 0
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -183,11 +189,17 @@ def _store_key(rt: Run, dst: Tensor | Tile, key: Any, value: Tile) -> None:
 def _tile_write(rt: Run, dst: Tile, lo: tuple, hi: tuple, value: Tile) -> None:
     if value.dtype != dst.dtype:
         raise TypeError(f"write of {value!r} into {dst!r}: dtypes differ")
+    if type(value.data) is LaneArray or type(dst.data) is LaneArray:
+        ops_lanes.before_tile_write(dst, value)
     rt.use(value)
     rt.use(dst, read=False)  # an in-place insert (pto.tinsert) reads nothing of dst
     rt.tile_write(dst, lo, hi)  # race check: a tile shared by independent iterations
     valid = ops_data.assemble_valid(dst, value, lo)
-    rt.bk.write(dst.data, core.box_key(lo, hi), value.data)  # the whole source (pto.tinsert)
+    key = core.data_key(dst.data, lo, hi)
+    if type(dst.data) is LaneArray and type(value.data) is not LaneArray:
+        dst.data[key] = value.data.reshape(dst.data[key].shape[1:])  # the same in every lane
+    else:
+        rt.bk.write(dst.data, key, value.data)  # the whole source (pto.tinsert)
     dst.valid = valid
 
 
@@ -242,6 +254,8 @@ def _atomic_add(atomic: Any) -> bool:
 
 
 def _atomic_store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
+    if rt.lane_frame is not None:  # one add per iteration, in the iterations' order
+        raise LaneEscape("an atomic add")
     region = tuple(b - a for a, b in zip(lo, hi, strict=True))
     if [d for d in region if d != 1] != [d for d in src.shape if d != 1]:
         raise ValueError(f"atomic add into {core.fmt_box(t.name, lo, hi)}: region shape "
@@ -276,7 +290,8 @@ def _reshape(rt: Run, x: Tensor | Tile, shape: Sequence[int]) -> Tensor | Tile:
     if isinstance(x, Tensor):
         return x.reshaped(shape_t)
     rt.use(x)
-    return rt.new_tile(rt.bk.reshape(x.data, shape_t), x.dtype, share=x.buf)
+    return rt.new_tile(rt.bk.reshape(x.data, core.data_shape(x.data, shape_t)), x.dtype,
+                       share=x.buf)
 
 
 @rule("expands")
@@ -510,7 +525,7 @@ def _matmul_acc(rt: Run, acc: Tile, lhs: Any, rhs: Any, a_trans: bool = False,
                 b_trans: bool = False, init_cond: Any = None) -> Tile:
     data, out = _product(rt, lhs, rhs, a_trans, b_trans, "matmul_acc")
     c = _tile(rt, acc, "acc", "matmul_acc")
-    if c.dtype != out or c.shape != tuple(data.shape):
+    if c.dtype != out or c.shape != core.shape_of(data):
         raise ValueError(f"pl.matmul_acc: accumulator {c!r} does not match the product "
                          f"{out.name}{list(data.shape)}")
     if not (init_cond is not None and bool(init_cond)):
@@ -520,4 +535,4 @@ def _matmul_acc(rt: Run, acc: Tile, lhs: Any, rhs: Any, a_trans: bool = False,
 
 # the 'data' group: slice / load / store / create_tensor / full rules and valid shapes
 # (imported last: it wraps rules defined above)
-from lowering.tile import ops_data  # noqa: E402
+from lowering.tile import ops_data, ops_lanes  # noqa: E402

@@ -275,7 +275,7 @@ def tile_window(rt: Run, src: Tile, lo: Sequence[int], hi: Sequence[int],
             raise ValueError(f"slice of {src!r}: cannot drop axis {d}, its valid extent under "
                              f"the window is {avail[d]}, not 1")
     rt.use(src, "view", box=(lo, hi))  # a subview: the source's space is its own
-    out = rt.new_tile(rt.bk.read(src.data, core.box_key(lo, hi)), src.dtype)
+    out = rt.new_tile(rt.bk.read(src.data, core.data_key(src.data, lo, hi)), src.dtype)
     out.valid = norm_valid(avail, win)
     if drop:
         out = _reshape_tile(rt, out, tuple(n for i, n in enumerate(win) if i not in drop))
@@ -1042,7 +1042,8 @@ def _reshape_valid(valid: tuple[int, ...], old: tuple[int, ...],
 
 
 def _reshape_tile(rt: Run, t: Tile, shape: tuple[int, ...]) -> Tile:
-    out = rt.new_tile(rt.bk.reshape(t.data, shape), t.dtype, share=t.buf)
+    out = rt.new_tile(rt.bk.reshape(t.data, core.data_shape(t.data, shape)), t.dtype,
+                      share=t.buf)
     if t.valid is not None:
         out.valid = norm_valid(_reshape_valid(t.valid, t.shape, shape), shape)
     return out

@@ -156,6 +156,8 @@ class _Spmd(ast.NodeTransformer):
         self.changed = True
         blocks = ast.Call(ast.Attribute(call, "__pl_blocks__", ast.Load()),
                           [ast.Constant(target is not None)], [])
+        ast.copy_location(blocks.func, call)
+        ast.copy_location(blocks, call)  # the loop's line is the `with` line (its site)
         tgt = target if target is not None else ast.Name("_pl_spmd_block", ast.Store())
         return ast.copy_location(ast.For(tgt, blocks, node.body, []), node)
 

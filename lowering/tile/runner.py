@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from lowering.tile import core
 from lowering.tile.budget import LIMITS, BudgetReport
 from lowering.tile.dtypes import DType, as_dtype
 from lowering.tile.findings import Finding, HasFindings
+from lowering.tile.lanes import LaneEscape
 
 
 @dataclass
@@ -28,6 +30,9 @@ class KernelRun(HasFindings):
     outputs: dict[str, np.ndarray]
     findings: list[Finding] = field(default_factory=list)
     budget: BudgetReport = field(default_factory=BudgetReport)
+    #: each pl.parallel loop (file:line) that ran: "lanes" (its iterations side by side) or
+    #: "one at a time: <why>" (lowering.tile.lanes)
+    lane_loops: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -76,6 +81,7 @@ def run_kernel(
     zero_outputs: bool = False,
     budget_model: str = "shape",
     input_store: str = "fail",
+    lanes: bool = True,
 ) -> KernelRun:
     """Run ``kernel_fn(**tensors, **kwargs)`` on the tile emulator.
 
@@ -96,9 +102,43 @@ def run_kernel(
     input_store: the severity of a store into a tensor passed as an input ('fail' for our own
     kernels; pypto-lib files run as 'warning': what the device's dependency tracking makes of
     such a write is not modelled, and the comparison with the golden judges the values).
+    lanes: run each pl.parallel loop's iterations side by side where its body allows
+    (``lowering.tile.lanes``: the same values and findings, a fraction of the time); False:
+    one iteration at a time.
     """
     kname = name or getattr(kernel_fn, "__name__", "kernel")
+    deny = _LANES_DENIED.setdefault(_fn_key(kernel_fn), {})
+    copies: dict[str, Any] = {}  # the inputs' backend copies, kept for a run started again
+    while True:  # again, without lanes for a loop whose body left them (lowering.tile.lanes)
+        try:
+            return _run(kernel_fn, kname, inputs, outputs, inouts, kwargs, platform, backend,
+                        seed, permute_parallel, zero_outputs, budget_model, input_store,
+                        lanes, deny, copies)
+        except LaneEscape as e:
+            new = {e.site} - deny.keys() if e.site is not None else e.sites - deny.keys()
+            if not new:
+                raise RuntimeError(f"emulator: lanes of a pl.parallel loop: {e.why}") from e
+            deny.update(dict.fromkeys(new, e.why))
+
+
+#: per kernel function: the pl.parallel loops (file, line) that run one iteration at a time,
+#: with why (what left the lanes in an earlier run)
+_LANES_DENIED: dict[Any, dict[tuple[str, int], str]] = {}
+
+
+def _fn_key(fn: Any) -> Any:
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "fn", None), "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code is not None else id(fn)
+
+
+def _run(kernel_fn: Callable[..., Any], kname: str, inputs: dict[str, np.ndarray],
+         outputs: dict, inouts: dict | None, kwargs: dict | None, platform: str, backend: Any,
+         seed: int, permute_parallel: bool, zero_outputs: bool, budget_model: str,
+         input_store: str, lanes: bool, deny: dict, copies: dict) -> KernelRun:
     rt = core.Run(backend, platform, kname, seed, permute_parallel)
+    rt.lanes = (rt.lanes and lanes and not permute_parallel  # a shuffle asks for an order
+                and os.environ.get("LOWERING_LANES", "1") != "0")
+    rt.lane_deny = deny
     rt.input_store = input_store
     prev = core.activate(rt)
     try:
@@ -106,8 +146,10 @@ def run_kernel(
         for n, arr in inputs.items():
             a = np.asarray(arr)
             dt = as_dtype(a.dtype)
-            tensors[n] = rt.add_base(core.BaseTensor(n, rt.bk.from_numpy(a, dt.name), dt,
-                                                     "input"))
+            data = copies.get(n)
+            if data is None:
+                data = copies[n] = rt.bk.from_numpy(a, dt.name)
+            tensors[n] = rt.add_base(core.BaseTensor(n, data, dt, "input"))
         for n, (shape, dtype) in outputs.items():
             dt = as_dtype(dtype)
             data = rt.bk.full(tuple(shape), dt.name, 0 if zero_outputs else rt.fill_value(dt))
@@ -120,14 +162,33 @@ def run_kernel(
             base.owned = None if owned is None else _owned_mask(a.shape, owned)
             tensors[n] = rt.add_base(base)
         with core.fewer_collections():
-            kernel_fn(**tensors, **(kwargs or {}))
+            try:
+                kernel_fn(**tensors, **(kwargs or {}))
+                if rt.lane_frame is not None:  # its loop was left mid-way (a break)
+                    raise LaneEscape("the loop was left before its end")
+            except Exception as exc:
+                if not rt.lane_sites:
+                    raise
+                if rt.inputs_written:  # the next run needs the inputs afresh
+                    copies.clear()
+                # any error of a run that used lanes is the one-at-a-time run's to tell: run
+                # again without the lanes of the loop it happened in (of them all, if after)
+                e = exc if isinstance(exc, LaneEscape) else LaneEscape(
+                    f"{type(exc).__name__}: {exc}")
+                e.site = rt.lane_frame.site if rt.lane_frame is not None else None
+                e.sites = set(rt.lane_sites)
+                if e is exc:
+                    raise
+                raise e from exc
         rt.finish()  # budget of tiles made outside every in-core scope
         outs = {n: rt.bk.to_numpy(t.base.data) for n, t in tensors.items()
                 if t.base.kind in ("output", "inout")}
         _final_checks(rt, tensors, outs, "warning" if zero_outputs else "fail", budget_model)
     finally:
         core.activate(prev)
-    return KernelRun(kname, platform, outs, rt.findings, rt.budget)
+    loops = {core.fmt_site(s): "lanes" for s in sorted(rt.lane_sites)}
+    loops.update((core.fmt_site(s), f"one at a time: {why}") for s, why in rt.lane_refused.items())
+    return KernelRun(kname, platform, outs, rt.findings, rt.budget, loops)
 
 
 def _rows(mask: np.ndarray) -> str:

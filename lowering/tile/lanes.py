@@ -1,0 +1,421 @@
+"""Lanes: the iterations of a ``pl.parallel`` loop (or the blocks of a ``pl.spmd``) run side
+by side, once.
+
+Their iterations are independent (the race check proves it of every run), so the body can run
+once for all of them: the loop index is a :class:`Lanes` value (the N indices), and a tile
+whose value differs from iteration to iteration carries its N values along a leading axis (a
+:class:`LaneArray`; ``Tile.shape`` is one iteration's shape). Values every iteration shares (a
+tile loaded from one row of a cache, a full, a constant) stay one value. Each op then runs
+once on N iterations' data: the Python cost of an op, most of the emulator's time on small
+tiles, is paid once instead of N times (``lowering.tile.ops_lanes``).
+
+What each iteration would have done is kept exactly — the run in lanes gives the bits, the
+findings and the budget of the run one iteration at a time:
+
+- the arithmetic is the same numpy arithmetic on a stacked array (elementwise, row reductions
+  along the last axis, one 2-D product per iteration);
+- every GM access is logged per iteration, under that iteration's index, so the race,
+  coverage and dead-write checks see what the one-at-a-time run shows them;
+- a tile's budget is one iteration's shape (each iteration runs on its own core);
+- whatever would make the lanes differ from the iterations in order raises
+  :class:`LaneEscape`, and the run starts again with that loop run one iteration at a time
+  (``lowering.tile.runner``): a value the lanes do not agree on where one is needed (a
+  branch, an ``int()``, a trip count), a value of the lanes kept past the loop, an atomic
+  add, a write every iteration makes to one place, a race (its values depend on the order),
+  any error (the one-at-a-time run tells it). Before a loop starts, :func:`body_refusal`
+  reads its source for what would otherwise only show half-way: a branch or trip count on
+  the index, Python state carried from one iteration to the next. Nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import ast
+import linecache
+import operator
+from typing import Any
+
+import numpy as np
+
+
+class LaneEscape(Exception):
+    """A loop running in lanes met what lanes do not model (``why``): that loop must run one
+    iteration at a time."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+        self.site: tuple[str, int] | None = None  # the loop running in lanes, if one is
+        self.sites: set[tuple[str, int]] = set()  # every loop that ran in lanes so far
+
+
+class LaneArray(np.ndarray):
+    """A backend array whose leading axis is the lanes (one iteration per row)."""
+
+
+def lane_array(a: np.ndarray) -> LaneArray:
+    return np.ascontiguousarray(a).view(LaneArray)
+
+
+_NUMBER = (int, float, np.integer, np.floating)
+
+
+class Lanes:
+    """A Python scalar with one value per lane (the loop index, or a number read per
+    iteration). Arithmetic stays per lane; where one value is needed (``range``, an index, a
+    branch) the lanes must agree, else :class:`LaneEscape`."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.v = values
+
+    @staticmethod
+    def of(values: Any) -> Any:
+        """``values`` as Lanes, or a plain number when every lane holds the same one."""
+        v = np.asarray(values)
+        if v.size and (v == v.flat[0]).all():
+            return v.flat[0].item()
+        return Lanes(v)
+
+    def __len__(self) -> int:
+        return len(self.v)
+
+    def at(self, i: int) -> Any:
+        return self.v[i].item()
+
+    def _one(self, what: str) -> Any:
+        first = self.v.flat[0]
+        if (self.v == first).all():
+            return first.item()
+        raise LaneEscape(f"{what} of a value that differs across the iterations ({self})")
+
+    def __index__(self) -> int:
+        return operator.index(self._one("an index"))
+
+    def __int__(self) -> int:
+        return int(self._one("int()"))
+
+    def __float__(self) -> float:
+        return float(self._one("float()"))
+
+    def __bool__(self) -> bool:
+        return bool(self._one("a branch"))
+
+    def __hash__(self) -> int:
+        raise LaneEscape(f"hash of a value that differs across the iterations ({self})")
+
+    def __repr__(self) -> str:
+        v = self.v
+        if v.dtype.kind in "iu" and len(v) > 2 and (np.diff(v) == v[1] - v[0]).all():
+            return f"{v[0]}..{v[-1]}" + ("" if v[1] - v[0] == 1 else f" step {v[1] - v[0]}")
+        return "[" + ", ".join(map(str, v[:4].tolist())) + (", ...]" if len(v) > 4 else "]")
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def _bin(self, other: Any, fn: Any) -> Any:
+        if isinstance(other, Lanes):
+            return Lanes.of(fn(self.v, other.v))
+        if isinstance(other, _NUMBER) and not isinstance(other, bool):
+            return Lanes.of(fn(self.v, other))
+        return NotImplemented
+
+    def _rbin(self, other: Any, fn: Any) -> Any:
+        if isinstance(other, _NUMBER) and not isinstance(other, bool):
+            return Lanes.of(fn(other, self.v))
+        return NotImplemented
+
+    def __add__(self, o: Any) -> Any:
+        return self._bin(o, operator.add)
+
+    def __radd__(self, o: Any) -> Any:
+        return self._rbin(o, operator.add)
+
+    def __sub__(self, o: Any) -> Any:
+        return self._bin(o, operator.sub)
+
+    def __rsub__(self, o: Any) -> Any:
+        return self._rbin(o, operator.sub)
+
+    def __mul__(self, o: Any) -> Any:
+        return self._bin(o, operator.mul)
+
+    def __rmul__(self, o: Any) -> Any:
+        return self._rbin(o, operator.mul)
+
+    def __floordiv__(self, o: Any) -> Any:
+        return self._bin(o, operator.floordiv)
+
+    def __rfloordiv__(self, o: Any) -> Any:
+        return self._rbin(o, operator.floordiv)
+
+    def __mod__(self, o: Any) -> Any:
+        return self._bin(o, operator.mod)
+
+    def __rmod__(self, o: Any) -> Any:
+        return self._rbin(o, operator.mod)
+
+    def __neg__(self) -> Any:
+        return Lanes.of(-self.v)
+
+    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+        return self._bin(o, operator.eq)
+
+    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+        return self._bin(o, operator.ne)
+
+    def __lt__(self, o: Any) -> Any:
+        return self._bin(o, operator.lt)
+
+    def __le__(self, o: Any) -> Any:
+        return self._bin(o, operator.le)
+
+    def __gt__(self, o: Any) -> Any:
+        return self._bin(o, operator.gt)
+
+    def __ge__(self, o: Any) -> Any:
+        return self._bin(o, operator.ge)
+
+
+def has_lanes(x: Any) -> bool:
+    """Does ``x`` (an op argument: a number, a tile, a sequence or a slice of them) hold a
+    value that differs across lanes?"""
+    t = type(x)
+    if t is Lanes:
+        return True
+    if t is tuple or t is list:
+        return any(has_lanes(y) for y in x)
+    if t is slice:
+        return type(x.start) is Lanes or type(x.stop) is Lanes or type(x.step) is Lanes
+    return type(getattr(x, "data", None)) is LaneArray and hasattr(x, "buf")
+
+
+def lane_of(x: Any, i: int) -> Any:
+    """``x`` as lane ``i`` sees it (numbers and sequences; tiles are handled by the op)."""
+    t = type(x)
+    if t is Lanes:
+        return x.at(i)
+    if t is tuple or t is list:
+        return t(lane_of(y, i) for y in x)
+    if t is slice:
+        return slice(lane_of(x.start, i), lane_of(x.stop, i), lane_of(x.step, i))
+    return x
+
+
+#: methods that change a Python container in place: run once for N iterations, they would
+#: do once what the iterations do N times
+_MUTATORS = frozenset("append extend insert pop remove clear update setdefault add discard "
+                      "popitem sort reverse".split())
+_bodies: dict[tuple[str, int], tuple[str | None, tuple, tuple]] = {}
+
+
+def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) -> str | None:
+    """Why the body of the loop at ``site`` (file, line), run from ``frame``, cannot run once
+    for all its iterations, or None. Python state a body carries from one iteration to the
+    next would change once instead of N times: a name the body reads before it assigns it
+    (unless it holds a value every iteration shares — ``shared(value)``, a GM tensor that
+    ``out = pl.assemble(out, ...)`` hands back), a container from outside appended to, a
+    ``global``; so would anything the source does not show (no source). ``outside``: the loop
+    runs outside every in-core scope, where a ``pl.create_tensor`` in its body (outside a
+    ``with`` of it) is a GM buffer per iteration."""
+    got = _bodies.get(site)
+    if got is None:
+        got = _bodies[site] = _refusal(site)
+    why, calls, carried = got
+    if why is not None:
+        return why
+    if not (carried or calls):
+        return None
+    local, glob = (frame.f_locals, frame.f_globals) if frame is not None else ({}, {})
+    for name, line in carried:
+        value = local.get(name, glob.get(name, _MISSING))
+        if value is not _MISSING and not shared(value):
+            return (f"line {line}: {name!r} is read before the body assigns it (a value "
+                    "carried from one iteration to the next)")
+    for name, attr, line in calls:  # x.append(...) of a container from outside the body
+        if name == "<gm buffer>":
+            if outside:
+                return f"line {line}: pl.create_tensor outside an in-core scope (a buffer per " \
+                       "iteration)"
+            continue
+        obj = local.get(name, glob.get(name, _MISSING))
+        if obj is _MISSING or isinstance(obj, list | dict | set | bytearray):
+            return f"line {line}: .{attr}() of a container from outside the body"
+    return None
+
+
+_MISSING = object()
+
+
+def _refusal(site: tuple[str, int]) -> tuple[str | None, tuple, tuple]:
+    lines = linecache.getlines(site[0])
+    if not lines:
+        return "no source", (), ()
+    try:
+        tree = ast.parse("".join(lines))
+    except SyntaxError:
+        return "source does not parse", (), ()
+    # a `for ... in pl.parallel / pl.spmd(...)`, or a `with pl.spmd(...)` (its blocks)
+    loop = next((n for n in ast.walk(tree) if isinstance(n, ast.For | ast.AsyncFor | ast.With)
+                 and any(h.lineno <= site[1] <= (h.end_lineno or h.lineno) for h in _heads(n))),
+                None)
+    if loop is None:
+        return "no for / with statement on that line", (), ()
+    order = _Order()
+    for stmt in loop.body:
+        order.visit(stmt)
+    stored = {n for n, kind, _ in order.events if kind == "store"}
+    index = {n.id for n in ast.walk(loop.target if isinstance(loop, ast.For) else loop)
+             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    bound = stored | index
+    first: dict[str, tuple[str, int]] = {}
+    for name, kind, line in order.events:
+        first.setdefault(name, (kind, line))
+    carried = tuple((n, line) for n, (kind, line) in first.items()
+                    if kind == "load" and n in stored and n not in index)
+    branch = _branch_on_index(loop.body, index)
+    if branch is not None:
+        return branch, (), ()
+    calls = []
+    for node in ast.walk(ast.Module(body=loop.body, type_ignores=[])):
+        if isinstance(node, ast.Global | ast.Nonlocal):
+            return f"line {node.lineno}: global / nonlocal", (), ()
+        if isinstance(node, ast.AugAssign) and not isinstance(node.target, ast.Name):
+            return f"line {node.lineno}: an augmented assignment of an attribute / item", (), ()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                node.func.attr in _MUTATORS):
+            v = node.func.value
+            if not isinstance(v, ast.Name):
+                return f"line {node.lineno}: .{node.func.attr}() of an unnamed object", (), ()
+            if v.id not in bound:
+                calls.append((v.id, node.func.attr, node.lineno))
+        if isinstance(node, ast.Yield | ast.YieldFrom | ast.Return | ast.Break):
+            return f"line {node.lineno}: leaves the iteration early", (), ()
+    # a GM buffer made in the body outside an in-core scope is one per iteration (where the
+    # loop itself runs outside every scope: body_refusal's `outside`)
+    per_iteration = tuple(("<gm buffer>", "create_tensor", n.lineno) for n in _calls_outside_with(
+        loop.body) if _callee(n) == "create_tensor")
+    return None, tuple(calls) + per_iteration, carried
+
+
+def _calls_outside_with(body: list[ast.stmt]) -> list[ast.Call]:
+    """The calls in ``body`` not inside a ``with`` statement of it (nor a nested function)."""
+    out: list[ast.Call] = []
+
+    def walk(node: ast.AST) -> None:
+        if isinstance(node, ast.With | ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return
+        if isinstance(node, ast.Call):
+            out.append(node)
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+
+    for stmt in body:
+        walk(stmt)
+    return out
+
+
+def _heads(node: ast.For | ast.AsyncFor | ast.With) -> list[ast.AST]:
+    """The expressions whose evaluation starts the loop (the line a loop site names)."""
+    if isinstance(node, ast.With):
+        return [item.context_expr for item in node.items]
+    return [node.iter]
+
+
+#: calls whose value is the block / lane a body runs as (pl.spmd, pl.split_aiv)
+_INDEX_CALLS = frozenset(("get_block_idx", "get_subblock_idx"))
+_LOOPS = frozenset(("range", "parallel", "pipeline", "unroll", "spmd"))
+
+
+def _branch_on_index(body: list[ast.stmt], index: set[str]) -> str | None:
+    """A branch or a trip count in ``body`` that depends on the loop index (a name computed
+    from it, or from a block index), which the lanes would not agree on: known before the
+    body runs, so no lane pass is started only to be abandoned. (A branch every iteration
+    takes alike is refused with them: the loop then runs one iteration at a time.)"""
+    varying = set(index)
+    tree = ast.Module(body=body, type_ignores=[])
+
+    def mentions(node: ast.AST | None) -> bool:
+        for n in ast.walk(node) if node is not None else ():
+            if isinstance(n, ast.Name) and n.id in varying:
+                return True
+            if isinstance(n, ast.Call) and _callee(n) in _INDEX_CALLS:
+                return True
+        return False
+
+    for _ in range(2):  # a name made from the index later in the body, used in an inner loop
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.NamedExpr) \
+                    and mentions(node.value):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                varying |= {n.id for t in targets for n in ast.walk(t) if _stored(n)}
+            elif isinstance(node, ast.For) and mentions(node.iter):
+                varying |= {n.id for n in ast.walk(node.target) if _stored(n)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If | ast.While | ast.IfExp) and mentions(node.test):
+            return f"line {node.lineno}: a branch on a value that differs across the iterations"
+        if isinstance(node, ast.For) and isinstance(node.iter, ast.Call) and (
+                _callee(node.iter) in _LOOPS and any(mentions(a) for a in node.iter.args)):
+            return f"line {node.lineno}: a trip count that differs across the iterations"
+        if isinstance(node, ast.Call) and (
+                any(k.arg == "valid_shape" and mentions(k.value) for k in node.keywords)
+                or _callee(node) == "set_validshape" and any(map(mentions, node.args[1:]))):
+            # a tile's valid shape is one per tile: lanes share it
+            return f"line {node.lineno}: a valid shape that differs across the iterations"
+    return None
+
+
+def _stored(node: ast.AST) -> bool:
+    """A name an assignment binds (not one its subscript or attribute target reads)."""
+    return isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+
+
+def _callee(call: ast.Call) -> str | None:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+
+
+class _Order(ast.NodeVisitor):
+    """The loads and stores of names in a body, in the order Python runs them (an assignment's
+    value before its targets, a loop's iterable before its variable); nested functions and
+    classes are not entered."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int]] = []
+
+    def visit_Name(self, node: ast.Name) -> None:
+        kind = "load" if isinstance(node.ctx, ast.Load) else "store"
+        self.events.append((node.id, kind, node.lineno))
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        for t in node.targets:
+            self.visit(t)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+        self.visit(node.target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):
+            self.events.append((node.target.id, "load", node.lineno))
+        self.visit(node.value)
+        self.visit(node.target)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        self.visit(node.target)
+
+    def visit_For(self, node: ast.For) -> None:
+        self.visit(node.iter)
+        self.visit(node.target)
+        for stmt in (*node.body, *node.orelse):
+            self.visit(stmt)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        return None
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef  # type: ignore
