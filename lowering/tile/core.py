@@ -1172,8 +1172,9 @@ LANES_PER_PASS = 128
 #: a pass's largest tile (all its lanes) after the first pass: numpy maps an array over 32 MB
 #: afresh, and first touching fresh memory costs up to 1 s/GB on these machines (qwen3_32b
 #: decode.py's [16, 5120] fp32 tiles, 128 lanes: 42 MB each, the emulator slower than one at
-#: a time); 4 MiB keeps the float64 temporaries of an op under that too
-LANE_TILE_BYTES = 4 << 20
+#: a time); arrays that stay in the cache are faster still (V3.2 decode_front.py with top-k
+#: 256, Intel Xeon, another job beside: emulator 38.0 s at 1 MiB, 45.6 s at 4 MiB)
+LANE_TILE_BYTES = 1 << 20
 #: the first pass, before a tile's size is known
 FIRST_PASS_LANES = 8
 

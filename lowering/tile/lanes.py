@@ -293,6 +293,9 @@ def _refusal(site: tuple[str, int]) -> tuple[str | None, tuple, tuple]:
                 calls.append((v.id, node.func.attr, node.lineno))
         if isinstance(node, ast.Yield | ast.YieldFrom | ast.Return | ast.Break):
             return f"line {node.lineno}: leaves the iteration early", (), ()
+        if isinstance(node, ast.Call) and any(k.arg == "atomic" for k in node.keywords):
+            # atomic adds land one per iteration, in the iterations' order (fp32 sums differ)
+            return f"line {node.lineno}: an atomic add", (), ()
     # a GM buffer made in the body outside an in-core scope is one per iteration (where the
     # loop itself runs outside every scope: body_refusal's `outside`)
     per_iteration = tuple(("<gm buffer>", "create_tensor", n.lineno) for n in _calls_outside_with(
