@@ -31,8 +31,14 @@ def both(kernel, **kw):  # noqa: ANN001, ANN201
     key = lambda r: sorted((f.check, f.severity, f.tensor) for f in r.findings)  # noqa: E731
     assert key(on) == key(off), (on.summary(), off.summary())
     assert on.budget.as_dicts() == off.budget.as_dicts()
-    assert set(off.lane_loops.values()) <= {"one at a time: off"} or not off.lane_loops
+    assert on.lane_loops and not off.lane_loops  # lanes=False: no loop ran in lanes
     return on
+
+
+def rows_both(kernel, y: tuple[int, int] = (H, 32)):  # noqa: ANN001, ANN201
+    """:func:`both` on x, H rows of 32 fp32 values, into an fp32 output y; (x, the run)."""
+    x = RNG.standard_normal((H, 32)).astype(np.float32)
+    return x, both(kernel, inputs={"x": x}, outputs={"y": (y, pl.FP32)})
 
 
 def attend(q_lat, q_pe, w_v, kv_cache, pe_cache, topk, out):  # noqa: ANN001, ANN201
@@ -121,8 +127,7 @@ def test_a_branch_on_the_index_runs_one_at_a_time() -> None:
                 else:
                     y[h:h + 1, :] = pl.mul(x[h:h + 1, :], 3.0)
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
+    x, run = rows_both(kernel)
     assert "a branch" in one_at_a_time(run)
     np.testing.assert_array_equal(run.outputs["y"], x * np.array([[2], [3], [2], [3]], np.float32))
 
@@ -199,8 +204,7 @@ def test_a_race_is_reported_from_the_one_at_a_time_run() -> None:
             with pl.at(level=CG, name_hint="out"):
                 y[h:h + 1, :] = scratch[0:1, :]
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
+    x, run = rows_both(kernel)
     assert "race" in one_at_a_time(run)
     (race,) = run.by_check("race")
     assert race.severity == "fail" and "h=0 writes scratch" in race.message
@@ -215,8 +219,7 @@ def test_python_state_carried_across_iterations_is_refused() -> None:
             with pl.at(level=CG, name_hint="s"):
                 y[h:h + 1, :] = pl.mul(x[h:h + 1, :], float(len(seen)))
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
+    x, run = rows_both(kernel)
     assert ".append()" in one_at_a_time(run)
     np.testing.assert_array_equal(run.outputs["y"], x * np.arange(1, H + 1, dtype=np.float32)[:, None])
 
@@ -230,8 +233,7 @@ def test_a_tile_kept_past_the_loop_runs_one_at_a_time() -> None:
         with pl.at(level=CG, name_hint="last"):
             y[H:H + 1, :] = pl.add(t, 1.0)  # the last iteration's tile
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H + 1, 32), pl.FP32)})
+    x, run = rows_both(kernel, (H + 1, 32))
     assert "after the loop" in one_at_a_time(run)
     np.testing.assert_array_equal(run.outputs["y"][H], x[H - 1] * 2 + 1)
 
@@ -245,10 +247,10 @@ def test_a_buffer_per_iteration_runs_one_at_a_time() -> None:
             with pl.at(level=CG, name_hint="b"):
                 y[h:h + 1, :] = tmp[0:1, :]
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
+    x, run = rows_both(kernel)
     assert "buffer per iteration" in one_at_a_time(run)
     assert run.ok, run.summary()
+    np.testing.assert_array_equal(run.outputs["y"], x * 2)
 
 
 def test_an_error_in_one_lane_is_the_one_at_a_time_error() -> None:
@@ -321,6 +323,9 @@ def test_spmd_blocks_run_in_lanes() -> None:
         run = both(kernel, **kw)
         assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
         assert run.ok, run.summary()
+        t = np.exp(x.astype(np.float64)).astype(np.float32)  # float64 exp, rounded once
+        np.testing.assert_array_equal(  # row sum in float64, rounded once; an fp32 divide
+            run.outputs["y"], t / t.astype(np.float64).sum(axis=1, keepdims=True).astype(np.float32))
         row = run.budget.get("blocks", "Vec")  # each block is its own core: one block's tiles
         assert row is not None and "FP32[2,32]" in str(row.top) and "[4," not in str(row.top)
 
@@ -373,8 +378,8 @@ def test_every_iteration_writing_one_shared_tile_is_the_race_it_is() -> None:
                 acc[0:1, :] = pl.mul(x[0:1, :], 2.0)  # the same tile, every iteration
             y[0:1, :] = acc
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((1, 32), pl.FP32)})
+    x, run = rows_both(kernel, (1, 32))
+    np.testing.assert_array_equal(run.outputs["y"], x[:1] * 2)
     assert "every iteration writes the tile" in one_at_a_time(run)
     (race,) = run.by_check("race")
     assert race.severity == "fail" and "on-chip tile" in race.message
@@ -389,8 +394,7 @@ def test_a_value_carried_by_name_runs_one_at_a_time() -> None:
                 acc = pl.add(acc, x[h:h + 1, :])
                 y[h:h + 1, :] = acc
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
+    x, run = rows_both(kernel)
     assert "'acc' is read before the body assigns it" in one_at_a_time(run)
     np.testing.assert_array_equal(run.outputs["y"], np.cumsum(x, axis=0, dtype=np.float32))
 
@@ -418,6 +422,23 @@ def test_a_valid_shape_per_iteration_runs_one_at_a_time() -> None:
                 t = pl.slice(x, [1, 32], [h, 0], valid_shape=[1, n])
                 y[h:h + 1, 0:1] = pl.row_sum(t)
 
-    x = RNG.standard_normal((H, 32)).astype(np.float32)
-    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 1), pl.FP32)})
+    x, run = rows_both(kernel, (H, 1))
     assert "a valid shape that differs" in one_at_a_time(run)
+    n = 8 * np.arange(1, H + 1)
+    np.testing.assert_array_equal(run.outputs["y"][:, 0], [
+        np.float32(x[h, :n[h]].astype(np.float64).sum()) for h in range(H)])
+
+
+def test_a_shared_value_written_into_every_lanes_tile() -> None:
+    def kernel(x, y):  # noqa: ANN001
+        for h in pl.parallel(H):
+            with pl.at(level=CG, name_hint="s"):
+                t = pl.mul(x[h:h + 1, :], 2.0)  # one per lane
+                t[0:1, 0:16] = pl.full([1, 16], dtype=pl.FP32, value=1.0)  # one for all
+                y[h:h + 1, :] = t
+
+    x, run = rows_both(kernel)
+    assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
+    want = x * 2
+    want[:, :16] = 1
+    np.testing.assert_array_equal(run.outputs["y"], want)

@@ -9,6 +9,7 @@ float32 and round once to the narrow type (correctly rounded for + - * / sqrt, s
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_dtypes
@@ -97,8 +98,16 @@ class NumpyBackend:
         return v.copy() if isinstance(v, np.ndarray) else np.array(v)  # C order
 
     def write(self, x: np.ndarray, key: Any, value: np.ndarray) -> None:
-        """``x[key] = value`` in place (``value`` broadcast to the region's shape)."""
-        x[key] = value.reshape(x[key].shape)
+        """``x[key] = value`` in place: ``value`` holds the region's elements (in any shape of
+        that size), or those of its trailing axes, repeated along the leading ones (a tile the
+        lanes of a loop share, written into each lane's rows)."""
+        region = x[key]
+        if value.size != region.size:  # the trailing axes the value fills
+            for k in range(1, region.ndim):
+                if math.prod(region.shape[k:]) == value.size:
+                    x[key] = value.reshape(region.shape[k:])
+                    return
+        x[key] = value.reshape(region.shape)
 
     def item(self, x: np.ndarray, index: tuple[int, ...]) -> float | int:
         """One element as a Python number."""

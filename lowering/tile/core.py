@@ -195,9 +195,7 @@ class Tile:
                  site: tuple[str, int]) -> None:
         self.data = data
         self.dtype = dtype
-        # a LaneArray holds one value per iteration of a pl.parallel loop run in lanes along
-        # its leading axis (lowering.tile.lanes): the tile's shape is one iteration's
-        self.shape = tuple(data.shape) if type(data) is not LaneArray else tuple(data.shape[1:])
+        self.shape = shape_of(data)  # one iteration's, for a loop running in lanes
         self.buf = buf
         self.id = tid
         self.site = site
@@ -236,7 +234,9 @@ def _lanes_of(data: Any, n: int) -> LaneArray:
 
 
 def shape_of(data: Any) -> tuple[int, ...]:
-    """The tile shape of backend array ``data`` (one lane's, for a lane array)."""
+    """The tile shape of backend array ``data``: a LaneArray holds one value per iteration of
+    a loop running in lanes along its leading axis (lowering.tile.lanes), and the shape is one
+    iteration's."""
     return tuple(data.shape) if type(data) is not LaneArray else tuple(data.shape[1:])
 
 
@@ -700,8 +700,8 @@ class Run:
         self.task: Any = None  # the in-core task running (a control.TaskId), or None
         self.manual: list[list] = []  # per open manual scope: the tasks started in it
         self._once: set = set()
-        # pl.parallel loops run in lanes (lowering.tile.lanes): on, the loop running so now
-        # (its frame), and the loop sites that must run one iteration at a time
+        # parallel loops run in lanes (lowering.tile.lanes): whether they may, the frame of
+        # the loop running in lanes now, and the state below
         self.lanes = checks and getattr(self.bk, "name", "") == "numpy"
         self.lane_frame: LoopFrame | None = None
         self.lane_out = 0  # while a lane op runs whose results are per lane: the lane count
@@ -1191,6 +1191,8 @@ def _passes(rt: Run, idx: np.ndarray) -> Iterator[Any]:
         yield Lanes(c) if len(c) > 1 else int(c[0])
         i += len(c)
         n = max(2, min(LANES_PER_PASS, LANE_TILE_BYTES // max(1, rt.lane_bytes)))
+
+
 #: loops whose iterations may run side by side (lowering.tile.lanes): the independent ones
 #: (a pl.split_aiv's two lanes are one core's two vector units: too few to gain)
 _LANE_KINDS = ("parallel", "spmd")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ast
 import linecache
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -77,17 +77,14 @@ class Lanes:
             return v.flat[0].item()
         return Lanes(v)
 
-    def __len__(self) -> int:
-        return len(self.v)
-
     def at(self, i: int) -> Any:
         return self.v[i].item()
 
     def _one(self, what: str) -> Any:
-        first = self.v.flat[0]
-        if (self.v == first).all():
-            return first.item()
-        raise LaneEscape(f"{what} of a value that differs across the iterations ({self})")
+        one = Lanes.of(self.v)
+        if type(one) is Lanes:
+            raise LaneEscape(f"{what} of a value that differs across the iterations ({self})")
+        return one
 
     def __index__(self) -> int:
         return operator.index(self._one("an index"))
@@ -208,7 +205,19 @@ def lane_of(x: Any, i: int) -> Any:
 #: do once what the iterations do N times
 _MUTATORS = frozenset("append extend insert pop remove clear update setdefault add discard "
                       "popitem sort reverse".split())
-_bodies: dict[tuple[str, int], tuple[str | None, tuple, tuple]] = {}
+
+
+
+class _Body(NamedTuple):
+    """What the source of a loop body shows, once per loop (``_refusal``)."""
+
+    why: str | None  # refused whatever the run holds
+    calls: tuple  # (name, method, line): a mutating method of a name from outside the body
+    carried: tuple  # (name, line): a name read before the body assigns it
+    buffers: tuple  # lines of pl.create_tensor calls outside every `with` of the body
+
+
+_bodies: dict[tuple[str, int], _Body] = {}
 
 
 def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) -> str | None:
@@ -220,26 +229,23 @@ def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) 
     ``global``; so would anything the source does not show (no source). ``outside``: the loop
     runs outside every in-core scope, where a ``pl.create_tensor`` in its body (outside a
     ``with`` of it) is a GM buffer per iteration."""
-    got = _bodies.get(site)
-    if got is None:
-        got = _bodies[site] = _refusal(site)
-    why, calls, carried = got
-    if why is not None:
-        return why
-    if not (carried or calls):
+    body = _bodies.get(site)
+    if body is None:
+        body = _bodies[site] = _refusal(site)
+    if body.why is not None:
+        return body.why
+    if outside and body.buffers:
+        return (f"line {body.buffers[0]}: pl.create_tensor outside an in-core scope (a buffer "
+                "per iteration)")
+    if not (body.carried or body.calls):
         return None
     local, glob = (frame.f_locals, frame.f_globals) if frame is not None else ({}, {})
-    for name, line in carried:
+    for name, line in body.carried:
         value = local.get(name, glob.get(name, _MISSING))
         if value is not _MISSING and not shared(value):
             return (f"line {line}: {name!r} is read before the body assigns it (a value "
                     "carried from one iteration to the next)")
-    for name, attr, line in calls:  # x.append(...) of a container from outside the body
-        if name == "<gm buffer>":
-            if outside:
-                return f"line {line}: pl.create_tensor outside an in-core scope (a buffer per " \
-                       "iteration)"
-            continue
+    for name, attr, line in body.calls:  # x.append(...) of a container from outside the body
         obj = local.get(name, glob.get(name, _MISSING))
         if obj is _MISSING or isinstance(obj, list | dict | set | bytearray):
             return f"line {line}: .{attr}() of a container from outside the body"
@@ -249,20 +255,24 @@ def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) 
 _MISSING = object()
 
 
-def _refusal(site: tuple[str, int]) -> tuple[str | None, tuple, tuple]:
+def _refused(why: str) -> _Body:
+    return _Body(why, (), (), ())
+
+
+def _refusal(site: tuple[str, int]) -> _Body:
     lines = linecache.getlines(site[0])
     if not lines:
-        return "no source", (), ()
+        return _refused("no source")
     try:
         tree = ast.parse("".join(lines))
     except SyntaxError:
-        return "source does not parse", (), ()
+        return _refused("source does not parse")
     # a `for ... in pl.parallel / pl.spmd(...)`, or a `with pl.spmd(...)` (its blocks)
     loop = next((n for n in ast.walk(tree) if isinstance(n, ast.For | ast.AsyncFor | ast.With)
                  and any(h.lineno <= site[1] <= (h.end_lineno or h.lineno) for h in _heads(n))),
                 None)
     if loop is None:
-        return "no for / with statement on that line", (), ()
+        return _refused("no for / with statement on that line")
     order = _Order()
     for stmt in loop.body:
         order.visit(stmt)
@@ -277,30 +287,30 @@ def _refusal(site: tuple[str, int]) -> tuple[str | None, tuple, tuple]:
                     if kind == "load" and n in stored and n not in index)
     branch = _branch_on_index(loop.body, index)
     if branch is not None:
-        return branch, (), ()
+        return _refused(branch)
     calls = []
     for node in ast.walk(ast.Module(body=loop.body, type_ignores=[])):
         if isinstance(node, ast.Global | ast.Nonlocal):
-            return f"line {node.lineno}: global / nonlocal", (), ()
+            return _refused(f"line {node.lineno}: global / nonlocal")
         if isinstance(node, ast.AugAssign) and not isinstance(node.target, ast.Name):
-            return f"line {node.lineno}: an augmented assignment of an attribute / item", (), ()
+            return _refused(f"line {node.lineno}: an augmented assignment of an attribute / item")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
                 node.func.attr in _MUTATORS):
             v = node.func.value
             if not isinstance(v, ast.Name):
-                return f"line {node.lineno}: .{node.func.attr}() of an unnamed object", (), ()
+                return _refused(f"line {node.lineno}: .{node.func.attr}() of an unnamed object")
             if v.id not in bound:
                 calls.append((v.id, node.func.attr, node.lineno))
         if isinstance(node, ast.Yield | ast.YieldFrom | ast.Return | ast.Break):
-            return f"line {node.lineno}: leaves the iteration early", (), ()
+            return _refused(f"line {node.lineno}: leaves the iteration early")
         if isinstance(node, ast.Call) and any(k.arg == "atomic" for k in node.keywords):
             # atomic adds land one per iteration, in the iterations' order (fp32 sums differ)
-            return f"line {node.lineno}: an atomic add", (), ()
+            return _refused(f"line {node.lineno}: an atomic add")
     # a GM buffer made in the body outside an in-core scope is one per iteration (where the
     # loop itself runs outside every scope: body_refusal's `outside`)
-    per_iteration = tuple(("<gm buffer>", "create_tensor", n.lineno) for n in _calls_outside_with(
-        loop.body) if _callee(n) == "create_tensor")
-    return None, tuple(calls) + per_iteration, carried
+    buffers = tuple(n.lineno for n in _calls_outside_with(loop.body)
+                    if _callee(n) == "create_tensor")
+    return _Body(None, tuple(calls), carried, buffers)
 
 
 def _calls_outside_with(body: list[ast.stmt]) -> list[ast.Call]:

@@ -195,11 +195,7 @@ def _tile_write(rt: Run, dst: Tile, lo: tuple, hi: tuple, value: Tile) -> None:
     rt.use(dst, read=False)  # an in-place insert (pto.tinsert) reads nothing of dst
     rt.tile_write(dst, lo, hi)  # race check: a tile shared by independent iterations
     valid = ops_data.assemble_valid(dst, value, lo)
-    key = core.data_key(dst.data, lo, hi)
-    if type(dst.data) is LaneArray and type(value.data) is not LaneArray:
-        dst.data[key] = value.data.reshape(dst.data[key].shape[1:])  # the same in every lane
-    else:
-        rt.bk.write(dst.data, key, value.data)  # the whole source (pto.tinsert)
+    rt.bk.write(dst.data, core.data_key(dst.data, lo, hi), value.data)  # the whole source
     dst.valid = valid
 
 

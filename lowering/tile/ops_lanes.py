@@ -49,12 +49,13 @@ _PER_ITERATION = frozenset(("create_tensor",))
 
 def apply(rt: Run, name: str, fn: Any, args: tuple, kwargs: dict) -> Any:
     """Run rule ``fn`` of op ``name`` inside a loop running in lanes."""
-    if not (any(map(has_lanes, args)) or any(map(has_lanes, kwargs.values()))):
+    values = (*args, *kwargs.values()) if kwargs else args
+    if not any(map(has_lanes, values)):
         if name in _PER_ITERATION and rt.scope is None:
             raise LaneEscape(f"pl.{name} outside an in-core scope (a buffer per iteration)")
         return fn(rt, *args, **kwargs)
-    values = (*args, *kwargs.values())
-    if name in VIEW and not any(type(a) is Lanes for a in values):
+    numbers = any(type(a) is Lanes for a in values)  # a number per lane
+    if name in VIEW and not numbers:
         rt.lane_out = _count(values)  # new metadata, or a view, of every lane's data
         return fn(rt, *args, **kwargs)
     if name in _SUBSCRIPT and args and isinstance(args[0], Tile):
@@ -62,8 +63,7 @@ def apply(rt: Run, name: str, fn: Any, args: tuple, kwargs: dict) -> Any:
             else (args[1] if len(args) > 1 else None)
         if not has_lanes(where) and not (name == "slice_key" and _has_int(where)):
             return fn(rt, *args, **kwargs)  # a window of / a write into a tile, every lane's
-    if any(type(a) is Lanes for a in values) or any(
-            isinstance(a, Tile) and a.valid is not None for a in values):
+    if numbers or any(isinstance(a, Tile) and a.valid is not None for a in values):
         # a number per lane, or a tile with a valid shape (its padding is its own): lane by lane
         return _per_lane(rt, name, fn, args, kwargs)
     if name in DATA or name in EXPAND:
@@ -164,5 +164,5 @@ def before_tile_write(dst: Tile, value: Tile) -> None:
 def check_outside(name: str, args: tuple, kwargs: dict) -> None:
     """After a loop ran in lanes: an op of a value of its lanes (kept past the loop) cannot
     be told which iteration's it is."""
-    if any(map(has_lanes, args)) or any(map(has_lanes, kwargs.values())):
+    if any(map(has_lanes, args)) or kwargs and any(map(has_lanes, kwargs.values())):
         raise LaneEscape(f"pl.{name} after the loop of a value of its lanes")

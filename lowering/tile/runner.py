@@ -110,10 +110,14 @@ def run_kernel(
     deny = _LANES_DENIED.setdefault(_fn_key(kernel_fn), {})
     copies: dict[str, Any] = {}  # the inputs' backend copies, kept for a run started again
     while True:  # again, without lanes for a loop whose body left them (lowering.tile.lanes)
+        rt = core.Run(backend, platform, kname, seed, permute_parallel)
+        rt.lanes = (rt.lanes and lanes and not permute_parallel  # a shuffle asks for an order
+                    and os.environ.get("LOWERING_LANES", "1") != "0")
+        rt.lane_deny = deny
+        rt.input_store = input_store
         try:
-            return _run(kernel_fn, kname, inputs, outputs, inouts, kwargs, platform, backend,
-                        seed, permute_parallel, zero_outputs, budget_model, input_store,
-                        lanes, deny, copies)
+            return _run(rt, kernel_fn, inputs, outputs, inouts, kwargs, zero_outputs,
+                        budget_model, copies)
         except LaneEscape as e:
             new = {e.site} - deny.keys() if e.site is not None else e.sites - deny.keys()
             if not new:
@@ -127,19 +131,14 @@ _LANES_DENIED: dict[Any, dict[tuple[str, int], str]] = {}
 
 
 def _fn_key(fn: Any) -> Any:
-    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "fn", None), "__code__", None)
+    code = getattr(getattr(fn, "__wrapped__", fn), "__code__", None)  # a @pl.jit: its function
     return (code.co_filename, code.co_firstlineno) if code is not None else id(fn)
 
 
-def _run(kernel_fn: Callable[..., Any], kname: str, inputs: dict[str, np.ndarray],
-         outputs: dict, inouts: dict | None, kwargs: dict | None, platform: str, backend: Any,
-         seed: int, permute_parallel: bool, zero_outputs: bool, budget_model: str,
-         input_store: str, lanes: bool, deny: dict, copies: dict) -> KernelRun:
-    rt = core.Run(backend, platform, kname, seed, permute_parallel)
-    rt.lanes = (rt.lanes and lanes and not permute_parallel  # a shuffle asks for an order
-                and os.environ.get("LOWERING_LANES", "1") != "0")
-    rt.lane_deny = deny
-    rt.input_store = input_store
+def _run(rt: core.Run, kernel_fn: Callable[..., Any], inputs: dict[str, np.ndarray],
+         outputs: dict, inouts: dict | None, kwargs: dict | None, zero_outputs: bool,
+         budget_model: str, copies: dict) -> KernelRun:
+    """One run of ``kernel_fn`` on ``rt`` (see :func:`run_kernel`)."""
     prev = core.activate(rt)
     try:
         tensors: dict[str, core.Tensor] = {}
@@ -188,7 +187,7 @@ def _run(kernel_fn: Callable[..., Any], kname: str, inputs: dict[str, np.ndarray
         core.activate(prev)
     loops = {core.fmt_site(s): "lanes" for s in sorted(rt.lane_sites)}
     loops.update((core.fmt_site(s), f"one at a time: {why}") for s, why in rt.lane_refused.items())
-    return KernelRun(kname, platform, outs, rt.findings, rt.budget, loops)
+    return KernelRun(rt.kernel, rt.platform, outs, rt.findings, rt.budget, loops)
 
 
 def _rows(mask: np.ndarray) -> str:
