@@ -482,3 +482,150 @@ def test_a_host_programs_specs_bind_by_name_not_by_position(tmp_path):
     (tmp_path / "swapped.py").write_text(swapped)
     res = run_file(tmp_path / "swapped.py")
     assert res.verdict == PASS, res.reason
+
+
+
+# -- lanes on the ranks ------------------------------------------------------------------------------
+
+ROWS = 8
+
+
+def _lanes_both(host, world, x, out_shape, monkeypatch, **kw):
+    """The program run with lanes and with LOWERING_LANES=0: the same bits and findings."""
+    on = _run(host, world, x, out_shape, **kw)
+    with monkeypatch.context() as m:
+        m.setenv("LOWERING_LANES", "0")
+        off = _run(host, world, x, out_shape, **kw)
+    assert on.outputs["y"].tobytes() == off.outputs["y"].tobytes()
+    assert [str(f) for f in on.findings] == [str(f) for f in off.findings]
+    assert not any(how == "lanes" for how in off.lane_loops.values())
+    return on
+
+
+def _double_swap_add_chip(x, y, win, sig, me, n):
+    """Doubled rows of x into my window (a pl.parallel loop), a barrier, my peer's window into
+    y (pld.tensor.get), then y += x row by row (another pl.parallel loop)."""
+    for i in pl.parallel(ROWS):
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="double"):
+            pl.store(pl.mul(pl.load(x, [i, 0], [1, N]), 2.0), [i, 0], win)
+    _barrier(sig, me, n)
+    pld.get(y, (me + 1) % n, win)
+    for i in pl.parallel(ROWS):
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="add"):
+            pl.store(pl.add(pl.load(y, [i, 0], [1, N]), pl.load(x, [i, 0], [1, N])), [i, 0], y)
+
+
+def test_a_ranks_parallel_loops_run_in_lanes_with_the_bits_of_one_at_a_time(monkeypatch):
+    world = 3
+    x = np.random.default_rng(8).integers(-50, 50, (world, ROWS, N)).astype(np.float32)
+    run = _lanes_both(_window_host(_double_swap_add_chip, lambda n: ROWS), world, x,
+                      (world, ROWS, N), monkeypatch)
+    assert run.ok, run.summary()
+    np.testing.assert_array_equal(run.outputs["y"], 2 * np.roll(x, -1, axis=0) + x)
+    assert sorted(run.lane_loops.values()) == ["lanes", "lanes"], run.lane_loops
+
+
+def _ping(sig, peer, me):
+    """A notify the loop body's own source does not show."""
+    pld.notify(sig, peer, [me, 0], 1, op=ADD)
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_cross_rank_op_in_a_loop_body_runs_that_loop_one_iteration_at_a_time(
+        monkeypatch, hidden):
+    """A notify per iteration: each is its own epoch, in the iterations' order. Read from
+    the body's source before the loop starts; where a helper hides it, met at run time (the
+    program starts again)."""
+
+    def chip(x, y, win, sig, me, n):
+        for i in pl.parallel(ROWS):
+            with pl.at(level=pl.Level.CORE_GROUP, name_hint="stage"):
+                pl.store(pl.load(x, [i, 0], [1, N]), [i, 0], win)
+            pld.notify(sig, 1 - me, [me, 0], 1, op=ADD)
+        pld.wait(sig, [1 - me, 0], ROWS, cmp=WaitCmp.Eq)
+        pld.get(y, 1 - me, win)
+
+    def hiding_chip(x, y, win, sig, me, n):
+        for i in pl.parallel(ROWS):
+            with pl.at(level=pl.Level.CORE_GROUP, name_hint="stage"):
+                pl.store(pl.load(x, [i, 0], [1, N]), [i, 0], win)
+            _ping(sig, 1 - me, me)
+        pld.wait(sig, [1 - me, 0], ROWS, cmp=WaitCmp.Eq)
+        pld.get(y, 1 - me, win)
+
+    x = np.random.default_rng(9).integers(-50, 50, (2, ROWS, N)).astype(np.float32)
+    run = _lanes_both(_window_host(hiding_chip if hidden else chip, lambda n: ROWS), 2, x,
+                      (2, ROWS, N), monkeypatch)
+    assert run.ok, run.summary()
+    np.testing.assert_array_equal(run.outputs["y"], x[::-1])
+    (how,) = run.lane_loops.values()
+    if hidden:
+        assert how.startswith("one at a time: pld.system.notify (test_pl_distributed.py:"), how
+    else:
+        assert how.startswith("one at a time: line ") and "pld.notify(), a cross-rank op" in how
+
+
+def test_an_error_in_a_ranks_loop_is_the_one_at_a_time_runs_error(monkeypatch):
+    from lowering.tile.findings import OutOfBounds
+
+    def chip(x, y, win, sig, me, n):
+        for i in pl.parallel(ROWS):
+            with pl.at(level=pl.Level.CORE_GROUP, name_hint="far"):
+                pl.store(pl.load(x, [2 * i, 0], [1, N]), [i, 0], y)  # rows 8.. do not exist
+
+    x = np.zeros((2, ROWS, N), np.float32)
+    with pytest.raises(OutOfBounds) as on:
+        _run(_window_host(chip, lambda n: ROWS), 2, x, (2, ROWS, N))
+    monkeypatch.setenv("LOWERING_LANES", "0")
+    with pytest.raises(OutOfBounds) as off:
+        _run(_window_host(chip, lambda n: ROWS), 2, x, (2, ROWS, N))
+    assert str(on.value) == str(off.value) and "reads 8:9" in str(on.value)  # i = 4
+
+
+def test_a_cross_rank_race_after_a_lane_loop_is_the_one_at_a_time_runs_finding(monkeypatch):
+    """_store_then_read without its barrier, after a loop in lanes on every rank."""
+
+    def chip(x, y, win, sig, me, n):
+        for i in pl.parallel(ROWS):
+            with pl.at(level=pl.Level.CORE_GROUP, name_hint="copy"):
+                pl.store(pl.load(x, [i, 0], [1, N]), [i, 0], y)
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="push"):
+            if me == 0:
+                pld.remote_store(pl.load(x, [0, 0], [1, N]), win, 1, [0, 0])
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="pull"):
+            pl.load(win, [0, 0], [1, N])
+
+    x = _rows(2, 10).repeat(ROWS, axis=1)
+    run = _lanes_both(_window_host(chip, lambda n: 1), 2, x, (2, ROWS, N), monkeypatch)
+    bad = _fails(run)
+    assert len(bad) == 1 and "rank 0 writes wbuf[0, 0:64]" in bad[0], bad
+    assert list(run.lane_loops.values()) == ["one at a time: a cross-rank race"]
+
+
+def test_a_store_into_an_input_never_reaches_the_host_array_nor_another_rank():
+    """Rank 0 stores into x, which every rank is given whole; rank 1 then reads x: on the
+    device each rank holds its own copy, so rank 1 reads what the host gave, and the caller's
+    array is as it was."""
+
+    def writer(x, y):
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="scribble"):
+            pl.store(pl.full([1, N], dtype=pl.FP32, value=7.0), [0, 0], x)
+            pl.store(pl.load(x, [0, 0], [1, N]), [0, 0], y)
+
+    def reader(x, y):
+        with pl.at(level=pl.Level.CORE_GROUP, name_hint="read"):
+            pl.store(pl.load(x, [0, 0], [1, N]), [0, 0], y)
+
+    def host(x, y):
+        _on(0, writer, x, y[0])
+        _on(1, reader, x, y[1])
+
+    x = np.random.default_rng(12).integers(-50, 50, (1, N)).astype(np.float32)
+    given = x.copy()
+    run = run_host(host, world=2, inputs={"x": x}, outputs={"y": ((2, 1, N), pl.FP32)},
+                   name="t", input_store="warning")
+    np.testing.assert_array_equal(x, given)
+    np.testing.assert_array_equal(run.outputs["y"][0], np.full((1, N), 7.0, np.float32))
+    np.testing.assert_array_equal(run.outputs["y"][1], given)
+    (store,) = [f for f in run.findings if "store into input tensor" in f.message]
+    assert store.severity == "warning" and "rank 0" in store.message

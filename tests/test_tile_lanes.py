@@ -20,6 +20,15 @@ CG = pl.Level.CORE_GROUP
 H, R, L, P, S, K = 4, 16, 64, 16, 40, 9  # heads, rows, latent, rope, cache rows, top-k
 
 
+@pytest.fixture(autouse=True)
+def _no_remembered_denials() -> None:
+    """Each test starts with no loop remembered as one-at-a-time (kernels made by one factory
+    share their code, which is what the runner remembers denials by)."""
+    from lowering.tile import runner
+
+    runner._LANES_DENIED.clear()
+
+
 def both(kernel, **kw):  # noqa: ANN001, ANN201
     """The kernel run in lanes and one iteration at a time, which must agree bit for bit."""
     on = run_kernel(kernel, lanes=True, **kw)
@@ -28,7 +37,8 @@ def both(kernel, **kw):  # noqa: ANN001, ANN201
     for name in on.outputs:
         a, b = on.outputs[name], off.outputs[name]
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
-    key = lambda r: sorted((f.check, f.severity, f.tensor) for f in r.findings)  # noqa: E731
+    key = lambda r: sorted((f.check, f.severity, f.tensor, f.message)  # noqa: E731
+                           for f in r.findings)
     assert key(on) == key(off), (on.summary(), off.summary())
     assert on.budget.as_dicts() == off.budget.as_dicts()
     assert on.lane_loops and not off.lane_loops  # lanes=False: no loop ran in lanes
@@ -442,3 +452,239 @@ def test_a_shared_value_written_into_every_lanes_tile() -> None:
     want = x * 2
     want[:, :16] = 1
     np.testing.assert_array_equal(run.outputs["y"], want)
+
+
+# -- loops that branch on the index: run in lanes by runs of iterations that agree ------------
+
+T = 8  # rows of a token tile
+
+
+def _record_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from lowering.tile import core
+
+    passes: list[str] = []
+    real = core._passes
+    monkeypatch.setattr(core, "_passes", lambda rt, groups: (passes.append(str(v)) or v
+                                                             for v in real(rt, groups)))
+    return passes
+
+
+def tail_tiles(x, y):  # noqa: ANN001, ANN201
+    """pypto-lib's tail pattern: full token tiles one way, the last partial one another."""
+    rows = x.shape[0]
+    for t in pl.parallel((rows + T - 1) // T):
+        with pl.at(level=CG, name_hint="s"):
+            t0 = t * T
+            valid = pl.min(T, rows - t0)
+            if valid == T:
+                y[t0:t0 + T, :] = pl.mul(x[t0:t0 + T, :], 2.0)
+            else:
+                part = pl.slice(x, [T, 32], [t0, 0], valid_shape=[valid, 32])
+                pl.store(pl.mul(part, 3.0), [t0, 0], y)
+
+
+def test_a_tail_tile_runs_apart_and_the_full_tiles_in_lanes(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    rows = 5 * T + 3
+    passes = _record_passes(monkeypatch)
+    x = RNG.standard_normal((rows, 32)).astype(np.float32)
+    run = both(tail_tiles, inputs={"x": x}, outputs={"y": ((rows, 32), pl.FP32)})
+    assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
+    assert passes == ["0..4", "5"], passes  # the five full tiles side by side, then the tail
+    np.testing.assert_array_equal(run.outputs["y"][:5 * T], x[:5 * T] * 2)
+    np.testing.assert_array_equal(run.outputs["y"][5 * T:], x[5 * T:] * 3)
+
+
+def test_a_branch_that_alternates_runs_one_at_a_time() -> None:
+    # h % 2: runs of one iteration agree; lanes would gain nothing
+    def kernel(x, y):  # noqa: ANN001
+        for h in pl.parallel(H):
+            with pl.at(level=CG, name_hint="s"):
+                odd = h % 2
+                if odd == 1:
+                    y[h:h + 1, :] = pl.mul(x[h:h + 1, :], 3.0)
+                else:
+                    y[h:h + 1, :] = pl.mul(x[h:h + 1, :], 2.0)
+
+    x, run = rows_both(kernel)
+    why = one_at_a_time(run)
+    assert "a branch that differs across the iterations (alike over runs of 1 " in why, why
+    np.testing.assert_array_equal(run.outputs["y"], x * np.array([[2], [3], [2], [3]], np.float32))
+
+
+def test_a_branch_on_data_read_with_the_index_is_refused_from_the_source() -> None:
+    def kernel(x, flag, y):  # noqa: ANN001
+        for h in pl.parallel(H):
+            with pl.at(level=CG, name_hint="s"):
+                f = pl.read(flag, [h])
+                if f > 0:
+                    y[h:h + 1, :] = pl.mul(x[h:h + 1, :], 2.0)
+                else:
+                    y[h:h + 1, :] = x[h:h + 1, :]
+
+    x = RNG.standard_normal((H, 32)).astype(np.float32)
+    flag = np.array([1, 1, 0, 1], np.int32)
+    run = both(kernel, inputs={"x": x, "flag": flag}, outputs={"y": ((H, 32), pl.FP32)})
+    assert "a branch on data that differs across the iterations" in one_at_a_time(run)
+    np.testing.assert_array_equal(run.outputs["y"], x * np.where(flag > 0, 2, 1)[:, None])
+
+
+def _two_adds(x: np.ndarray, bump) -> np.ndarray:  # noqa: ANN001
+    """numpy, in the kernels' fp32 order: for k in 0, 1: (+1 where bump(h, k)), + x[h]."""
+    out = np.zeros_like(x)
+    for h in range(len(x)):
+        for k in range(2):
+            if bump(h, k):
+                out[h] += np.float32(1)
+            out[h] += x[h]
+    return out
+
+
+def test_a_key_the_arithmetic_cannot_tell_runs_one_at_a_time() -> None:
+    # the branch reads an inner loop's variable: before the loop nothing tells which
+    # iterations agree, and a pass that disagreed half-way would cost a rerun
+    def kernel(x, y):  # noqa: ANN001
+        for h in pl.parallel(6):
+            with pl.at(level=CG, name_hint="s"):
+                acc = pl.full([1, 32], dtype=pl.FP32, value=0.0)
+                for k in pl.range(2):
+                    if h + k == 2:
+                        acc = pl.add(acc, 1.0)
+                    acc = pl.add(acc, x[h:h + 1, :])
+                y[h:h + 1, :] = acc
+
+    x = RNG.standard_normal((6, 32)).astype(np.float32)
+    run = both(kernel, inputs={"x": x}, outputs={"y": ((6, 32), pl.FP32)})
+    why = one_at_a_time(run)
+    assert "a branch on the index that its arithmetic before the loop cannot tell" in why, why
+    np.testing.assert_array_equal(run.outputs["y"], _two_adds(x, lambda h, k: h + k == 2))
+
+
+def test_pl_min_and_max_per_lane() -> None:
+    assert pl.min(Lanes(np.array([3, 9])), 5).v.tolist() == [3, 5]
+    assert pl.max(4, Lanes(np.array([3, 9]))).v.tolist() == [4, 9]
+    both_over = pl.min(Lanes(np.array([7, 9])), 5)  # every lane agrees: a plain number
+    assert both_over == 5 and type(both_over) is int
+
+
+def test_an_inner_loop_whose_bounds_differ_per_lane_runs_in_lanes() -> None:
+    # hc_post's `for t in pl.pipeline(t0, t0 + T_TILE)`: the bounds per lane, one trip count
+    def kernel(x, y):  # noqa: ANN001
+        for b in pl.parallel(H):
+            with pl.at(level=CG, name_hint="s"):
+                t0 = b * 3
+                for t in pl.range(t0, t0 + 3):
+                    y[t:t + 1, :] = pl.add(pl.mul(x[t:t + 1, :], 2.0), pl.cast(t, pl.FP32))
+
+    x = RNG.standard_normal((3 * H, 32)).astype(np.float32)
+    run = both(kernel, inputs={"x": x}, outputs={"y": ((3 * H, 32), pl.FP32)})
+    assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
+    np.testing.assert_array_equal(run.outputs["y"],
+                                  x * 2 + np.arange(3 * H, dtype=np.float32)[:, None])
+
+
+def test_an_inner_trip_count_per_lane_runs_one_at_a_time() -> None:
+    def kernel(x, y):  # noqa: ANN001
+        for b in pl.parallel(H):
+            with pl.at(level=CG, name_hint="s"):
+                acc = pl.full([1, 32], dtype=pl.FP32, value=0.0)
+                for t in pl.range(b * 2, b * 3 + 1):
+                    acc = pl.add(acc, x[t:t + 1, :])
+                y[b:b + 1, :] = acc
+
+    x = RNG.standard_normal((3 * H + 1, 32)).astype(np.float32)
+    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
+    assert "a trip count that differs across the iterations" in one_at_a_time(run)
+
+
+def test_an_item_of_a_pl_array_set_per_iteration_runs_one_at_a_time() -> None:
+    # decode_o_proj's `proj_b_tids[local_group] = proj_b_tid`: once for N iterations in lanes
+    def kernel(x, y, n):  # noqa: ANN001
+        seen = pl.array.create(H, pl.INT32)
+        for h in pl.parallel(H):
+            with pl.at(level=CG, name_hint="s"):
+                y[h:h + 1, :] = pl.mul(x[h:h + 1, :], 2.0)
+            seen[h] = h + 10
+        for h in pl.range(H):
+            pl.write(n, [h], seen[h])
+
+    x = RNG.standard_normal((H, 32)).astype(np.float32)
+    run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32), "n": ((H,), pl.INT32)})
+    assert "line " in one_at_a_time(run) and "an item of 'seen' from outside the body" in \
+        one_at_a_time(run)
+    np.testing.assert_array_equal(run.outputs["n"], np.arange(H) + 10)
+    np.testing.assert_array_equal(run.outputs["y"], x * 2)
+
+
+def test_findings_of_what_runs_once_for_all_lanes_name_the_first_iteration() -> None:
+    # the scope is entered once for the lanes and the full runs once: their budget finding
+    # is the one-at-a-time run's, found first in iteration h=0
+    def kernel(x, y):  # noqa: ANN001
+        for h in pl.parallel(H):
+            with pl.at(level=CG, name_hint="big"):
+                wide = pl.full([48, 1024], dtype=pl.FP32, value=1.0)  # 192 KiB of Vec
+                y[h:h + 1, :] = pl.add(x[h:h + 1, :], wide[0:1, 0:32])
+
+    x, run = rows_both(kernel)
+    assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
+    (over,) = run.by_check("budget")
+    assert "scope 'big', h=0: Vec needs" in over.message, over.message
+    np.testing.assert_array_equal(run.outputs["y"], x + 1)
+
+
+def test_split_k_products_in_lanes() -> None:
+    # per-lane operands (x rows and weight columns at per-lane offsets), matmul then
+    # matmul_acc: a stacked product, one 2-D BLAS product per lane
+    def kernel(x, w, y):  # noqa: ANN001
+        for h in pl.parallel(H):
+            with pl.at(level=CG, name_hint="mm"):
+                acc = pl.matmul(x[h * 16:(h + 1) * 16, 0:32], w[0:32, h * 8:(h + 1) * 8],
+                                out_dtype=pl.FP32)
+                acc = pl.matmul_acc(acc, x[h * 16:(h + 1) * 16, 32:64], w[32:64, h * 8:(h + 1) * 8])
+                y[h * 16:(h + 1) * 16, 0:8] = acc
+
+    ints = np.random.default_rng(3).integers(-4, 5, (16 * H + 64, 64))
+    x = ints[:16 * H].astype(BF16)
+    w = ints[16 * H:16 * H + 64, :8 * H].astype(BF16)
+    run = both(kernel, inputs={"x": x, "w": w}, outputs={"y": ((16 * H, 8), pl.FP32)})
+    assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
+    xf, wf = x.astype(np.float64), w.astype(np.float64)  # small integers: every sum exact
+    for h in range(H):
+        np.testing.assert_array_equal(run.outputs["y"][h * 16:(h + 1) * 16],
+                                      xf[h * 16:(h + 1) * 16] @ wf[:, h * 8:(h + 1) * 8])
+
+
+def test_a_stack_of_products_is_each_products_blas_call() -> None:
+    from lowering.backends.numpy_backend import NumpyBackend
+    from lowering.tile.lanes import lane_array
+
+    bk = NumpyBackend()
+    a = lane_array(RNG.standard_normal((5, 16, 300)).astype(np.float32))
+    b = RNG.standard_normal((300, 24)).astype(np.float32)
+    c = bk.matmul(a, b, "FP32")
+    assert type(c) is type(a) and c.shape == (5, 16, 24)  # still the lanes
+    for i in range(5):
+        assert c[i].tobytes() == bk.matmul(np.asarray(a[i]), b, "FP32").tobytes()
+
+
+def test_a_tile_made_in_the_body_and_written_per_lane_is_each_iterations_own() -> None:
+    # pypto-lib's greedy_sample: a block makes a row, writes its own number into it and stores
+    # it; in lanes the one tile made for all must become one per iteration first
+    def kernel(x, y, z):  # noqa: ANN001
+        for h in pl.spmd(H):
+            row = pl.create_tensor([1, 32], dtype=pl.FP32)  # in the block's scope: a tile
+            row[:, :] = pl.full([1, 32], dtype=pl.FP32, value=0.0)
+            pl.write(row, [0, 0], pl.read(x, [h, 0]))  # a number per lane
+            y[h:h + 1, :] = row
+            grid = pl.full([H, 32], dtype=pl.FP32, value=0.0)
+            grid[h:h + 1, :] = x[h:h + 1, :]  # a window per lane
+            z[h:h + 1, :] = pl.col_sum(grid)  # its own row only: the others are zero
+
+    x = RNG.standard_normal((H, 32)).astype(np.float32)
+    run = both(kernel, inputs={"x": x},
+               outputs={"y": ((H, 32), pl.FP32), "z": ((H, 32), pl.FP32)})
+    assert list(run.lane_loops.values()) == ["lanes"], run.lane_loops
+    want = np.zeros((H, 32), np.float32)
+    want[:, 0] = x[:, 0]
+    np.testing.assert_array_equal(run.outputs["y"], want)
+    np.testing.assert_array_equal(run.outputs["z"], x)

@@ -194,8 +194,23 @@ class NumpyBackend:
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out_dtype: str) -> np.ndarray:
         """``a @ b`` for 2-D operands: products exact in float64, summed in float64 (BLAS
-        order), rounded once to ``out_dtype`` (FP32) or converted exactly (INT32)."""
-        c = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        order), rounded once to ``out_dtype`` (FP32) or converted exactly (INT32). Stacks of
+        them (batch dims, the lanes of a loop) are one 2-D product each: the BLAS call a
+        single one makes (numpy's stacked matmul sums in its own order, and can be 20x
+        slower: [8, 16, 512] @ [512, 128], 40 ms against 2 ms)."""
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        if a.ndim <= 2 and b.ndim <= 2:
+            c = np.matmul(a, b)
+        else:
+            lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            a3 = np.broadcast_to(a, lead + a.shape[-2:]).reshape(-1, *a.shape[-2:])
+            b3 = np.broadcast_to(b, lead + b.shape[-2:]).reshape(-1, *b.shape[-2:])
+            c = np.empty((len(a3), a.shape[-2], b.shape[-1]))
+            for i, (x, y) in enumerate(zip(a3, b3, strict=True)):
+                np.matmul(x, y, out=c[i])
+            # the class of a stacked operand (the lanes' LaneArray), as np.matmul keeps it
+            c = c.reshape(lead + c.shape[1:]).view(type(a) if type(a) is not np.ndarray
+                                                    else type(b))
         if out_dtype == "INT32":
             return c.astype(np.int32)
         return c.astype(_NATIVE[out_dtype])

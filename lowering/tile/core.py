@@ -44,7 +44,7 @@ from lowering.backends import get_backend
 from lowering.tile import budget as _budget
 from lowering.tile.dtypes import DType
 from lowering.tile.findings import Finding, KernelDefect, OutOfBounds
-from lowering.tile.lanes import LaneArray, LaneEscape, Lanes, body_refusal
+from lowering.tile.lanes import LaneArray, LaneEscape, Lanes, body_refusal, iteration_groups
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -764,7 +764,11 @@ class Run:
 
     # -- messages ----------------------------------------------------------------------
     def indices(self) -> tuple[tuple[str, int], ...]:
-        return tuple((f.name, f.value if type(f.value) is not Lanes else str(f.value))
+        """The running loops' indices. In a loop running in lanes, an op that runs once for
+        all of them (its findings are of shapes, which the lanes share) and a scope entered
+        once for all (its budget) are the pass's first lane's: the one-at-a-time run meets
+        them first in that iteration."""
+        return tuple((f.name, f.value if type(f.value) is not Lanes else f.value.at(0))
                      for f in self.loops)
 
     def where(self, indices: tuple | None = None, scope: str | None = None) -> str:
@@ -1122,21 +1126,49 @@ def loop(kind: str, args: tuple, stage: int = 1, *, hint: str = "", carry: tuple
     (``with pl.spmd(...) as tid`` yields the task id). ``hint``: the ``pl.spmd`` name_hint."""
     if not 1 <= len(args) <= 3:
         raise TypeError(f"pl.{kind}() takes 1 to 3 positional arguments, got {len(args)}")
-    ints = [operator.index(a) for a in args]
-    if len(ints) == 1:
-        ints = [0, ints[0], 1]
-    elif len(ints) == 2:
-        ints.append(1)
+    rt = current()
+    if kind in _SEQUENTIAL and any(type(a) is Lanes for a in args):
+        values: Sequence[Any] = _lane_range(args)
+    else:
+        ints = [operator.index(a) for a in args]
+        if len(ints) == 1:
+            ints = [0, ints[0], 1]
+        elif len(ints) == 2:
+            ints.append(1)
+        values = range(*ints)
     site = caller_site()
     name = name or source_name(site, "loop") or f"{kind}@{fmt_site(site)}"
-    return _iterate(current(), kind, range(*ints), name, stage, site, hint, carry, emit, task,
-                    tag)
+    return _iterate(rt, kind, values, name, stage, site, hint, carry, emit, task, tag)
+
+
+#: loops whose iterations run in order, one after another
+_SEQUENTIAL = ("range", "pipeline", "unroll")
+
+
+def _lane_range(args: tuple) -> list[Any]:
+    """The values of a sequential loop whose bounds differ across the lanes of the loop
+    running in lanes around it (``for t in pl.range(t0, t0 + T)``): one trip count for all,
+    each value the lanes' own. A trip count that differs leaves the lanes."""
+    a = [x.v if type(x) is Lanes else operator.index(x) for x in args]
+    start, stop, step = (0, a[0], 1) if len(a) == 1 else (*a, 1) if len(a) == 2 else a
+    if np.any(np.asarray(step) == 0):  # the one-at-a-time run tells it
+        raise LaneEscape("a loop step of 0")
+    counts = np.unique([len(range(*map(int, b))) for b in np.broadcast(start, stop, step)])
+    if len(counts) > 1:
+        raise LaneEscape("a trip count that differs across the iterations")
+    return [Lanes.of(start + k * np.asarray(step)) for k in range(int(counts[0]))]
 
 
 def _gm_tensor(value: Any) -> bool:
     """A value a lane loop's body may carry by name: a GM tensor, the same in every iteration
     (``out = pl.assemble(out, ...)`` returns it)."""
     return isinstance(value, Tensor)
+
+
+def _checked(value: Any) -> bool:
+    """A value whose items a lane loop's iterations may each set (``t[i] = ...``): a GM tensor
+    or a tile, whose writes the race check logs per iteration."""
+    return isinstance(value, Tensor | Tile)
 
 
 def _same_kind(a: Any, b: Any) -> bool:
@@ -1179,18 +1211,21 @@ LANE_TILE_BYTES = 1 << 20
 FIRST_PASS_LANES = 8
 
 
-def _passes(rt: Run, idx: np.ndarray) -> Iterator[Any]:
-    """The passes of a loop running in lanes over iterations ``idx``: the first of
-    FIRST_PASS_LANES, the next ones as many as keep its largest tile under LANE_TILE_BYTES
-    (``rt.lane_bytes``: the largest tile of the pass, one lane's bytes). A single iteration
-    is its index, not lanes."""
-    i, n = 0, min(FIRST_PASS_LANES, LANES_PER_PASS)
-    while i < len(idx):
-        c = idx[i:i + n]
-        rt.lane_bytes = 0
-        yield Lanes(c) if len(c) > 1 else int(c[0])
-        i += len(c)
-        n = max(2, min(LANES_PER_PASS, LANE_TILE_BYTES // max(1, rt.lane_bytes)))
+def _passes(rt: Run, groups: list[np.ndarray]) -> Iterator[Any]:
+    """The passes of a loop running in lanes over the runs of iterations ``groups``, in order
+    (``lowering.tile.lanes.iteration_groups``): in each, the first pass of FIRST_PASS_LANES,
+    the next ones as many as keep its largest tile under LANE_TILE_BYTES (``rt.lane_bytes``:
+    the largest tile of the pass, one lane's bytes). A single iteration is its index, not
+    lanes."""
+    n = min(FIRST_PASS_LANES, LANES_PER_PASS)
+    for idx in groups:
+        i = 0
+        while i < len(idx):
+            c = idx[i:i + n]
+            rt.lane_bytes = 0
+            yield Lanes(c) if len(c) > 1 else int(c[0])
+            i += len(c)
+            n = max(2, min(LANES_PER_PASS, LANE_TILE_BYTES // max(1, rt.lane_bytes)))
 
 
 #: loops whose iterations may run side by side (lowering.tile.lanes): the independent ones
@@ -1221,10 +1256,14 @@ def _iterate(rt: Run, kind: str, values: range, name: str, stage: int,
     started = own and rt.begin_task(task)  # the blocks of a pl.spmd are one task
     if (kind in _LANE_KINDS and carry is None and (emit is None or kind == "spmd")
             and rt.lanes and rt.lane_frame is None and len(values) > 1 and not rt.manual):
-        why = rt.lane_deny.get(site) or body_refusal(site, sys._getframe(1), _gm_tensor,
-                                                      rt.scope is None and kind == "parallel")
+        caller = sys._getframe(1)
+        why = rt.lane_deny.get(site) or body_refusal(
+            site, caller, _gm_tensor, rt.scope is None and kind == "parallel", _checked)
+        groups = why or iteration_groups(site, caller, np.array(vals, np.int64))
+        if type(groups) is str:
+            why = groups
         if why is None:  # passes of iterations side by side, each iteration a lane
-            vals = _passes(rt, np.array(vals, np.int64))
+            vals = _passes(rt, groups)
             rt.lane_frame = frame
             rt.lane_sites.add(site)
         else:

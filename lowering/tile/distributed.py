@@ -46,6 +46,12 @@ Not modelled (they raise ``NotImplementedError`` naming the construct and the li
 comm domains smaller than the world, aliasing windows of one buffer, host code that computes
 tiles. Within a rank, chip programs run in dispatch order and a rank is one sequential
 thread: a race between ``pl.spmd`` blocks of one rank is the rank run's own race check.
+
+A rank runs its ``pl.parallel`` loops in lanes (:mod:`lowering.tile.lanes`), except a loop
+whose body makes a cross-rank op (each notify is an epoch of its own, in program order).
+Where a loop leaves its lanes at run time, the whole program runs again (:func:`run_host`);
+so that it can, the ranks share the host's input arrays read-only, and a store into one
+starts the program again with a copy of its views on each rank.
 """
 
 from __future__ import annotations
@@ -66,11 +72,12 @@ from typing import Any
 import numpy as np
 
 from lowering.backends import NumpyBackend, get_backend
-from lowering.tile import core, ops, ops_data
+from lowering.tile import core, lanes, ops, ops_data, runner
 from lowering.tile.budget import BudgetReport
 from lowering.tile.core import Tensor, Tile, fmt_box, fmt_site
 from lowering.tile.dtypes import DType, as_dtype
 from lowering.tile.findings import Finding, KernelDefect, OutOfBounds
+from lowering.tile.lanes import LaneEscape
 from lowering.tile.runner import KernelRun, _final_checks
 
 READ, WRITE, ATOMIC = 0, 1, 2
@@ -114,6 +121,11 @@ class DistributedDefect(KernelDefect, ValueError):
 
 class Deadlock(KernelDefect):
     """Every rank still running waits on a signal cell no running rank can change."""
+
+
+class _InputStore(BaseException):
+    """A rank stores into an input it shares with the host and the other ranks: the run
+    starts again with a private copy of its inputs on every rank (``Rank.view``)."""
 
 
 class _Abort(BaseException):
@@ -280,6 +292,11 @@ class Program:
         self.sync = SyncLog(world)
         self.sched = Scheduler(self, seed)
         self.findings: list[Finding] = []
+        self.private_inputs = False  # every rank copies the inputs it is given (Rank.view)
+
+    def lane_sites(self) -> set[tuple[str, int]]:
+        """The pl.parallel loops that ran in lanes so far, on any rank."""
+        return {s for r in self.ranks for s in r.run.lane_sites}
 
     def report(self, check: str, severity: str, message: str, tensor: str | None = None
                ) -> None:
@@ -307,19 +324,26 @@ def _rank(what: str) -> Rank:
     return rank
 
 
+def _cross(what: str) -> Rank:
+    """The rank running a cross-rank op: these run in program order, so not in lanes (a
+    notify per iteration, each a new epoch; a wait between two iterations' work)."""
+    rank = _rank(what)
+    if rank.run.lane_frame is not None:
+        raise LaneEscape(f"{what} ({_here()}) in the body: a cross-rank op")
+    return rank
+
+
 class RankRun(core.Run):
     """A rank's run: every access of a window (its own or a peer's) also goes to the
     cross-rank race log."""
 
     rank: Rank
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # one iteration at a time: a rank's run cannot be started again (lowering.tile.lanes)
-        self.lanes = False
-
     def access(self, view: Tensor, lo: tuple, hi: tuple, write: bool, *args: Any,
                **kwargs: Any) -> None:
+        if write and view.base.kind == "input" and not getattr(
+                getattr(view.base.data, "flags", None), "writeable", True):
+            raise _InputStore  # before the store: the host's array stays as it was given
         super().access(view, lo, hi, write, *args, **kwargs)
         if self.checks and isinstance(view.base, WindowBase):
             atomic = kwargs.get("atomic", args[0] if args else False)
@@ -382,8 +406,9 @@ class Rank:
                                   f"output on rank {self.index}")
         rt = self.run
         arr = np.ascontiguousarray(hv.data)
-        if hv.base.kind == "input" and isinstance(rt.bk, NumpyBackend):
-            data = arr  # read-only to the kernel (a store is a coverage FAIL): no copy per rank
+        if hv.base.kind == "input" and isinstance(rt.bk, NumpyBackend) and (
+                not self.program.private_inputs):
+            data = arr  # the host's read-only array, no copy per rank (see RankRun.access)
         else:
             data = rt.bk.from_numpy(arr, hv.dtype.name)
         base = core.BaseTensor(hv.name, data, hv.dtype, hv.base.kind)
@@ -691,7 +716,7 @@ def _remote_load(rt: core.Run, target: Any, peer: Any, offsets: Any, shape: Any,
     """A tile of ``shape`` loaded from rank ``peer``'s window at ``offsets`` (exactly
     ``pl.slice`` on that rank's region; ``valid_shape``: only that box is read)."""
     what = "pld.tile.remote_load"
-    rank = _rank(what)
+    rank = _cross(what)
     src = _peer_view(rank, _window(target, what), peer, what)
     _box(src, offsets, ops._ints(shape), what)
     rank.program.sched.maybe_switch(rank)
@@ -704,7 +729,7 @@ def _remote_store(rt: core.Run, src: Any, target: Any, peer: Any, offsets: Any, 
     """Store tile ``src`` into rank ``peer``'s window at ``offsets`` (exactly ``pl.assemble``
     on that region: a 2-D tile lands on the inner two dims; ``atomic=Add`` adds into it). A
     GM tensor ``src`` (tensor form only) is loaded whole first, as pypto bridges it."""
-    rank = _rank(what)
+    rank = _cross(what)
     dst = _peer_view(rank, _window(target, what), peer, what)
     add = _enum(AtomicType, atomic, f"{what} atomic") is AtomicType.Add
     if isinstance(src, Tensor) and what.startswith("pld.tensor"):
@@ -737,8 +762,8 @@ def _transfer(rt: core.Run, dst: Tensor, src: Tensor, regions: tuple, add: bool,
     box = core.box_key(dlo, dhi)
     if add:
         data = rt.bk.binary("add", rt.bk.read(dst.data, box), data, dst.dtype.name)
-    rt.bk.write(dst.data, box, data)
     rt.access(dst, dlo, dhi, write=True, **({"atomic": True} if add else {}))
+    rt.bk.write(dst.data, box, data)
 
 
 def _regions(dst: Tensor, src: Tensor, dst_offsets: Any, src_offsets: Any, shape: Any,
@@ -773,7 +798,7 @@ def _put(rt: core.Run, dst: Any, peer: Any, src: Any, dst_offsets: Any, src_offs
     """TPUT: local GM ``src`` (a window or a plain tensor) -> rank ``peer``'s window ``dst``
     (whole slices, or the given regions); ``atomic=Add`` adds into the destination."""
     what = "pld.tensor.put"
-    rank = _rank(what)
+    rank = _cross(what)
     chunk, pipe = _chunks(chunk_rows, chunk_cols, pipeline, what)
     remote = _peer_view(rank, _window(dst, what), peer, what)
     if isinstance(src, Tile):
@@ -792,7 +817,7 @@ def _get(rt: core.Run, dst: Any, peer: Any, src: Any, dst_offsets: Any, src_offs
          shape: Any, chunk_rows: Any, chunk_cols: Any, pipeline: Any) -> None:
     """TGET: rank ``peer``'s window ``src`` -> local GM ``dst`` (a window or a plain tensor)."""
     what = "pld.tensor.get"
-    rank = _rank(what)
+    rank = _cross(what)
     chunk, pipe = _chunks(chunk_rows, chunk_cols, pipeline, what)
     remote = _peer_view(rank, _window(src, what), peer, what)
     if not isinstance(dst, Tensor):
@@ -816,7 +841,7 @@ def _notify(rt: core.Run, target: Any, peer: Any, offsets: Any, value: Any, op: 
     """TNOTIFY: rank ``peer``'s cell ``target[offsets]`` += ``value`` (AtomicAdd, wrapping in
     the cell dtype) or := ``value`` (Set). Releases everything this rank did before it."""
     what = "pld.system.notify"
-    rank = _rank(what)
+    rank = _cross(what)
     dst = _peer_view(rank, _window(target, what), peer, what)
     opv = _enum(NotifyOp, op, f"{what} op")
     v = _int(value, f"{what} value")
@@ -838,7 +863,7 @@ def _wait(rt: core.Run, signal: Any, offsets: Any, expected: Any, cmp: Any) -> N
     """TWAIT: block until this rank's cell ``signal[offsets]`` == / >= ``expected``; then
     everything the notifies into the cell released happens before what follows."""
     what = "pld.system.wait"
-    rank = _rank(what)
+    rank = _cross(what)
     sig = _window(signal, what)
     cmpv = _enum(WaitCmp, cmp, f"{what} cmp")
     exp = _int(expected, f"{what} expected")
@@ -1007,6 +1032,9 @@ class Space:
         raise NotImplementedError(f"pld.{self._name}.{item} is not emulated (used at {_here()})")
 
 
+lanes.CROSS_RANK.update((notify, wait, remote_load, tile_remote_store, tensor_remote_store,
+                         remote_store, put, get))
+
 system = Space("system", world_size=world_size, get_comm_ctx=get_comm_ctx, rank=rank,
                nranks=nranks, notify=notify, wait=wait)
 tensor = Space("tensor", alloc_window_buffer=alloc_window_buffer, window=window, put=put,
@@ -1050,9 +1078,17 @@ def _rank_body(rank: Rank) -> None:
     for buf in rank.program.buffers:
         for b in buf.bases:
             rt.bases[id(b)] = b
-    for task in rank.program.tasks[rank.index]:
-        _call_at(task.site, task.fn, tuple(rank.arg(a) for a in task.args),
-                 {k: rank.arg(v) for k, v in task.kwargs.items()})
+    try:
+        for task in rank.program.tasks[rank.index]:
+            _call_at(task.site, task.fn, tuple(rank.arg(a) for a in task.args),
+                     {k: rank.arg(v) for k, v in task.kwargs.items()})
+            if rt.lane_frame is not None:  # its loop was left mid-way (a break)
+                raise LaneEscape("the loop was left before its end")
+    except Exception as exc:
+        e = runner.lane_escape(rt, exc)  # names its loop (run_host starts again)
+        if e is None or e is exc:
+            raise
+        raise e from exc
     finish = getattr(rt, "finish", None)
     if finish is not None:
         finish()
@@ -1070,13 +1106,40 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
     module docstring); arguments as :func:`lowering.tile.run_kernel`'s (in/outs: no owned-rows
     contract; ``budget_model`` / ``input_store`` apply to every rank's run). ``outputs`` are
     the host tensors after every rank's writes are copied back; ``findings``: every rank's
-    (their messages name the rank) and the cross-rank checks'."""
+    (their messages name the rank) and the cross-rank checks'.
+
+    Each rank runs its pl.parallel loops in lanes where it can (``lowering.tile.lanes``);
+    whatever takes a loop out of lanes — a cross-rank op in its body among the rest — starts
+    the whole program again without them, as does any error or cross-rank race of a run
+    that used them. The host's input arrays are never written: the ranks share them
+    read-only, and a store into one starts the program again with a copy per rank."""
     kname = name or getattr(host_fn, "__name__", "host")
+    deny = runner.lane_denials(host_fn)
+    private = False
+    while True:
+        try:
+            return _run_host(host_fn, world, inputs, outputs, inouts, kwargs, platform, backend,
+                             kname, seed, permute_parallel, zero_outputs, budget_model,
+                             input_store, schedule_seed, deny, private)
+        except _InputStore:
+            private = True
+        except LaneEscape as e:
+            runner.deny_lanes(deny, e)
+
+
+def _run_host(host_fn: Callable[..., Any], world: int, inputs: dict[str, np.ndarray],
+              outputs: dict, inouts: dict | None, kwargs: dict | None, platform: str,
+              backend: Any, kname: str, seed: int, permute_parallel: bool, zero_outputs: bool,
+              budget_model: str, input_store: str, schedule_seed: int | None,
+              deny: dict[tuple[str, int], str], private: bool) -> KernelRun:
+    """One run of a host program (see :func:`run_host`)."""
     host = HostRun(backend, platform, f"{kname} host", seed, checks=False)
     prog = Program(world, kname, host.bk, schedule_seed)
+    prog.private_inputs = private
     roots: dict[str, HostTensor] = {}
     for n, arr in inputs.items():
-        a = np.asarray(arr)
+        a = np.asarray(arr).view()
+        a.flags.writeable = False  # a rank's store into it is seen first (RankRun.access)
         roots[n] = HostTensor(core.BaseTensor(n, a, as_dtype(a.dtype), "input"))
     for n, (shape, dtype) in outputs.items():
         dt = as_dtype(dtype)
@@ -1104,10 +1167,29 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
     for r in range(world):
         run = RankRun(host.bk, platform, f"{kname} rank {r}", seed, permute_parallel)
         run.input_store = input_store
+        run.lanes = run.lanes and runner.lanes_on(True, permute_parallel)
+        run.lane_deny = deny
         prog.ranks.append(Rank(prog, r, run))
-    with core.fewer_collections():
-        prog.sched.run(_rank_body)
-    return _finish(prog, roots, "warning" if zero_outputs else "fail", platform, budget_model)
+    try:
+        with core.fewer_collections():
+            prog.sched.run(_rank_body)
+        out = _finish(prog, roots, "warning" if zero_outputs else "fail", platform, budget_model)
+    except Exception as exc:  # a rank's error (its escape names its loop), a deadlock
+        if isinstance(exc, LaneEscape) or not prog.lane_sites():
+            raise
+        raise _escape(prog.lane_sites(), f"{type(exc).__name__}: {exc}") from exc
+    races = any(f.check == "race" and f.severity == "fail" for f in prog.findings)
+    if races and prog.lane_sites():
+        # a cross-rank race names the first pair of accesses it finds: the order's to tell
+        raise _escape(prog.lane_sites(), "a cross-rank race")
+    return out
+
+
+def _escape(sites: set[tuple[str, int]], why: str) -> LaneEscape:
+    """An escape from every loop that ran in lanes (``sites``): what happened came after."""
+    e = LaneEscape(why)
+    e.sites = sites
+    return e
 
 
 def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platform: str,
@@ -1131,7 +1213,12 @@ def _finish(prog: Program, roots: dict[str, HostTensor], unwritten: str, platfor
     findings = _rank_findings(prog) + prog.findings
     outs = {n: r.base.data for n, r in roots.items() if r.base.kind in ("output", "inout")}
     budget = _merge_budgets([r.run.budget for r in prog.ranks])
-    return KernelRun(prog.name, platform, outs, findings, budget)
+    loops: dict[str, str] = {}
+    for r in prog.ranks:
+        for site, how in runner.lane_loops(r.run).items():
+            if loops.get(site, "lanes") == "lanes":  # one at a time on any rank: so said
+                loops[site] = how
+    return KernelRun(prog.name, platform, outs, findings, budget, loops)
 
 
 def _rank_findings(prog: Program) -> list[Finding]:

@@ -24,7 +24,10 @@ findings and the budget of the run one iteration at a time:
   add, a write every iteration makes to one place, a race (its values depend on the order),
   any error (the one-at-a-time run tells it). Before a loop starts, :func:`body_refusal`
   reads its source for what would otherwise only show half-way: a branch or trip count on
-  the index, Python state carried from one iteration to the next. Nothing is guessed.
+  data read with the index, Python state carried from one iteration to the next; and
+  :func:`iteration_groups` cuts the iterations into runs that agree on every branch, trip
+  count and valid shape made from the index (:mod:`lowering.tile.lane_groups`). Nothing is
+  guessed: a run that disagrees after all leaves the lanes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import operator
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from lowering.tile.lane_groups import INDEX_CALLS, Split, callee, groups, split_of
 
 
 class LaneEscape(Exception):
@@ -208,6 +213,13 @@ _MUTATORS = frozenset("append extend insert pop remove clear update setdefault a
 
 
 
+#: the cross-rank ops (:mod:`lowering.tile.distributed` adds them): each runs in program order
+#: (a notify is an epoch of its own), so a loop whose body calls one runs one iteration at a time
+CROSS_RANK: set[Any] = set()
+_CROSS_NAMES = frozenset("notify wait put get remote_load remote_store tile_remote_store "
+                         "tensor_remote_store".split())
+
+
 class _Body(NamedTuple):
     """What the source of a loop body shows, once per loop (``_refusal``)."""
 
@@ -215,20 +227,24 @@ class _Body(NamedTuple):
     calls: tuple  # (name, method, line): a mutating method of a name from outside the body
     carried: tuple  # (name, line): a name read before the body assigns it
     buffers: tuple  # lines of pl.create_tensor calls outside every `with` of the body
+    split: Split | None  # what in the body depends on the index (lowering.tile.lane_groups)
+    cross: tuple  # (attribute chain, line): calls that may be cross-rank ops (pld.system.wait)
 
 
 _bodies: dict[tuple[str, int], _Body] = {}
 
 
-def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) -> str | None:
+def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool,
+                 checked: Any) -> str | None:
     """Why the body of the loop at ``site`` (file, line), run from ``frame``, cannot run once
     for all its iterations, or None. Python state a body carries from one iteration to the
     next would change once instead of N times: a name the body reads before it assigns it
     (unless it holds a value every iteration shares — ``shared(value)``, a GM tensor that
-    ``out = pl.assemble(out, ...)`` hands back), a container from outside appended to, a
-    ``global``; so would anything the source does not show (no source). ``outside``: the loop
-    runs outside every in-core scope, where a ``pl.create_tensor`` in its body (outside a
-    ``with`` of it) is a GM buffer per iteration."""
+    ``out = pl.assemble(out, ...)`` hands back), a container from outside appended to or an
+    item of it set (unless ``checked(value)``: a GM tensor or a tile, whose writes are logged
+    per iteration), a ``global``; so would anything the source does not show (no source).
+    ``outside``: the loop runs outside every in-core scope, where a ``pl.create_tensor`` in
+    its body (outside a ``with`` of it) is a GM buffer per iteration."""
     body = _bodies.get(site)
     if body is None:
         body = _bodies[site] = _refusal(site)
@@ -237,9 +253,12 @@ def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) 
     if outside and body.buffers:
         return (f"line {body.buffers[0]}: pl.create_tensor outside an in-core scope (a buffer "
                 "per iteration)")
-    if not (body.carried or body.calls):
+    if not (body.carried or body.calls or body.cross):
         return None
     local, glob = (frame.f_locals, frame.f_globals) if frame is not None else ({}, {})
+    for chain, line in body.cross:
+        if _resolve(chain, local, glob) in CROSS_RANK:
+            return f"line {line}: {'.'.join(chain)}(), a cross-rank op"
     for name, line in body.carried:
         value = local.get(name, glob.get(name, _MISSING))
         if value is not _MISSING and not shared(value):
@@ -247,7 +266,10 @@ def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) 
                     "carried from one iteration to the next)")
     for name, attr, line in body.calls:  # x.append(...) of a container from outside the body
         obj = local.get(name, glob.get(name, _MISSING))
-        if obj is _MISSING or isinstance(obj, list | dict | set | bytearray):
+        if attr == "[]":  # an item of a pl.array, a list: set once for N iterations
+            if not checked(obj):
+                return f"line {line}: an item of {name!r} from outside the body is set"
+        elif obj is _MISSING or isinstance(obj, list | dict | set | bytearray):
             return f"line {line}: .{attr}() of a container from outside the body"
     return None
 
@@ -255,8 +277,30 @@ def body_refusal(site: tuple[str, int], frame: Any, shared: Any, outside: bool) 
 _MISSING = object()
 
 
+def _resolve(chain: tuple[str, ...], local: dict, glob: dict) -> Any:
+    """``a.b.c`` looked up from a frame's names, or _MISSING."""
+    obj = local.get(chain[0], glob.get(chain[0], _MISSING))
+    for attr in chain[1:]:
+        if obj is _MISSING:
+            break
+        try:
+            obj = getattr(obj, attr, _MISSING)
+        except Exception:  # noqa: BLE001 - a namespace that raises for names it lacks
+            return _MISSING
+    return obj
+
+
 def _refused(why: str) -> _Body:
-    return _Body(why, (), (), ())
+    return _Body(why, (), (), (), None, ())
+
+
+def iteration_groups(site: tuple[str, int], frame: Any, idx: np.ndarray
+                     ) -> list[np.ndarray] | str:
+    """The runs of the iterations ``idx`` of the loop at ``site`` (run from ``frame``; its
+    :func:`body_refusal` has passed) that can each run in lanes, or why none can: all of them
+    where nothing in the body depends on the index (:func:`lowering.tile.lane_groups.groups`)."""
+    split = _bodies[site].split
+    return [idx] if split is None else groups(split, frame, idx)
 
 
 def _refusal(site: tuple[str, int]) -> _Body:
@@ -277,7 +321,11 @@ def _refusal(site: tuple[str, int]) -> _Body:
     for stmt in loop.body:
         order.visit(stmt)
     stored = {n for n, kind, _ in order.events if kind == "store"}
-    index = {n.id for n in ast.walk(loop.target if isinstance(loop, ast.For) else loop)
+    # the loop variable; a `with pl.spmd(n) as tid:` names its task id (the block index is
+    # pl.tile.get_block_idx())
+    targets = [loop.target] if isinstance(loop, ast.For) else [
+        i.optional_vars for i in loop.items if i.optional_vars is not None]
+    index = {n.id for t in targets for n in ast.walk(t)
              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     bound = stored | index
     first: dict[str, tuple[str, int]] = {}
@@ -285,7 +333,7 @@ def _refusal(site: tuple[str, int]) -> _Body:
         first.setdefault(name, (kind, line))
     carried = tuple((n, line) for n, (kind, line) in first.items()
                     if kind == "load" and n in stored and n not in index)
-    branch = _branch_on_index(loop.body, index)
+    branch, keys = _branch_on_index(loop.body, index)
     if branch is not None:
         return _refused(branch)
     calls = []
@@ -301,6 +349,9 @@ def _refusal(site: tuple[str, int]) -> _Body:
                 return _refused(f"line {node.lineno}: .{node.func.attr}() of an unnamed object")
             if v.id not in bound:
                 calls.append((v.id, node.func.attr, node.lineno))
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and isinstance(
+                node.value, ast.Name) and node.value.id not in bound:
+            calls.append((node.value.id, "[]", node.lineno))  # tids[g] = ... (body_refusal)
         if isinstance(node, ast.Yield | ast.YieldFrom | ast.Return | ast.Break):
             return _refused(f"line {node.lineno}: leaves the iteration early")
         if isinstance(node, ast.Call) and any(k.arg == "atomic" for k in node.keywords):
@@ -309,8 +360,18 @@ def _refusal(site: tuple[str, int]) -> _Body:
     # a GM buffer made in the body outside an in-core scope is one per iteration (where the
     # loop itself runs outside every scope: body_refusal's `outside`)
     buffers = tuple(n.lineno for n in _calls_outside_with(loop.body)
-                    if _callee(n) == "create_tensor")
-    return _Body(None, tuple(calls), carried, buffers)
+                    if callee(n) == "create_tensor")
+    cross = []
+    for node in ast.walk(ast.Module(body=loop.body, type_ignores=[])):
+        if isinstance(node, ast.Call) and callee(node) in _CROSS_NAMES:
+            chain, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                chain.append(f.attr)
+                f = f.value
+            if isinstance(f, ast.Name):
+                cross.append(((f.id, *reversed(chain)), node.lineno))
+    return _Body(None, tuple(calls), carried, buffers,
+                 split_of(loop.body, index, bound, keys) if keys else None, tuple(cross))
 
 
 def _calls_outside_with(body: list[ast.stmt]) -> list[ast.Call]:
@@ -337,57 +398,86 @@ def _heads(node: ast.For | ast.AsyncFor | ast.With) -> list[ast.AST]:
     return [node.iter]
 
 
-#: calls whose value is the block / lane a body runs as (pl.spmd, pl.split_aiv)
-_INDEX_CALLS = frozenset(("get_block_idx", "get_subblock_idx"))
 _LOOPS = frozenset(("range", "parallel", "pipeline", "unroll", "spmd"))
 
 
-def _branch_on_index(body: list[ast.stmt], index: set[str]) -> str | None:
-    """A branch or a trip count in ``body`` that depends on the loop index (a name computed
-    from it, or from a block index), which the lanes would not agree on: known before the
-    body runs, so no lane pass is started only to be abandoned. (A branch every iteration
-    takes alike is refused with them: the loop then runs one iteration at a time.)"""
-    varying = set(index)
+def _branch_on_index(body: list[ast.stmt], index: set[str]) -> tuple[str | None, list]:
+    """The branches, trip counts and valid shapes in ``body`` that depend on the loop index
+    (a name computed from it, or from a block index), which the lanes must agree on: the
+    expressions that decide them (the keys of :mod:`lowering.tile.lane_groups`), or why the
+    loop cannot run in lanes — one of them reads data (``pl.read``, a tile, a call) made
+    from the index, which only the run can tell: known before the body runs, so no lane pass
+    is started only to be abandoned."""
+    varying, data = set(index), set()
     tree = ast.Module(body=body, type_ignores=[])
 
-    def mentions(node: ast.AST | None) -> bool:
+    def mentions(node: ast.AST | None, names: set[str] | None = None) -> bool:
+        names = varying if names is None else names
         for n in ast.walk(node) if node is not None else ():
-            if isinstance(n, ast.Name) and n.id in varying:
+            if isinstance(n, ast.Name) and n.id in names:
                 return True
-            if isinstance(n, ast.Call) and _callee(n) in _INDEX_CALLS:
+            if names is varying and isinstance(n, ast.Call) and callee(n) in INDEX_CALLS:
                 return True
         return False
+
+    def reads_data(node: ast.AST) -> bool:
+        """Made from the index through more than index arithmetic (a call, a subscript)."""
+        for n in ast.walk(node):
+            if isinstance(n, ast.Call) and callee(n) not in ("min", "max", *INDEX_CALLS) and (
+                    any(mentions(a) for a in (*n.args, *(k.value for k in n.keywords)))):
+                return True
+            if isinstance(n, ast.Subscript) and mentions(n.slice):
+                return True
+        return mentions(node, data)
 
     for _ in range(2):  # a name made from the index later in the body, used in an inner loop
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.NamedExpr) \
                     and mentions(node.value):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                varying |= {n.id for t in targets for n in ast.walk(t) if _stored(n)}
+                names = {n.id for t in targets for n in ast.walk(t) if _stored(n)}
+                varying |= names
+                if reads_data(node.value):
+                    data |= names
             elif isinstance(node, ast.For) and mentions(node.iter):
                 varying |= {n.id for n in ast.walk(node.target) if _stored(n)}
+    keys: list[tuple[ast.expr, str]] = []
+
+    def key(exprs: list, what: str, line: int, whole: ast.expr | None = None) -> str | None:
+        """``exprs`` decide ``what``; the key is each of them, or ``whole`` (a loop's call:
+        its trip count is the key, the bounds may differ)."""
+        for e in exprs:
+            if mentions(e):
+                if reads_data(e):
+                    return f"line {line}: {what} on data that differs across the iterations"
+                if whole is not None:
+                    keys.append((whole, what))
+                    return None
+                keys.append((e, what))
+        return None
+
     for node in ast.walk(tree):
-        if isinstance(node, ast.If | ast.While | ast.IfExp) and mentions(node.test):
-            return f"line {node.lineno}: a branch on a value that differs across the iterations"
-        if isinstance(node, ast.For) and isinstance(node.iter, ast.Call) and (
-                _callee(node.iter) in _LOOPS and any(mentions(a) for a in node.iter.args)):
-            return f"line {node.lineno}: a trip count that differs across the iterations"
-        if isinstance(node, ast.Call) and (
-                any(k.arg == "valid_shape" and mentions(k.value) for k in node.keywords)
-                or _callee(node) == "set_validshape" and any(map(mentions, node.args[1:]))):
-            # a tile's valid shape is one per tile: lanes share it
-            return f"line {node.lineno}: a valid shape that differs across the iterations"
-    return None
+        why = None
+        if isinstance(node, ast.If | ast.While | ast.IfExp):
+            why = key([node.test], "a branch", node.lineno)
+        elif isinstance(node, ast.For) and isinstance(node.iter, ast.Call) and (
+                callee(node.iter) in _LOOPS):
+            why = key(node.iter.args, "a trip count", node.lineno, node.iter)
+        elif isinstance(node, ast.Call):  # a tile's valid shape is one per tile: lanes share it
+            shapes = [k.value for k in node.keywords if k.arg == "valid_shape"]
+            if callee(node) == "set_validshape":
+                shapes += node.args[1:]
+            elts = [e for v in shapes for e in (v.elts if isinstance(v, ast.List | ast.Tuple)
+                                                  else [v])]
+            why = key(elts, "a valid shape", node.lineno)
+        if why is not None:
+            return why, []
+    return None, keys
 
 
 def _stored(node: ast.AST) -> bool:
     """A name an assignment binds (not one its subscript or attribute target reads)."""
     return isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
-
-
-def _callee(call: ast.Call) -> str | None:
-    f = call.func
-    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
 
 
 class _Order(ast.NodeVisitor):

@@ -145,8 +145,8 @@ def _store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
     if any(h > n for h, n in zip(hi, t.shape, strict=True)):
         raise core.OutOfBounds(f"store of {src!r} into {t!r}: the moved box "
                                f"{core.fmt_box(t.name, lo, hi)} is out of bounds")
+    rt.access(t, lo, hi, write=True)  # before the write: a rank may refuse it (distributed)
     rt.bk.write(t.data, core.box_key(lo, hi), data)
-    rt.access(t, lo, hi, write=True)
     _check_gm_align(rt, t, lo, "store")
     ops_data.check_store_nan(rt, t, lo, hi, data, src.dtype)
 
@@ -267,9 +267,9 @@ def _atomic_store(rt: Run, t: Tensor, lo: tuple, hi: tuple, src: Tile) -> None:
     rt.use(src, "vec")
     box = core.box_key(lo, hi)
     old = rt.bk.read(t.data, box)
+    rt.access(t, lo, hi, write=True, atomic=True)
     rt.bk.write(t.data, box, rt.bk.binary("add", old, rt.bk.reshape(src.data, region),
                                           t.dtype.name))
-    rt.access(t, lo, hi, write=True, atomic=True)
     _check_gm_align(rt, t, lo, "atomic store")
 
 
@@ -317,10 +317,10 @@ def _write(rt: Run, dst: Tensor, offset: Any, value: float | int) -> None:
     key = tuple(slice(i, i + 1) for i in idx)
     lo, hi, _ = core.parse_key(dst.shape, key, lambda: f"pl.write of {dst!r}")
     v = rt.bk.full((1,) * len(idx), dst.dtype.name, value)
-    rt.bk.write(dst.data, core.box_key(lo, hi), v)
     if isinstance(dst, Tensor):
         rt.access(dst, lo, hi, write=True,
                   value=rt.bk.to_numpy(v).tobytes() if rt.checks and rt.par else None)
+    rt.bk.write(dst.data, core.box_key(lo, hi), v)
 
 
 @rule("dim")

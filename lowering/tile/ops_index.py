@@ -40,6 +40,7 @@ from lowering.tile.dtypes import (
     as_dtype,
 )
 from lowering.tile.findings import KernelDefect, OutOfBounds
+from lowering.tile.lanes import Lanes
 from lowering.tile.ops import _ints, _tile, apply, rule
 from lowering.tile.surface import export
 
@@ -70,6 +71,8 @@ def _whole(op: str, *ts: Tile) -> None:
 
 
 def _scalar_operand(v: Any, op: str) -> Any:
+    if type(v) is Lanes:  # one number per iteration of a loop running in lanes
+        return v.v
     if isinstance(v, (Tile, Tensor)):
         raise TypeError(f"pl.{op} takes two scalars, got {v!r} ({_site()}); for tiles use "
                         f"pl.{op}imum / pl.{op}imums (elementwise) or pl.row_{op} / pl.col_{op} "
@@ -83,13 +86,19 @@ def _scalar_operand(v: Any, op: str) -> Any:
 def scalar_min(lhs: Any, rhs: Any) -> Any:
     """``pl.min(a, b)``: the smaller of two scalars (pypto ``tile_ops.min``, ``arith.minsi``
     on index values); a plain Python number."""
-    return min(_scalar_operand(lhs, "min"), _scalar_operand(rhs, "min"))
+    a, b = _scalar_operand(lhs, "min"), _scalar_operand(rhs, "min")
+    return Lanes.of(np.minimum(a, b)) if _lanes(lhs, rhs) else min(a, b)
 
 
 @export("max", spaces=("pl", "tile"))
 def scalar_max(lhs: Any, rhs: Any) -> Any:
     """``pl.max(a, b)``: the larger of two scalars; a plain Python number."""
-    return max(_scalar_operand(lhs, "max"), _scalar_operand(rhs, "max"))
+    a, b = _scalar_operand(lhs, "max"), _scalar_operand(rhs, "max")
+    return Lanes.of(np.maximum(a, b)) if _lanes(lhs, rhs) else max(a, b)
+
+
+def _lanes(*vs: Any) -> bool:
+    return any(type(v) is Lanes for v in vs)
 
 
 def cast_scalar(rt: Run, value: Any, target_type: Any, mode: str | int) -> int | float:

@@ -113,11 +113,17 @@ def _per_lane(rt: Run, name: str, fn: Any, args: tuple, kwargs: dict) -> Any:
     (lane 0's buffer: each iteration's core holds one; the other lanes' are dropped)."""
     frame = rt.lane_frame
     lanes = frame.value
+    if name in _IN_PLACE and args:
+        _own_rows(rt, args[0], len(lanes.v))
+    # inner sequential loops whose bounds differ per lane (core._lane_range): theirs too
+    inner = [(f, f.value) for f in rt.loops if f is not frame and type(f.value) is Lanes]
     entry = rt._entry() if rt.checks else None
     out = []
     try:
         for i, it in enumerate(lanes.v.tolist()):
             frame.value = it  # the iteration this lane is: accesses and messages name it
+            for f, v in inner:
+                f.value = v.at(i)
             n0 = len(entry.bufs) if entry is not None else 0
             a_i = tuple(_view(a, i) for a in args)
             k_i = {k: _view(v, i) for k, v in kwargs.items()}
@@ -132,6 +138,8 @@ def _per_lane(rt: Run, name: str, fn: Any, args: tuple, kwargs: dict) -> Any:
                 del entry.bufs[n0:]  # lane i's buffers are lane 0's again
     finally:
         frame.value = lanes
+        for f, v in inner:
+            f.value = v
     first = out[0]
     if all(r is first for r in out):  # the target tensor, or None
         return first
@@ -147,6 +155,27 @@ def _per_lane(rt: Run, name: str, fn: Any, args: tuple, kwargs: dict) -> Any:
         rt.lane_bytes = max(rt.lane_bytes, first.data.nbytes)
         return t
     raise LaneEscape(f"pl.{name} made a different value in each iteration")
+
+
+#: ops that write into their first argument in place
+_IN_PLACE = frozenset(("write", "store_key", "assemble"))
+
+
+def _own_rows(rt: Run, dst: Any, n: int) -> None:
+    """Before a per-lane write into the tile ``dst``: a tile made in this pass is each
+    iteration's own, so it gets a row per lane (else every lane would write the one tile:
+    ``sampled_row = pl.create_tensor(...)`` in a block, then ``pl.write(sampled_row, [0, 0],
+    best_index)``); a tile made before the loop is the one every iteration writes, as in
+    order (the race check sees each lane's write)."""
+    if not isinstance(dst, Tile) or type(dst.data) is LaneArray:
+        return
+    if dst.buf is None:
+        raise LaneEscape(f"a per-lane write into {dst!r}, made where no scope counts it")
+    if dst.buf.home.start < rt.lane_frame.iter_seq:
+        return
+    if dst.buf.shared:
+        raise LaneEscape(f"a per-lane write into {dst!r}, whose storage another tile shares")
+    dst.data = lane_array(np.broadcast_to(dst.data, (n, *dst.data.shape)))
 
 
 def before_tile_write(dst: Tile, value: Tile) -> None:

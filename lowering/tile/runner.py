@@ -107,22 +107,47 @@ def run_kernel(
     one iteration at a time.
     """
     kname = name or getattr(kernel_fn, "__name__", "kernel")
-    deny = _LANES_DENIED.setdefault(_fn_key(kernel_fn), {})
+    deny = lane_denials(kernel_fn)
     copies: dict[str, Any] = {}  # the inputs' backend copies, kept for a run started again
     while True:  # again, without lanes for a loop whose body left them (lowering.tile.lanes)
         rt = core.Run(backend, platform, kname, seed, permute_parallel)
-        rt.lanes = (rt.lanes and lanes and not permute_parallel  # a shuffle asks for an order
-                    and os.environ.get("LOWERING_LANES", "1") != "0")
+        rt.lanes = rt.lanes and lanes_on(lanes, permute_parallel)
         rt.lane_deny = deny
         rt.input_store = input_store
         try:
             return _run(rt, kernel_fn, inputs, outputs, inouts, kwargs, zero_outputs,
                         budget_model, copies)
         except LaneEscape as e:
-            new = {e.site} - deny.keys() if e.site is not None else e.sites - deny.keys()
-            if not new:
-                raise RuntimeError(f"emulator: lanes of a pl.parallel loop: {e.why}") from e
-            deny.update(dict.fromkeys(new, e.why))
+            deny_lanes(deny, e)
+
+
+def lanes_on(lanes: bool, permute_parallel: bool) -> bool:
+    """Whether a run may use lanes: asked (``lanes``), no shuffled order asked for, and not
+    turned off by ``LOWERING_LANES=0``."""
+    return lanes and not permute_parallel and os.environ.get("LOWERING_LANES", "1") != "0"
+
+
+def deny_lanes(deny: dict[tuple[str, int], str], e: LaneEscape) -> None:
+    """Record in ``deny`` the loops the escape ``e`` takes out of lanes (its loop, or every
+    loop that ran in lanes when it happened after them); a loop already denied again means
+    the escape is not the lanes' doing."""
+    new = {e.site} - deny.keys() if e.site is not None else e.sites - deny.keys()
+    if not new:
+        raise RuntimeError(f"emulator: lanes of a pl.parallel loop: {e.why}") from e
+    deny.update(dict.fromkeys(new, e.why))
+
+
+def lane_escape(rt: core.Run, exc: BaseException) -> LaneEscape | None:
+    """The error ``exc`` of a run as the escape that starts it again without lanes, or None
+    where no loop of the run has used lanes. Any error of a run that used lanes is the
+    one-at-a-time run's to tell: the loop it happened in (of them all, if after) runs one
+    iteration at a time in the next."""
+    if not rt.lane_sites:
+        return None
+    e = exc if isinstance(exc, LaneEscape) else LaneEscape(f"{type(exc).__name__}: {exc}")
+    e.site = rt.lane_frame.site if rt.lane_frame is not None else None
+    e.sites = set(rt.lane_sites)
+    return e
 
 
 #: per kernel function: the pl.parallel loops (file, line) that run one iteration at a time,
@@ -130,9 +155,12 @@ def run_kernel(
 _LANES_DENIED: dict[Any, dict[tuple[str, int], str]] = {}
 
 
-def _fn_key(fn: Any) -> Any:
+def lane_denials(fn: Any) -> dict[tuple[str, int], str]:
+    """The loops of kernel ``fn`` that earlier runs in this process found must run one
+    iteration at a time (filled by :func:`deny_lanes`)."""
     code = getattr(getattr(fn, "__wrapped__", fn), "__code__", None)  # a @pl.jit: its function
-    return (code.co_filename, code.co_firstlineno) if code is not None else id(fn)
+    key = (code.co_filename, code.co_firstlineno) if code is not None else id(fn)
+    return _LANES_DENIED.setdefault(key, {})
 
 
 def _run(rt: core.Run, kernel_fn: Callable[..., Any], inputs: dict[str, np.ndarray],
@@ -166,16 +194,11 @@ def _run(rt: core.Run, kernel_fn: Callable[..., Any], inputs: dict[str, np.ndarr
                 if rt.lane_frame is not None:  # its loop was left mid-way (a break)
                     raise LaneEscape("the loop was left before its end")
             except Exception as exc:
-                if not rt.lane_sites:
+                e = lane_escape(rt, exc)
+                if e is None:
                     raise
                 if rt.inputs_written:  # the next run needs the inputs afresh
                     copies.clear()
-                # any error of a run that used lanes is the one-at-a-time run's to tell: run
-                # again without the lanes of the loop it happened in (of them all, if after)
-                e = exc if isinstance(exc, LaneEscape) else LaneEscape(
-                    f"{type(exc).__name__}: {exc}")
-                e.site = rt.lane_frame.site if rt.lane_frame is not None else None
-                e.sites = set(rt.lane_sites)
                 if e is exc:
                     raise
                 raise e from exc
@@ -185,9 +208,14 @@ def _run(rt: core.Run, kernel_fn: Callable[..., Any], inputs: dict[str, np.ndarr
         _final_checks(rt, tensors, outs, "warning" if zero_outputs else "fail", budget_model)
     finally:
         core.activate(prev)
+    return KernelRun(rt.kernel, rt.platform, outs, rt.findings, rt.budget, lane_loops(rt))
+
+
+def lane_loops(rt: core.Run) -> dict[str, str]:
+    """``KernelRun.lane_loops`` of a run: each pl.parallel loop that ran, and how."""
     loops = {core.fmt_site(s): "lanes" for s in sorted(rt.lane_sites)}
     loops.update((core.fmt_site(s), f"one at a time: {why}") for s, why in rt.lane_refused.items())
-    return KernelRun(rt.kernel, rt.platform, outs, rt.findings, rt.budget, loops)
+    return loops
 
 
 def _rows(mask: np.ndarray) -> str:
