@@ -688,3 +688,20 @@ def test_a_tile_made_in_the_body_and_written_per_lane_is_each_iterations_own() -
     want[:, 0] = x[:, 0]
     np.testing.assert_array_equal(run.outputs["y"], want)
     np.testing.assert_array_equal(run.outputs["z"], x)
+
+
+def test_a_lane_value_kept_past_its_loop_is_seen_in_every_argument_kind() -> None:
+    from lowering.tile import core, ops_lanes
+    from lowering.tile.dtypes import as_dtype
+    from lowering.tile.lanes import lane_array
+
+    fp32 = as_dtype("FP32")
+    plain = core.Tile(np.zeros((2, 4), np.float32), fp32, None, 1, ("k.py", 1))
+    laned = core.Tile(lane_array(np.zeros((3, 2, 4), np.float32)), fp32, None, 2, ("k.py", 2))
+    per = Lanes(np.array([1, 2, 3]))
+    ops_lanes.check_outside("ok", (plain, [2, 4], (0, 8), None, 1.5, "s"), {"v": [1, 2]})
+    for args, kwargs in [((laned,), {}), ((plain, [0, per]), {}), ((plain, [[per]]), {}),
+                         ((slice(per, 9),), {}), ((plain,), {"valid_shape": [per, 4]}),
+                         (((laned, 1),), {})]:
+        with pytest.raises(LaneEscape, match="after the loop"):
+            ops_lanes.check_outside("op", args, kwargs)
