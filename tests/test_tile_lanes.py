@@ -175,6 +175,15 @@ def test_a_branch_the_source_hides_leaves_the_lanes_when_it_runs() -> None:
     np.testing.assert_array_equal(run.outputs["y"], x * np.array([[2], [3], [2], [3]], np.float32))
 
 
+def _running_sums(x: np.ndarray, rows: list) -> np.ndarray:
+    """numpy, in the kernels' fp32 order: row h is 0 + x[r] for r in rows[h], one by one."""
+    out = np.zeros((len(rows), x.shape[1]), np.float32)
+    for h, rs in enumerate(rows):
+        for r in rs:
+            out[h] += x[r]
+    return out
+
+
 def test_a_trip_count_per_iteration_runs_one_at_a_time() -> None:
     def kernel(x, n, y):  # noqa: ANN001
         for h in pl.parallel(H):
@@ -188,6 +197,7 @@ def test_a_trip_count_per_iteration_runs_one_at_a_time() -> None:
     n = np.array([1, 4, 2, 3], np.int32)
     run = both(kernel, inputs={"x": x, "n": n}, outputs={"y": ((H, 32), pl.FP32)})
     assert "trip count" in one_at_a_time(run)
+    np.testing.assert_array_equal(run.outputs["y"], _running_sums(x, [range(k) for k in n]))
 
 
 def test_atomic_adds_keep_the_iterations_order() -> None:
@@ -595,6 +605,8 @@ def test_an_inner_trip_count_per_lane_runs_one_at_a_time() -> None:
     x = RNG.standard_normal((3 * H + 1, 32)).astype(np.float32)
     run = both(kernel, inputs={"x": x}, outputs={"y": ((H, 32), pl.FP32)})
     assert "a trip count that differs across the iterations" in one_at_a_time(run)
+    np.testing.assert_array_equal(run.outputs["y"],
+                                  _running_sums(x, [range(b * 2, b * 3 + 1) for b in range(H)]))
 
 
 def test_an_item_of_a_pl_array_set_per_iteration_runs_one_at_a_time() -> None:

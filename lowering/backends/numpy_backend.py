@@ -197,7 +197,8 @@ class NumpyBackend:
         order), rounded once to ``out_dtype`` (FP32) or converted exactly (INT32). Stacks of
         them (batch dims, the lanes of a loop) are one 2-D product each: the BLAS call a
         single one makes (numpy's stacked matmul sums in its own order, and can be 20x
-        slower: [8, 16, 512] @ [512, 128], 40 ms against 2 ms)."""
+        slower: float64 [8, 16, 512] @ [512, 128], 40 ms against 2 ms on an Intel Xeon with
+        AVX-512)."""
         a, b = a.astype(np.float64), b.astype(np.float64)
         if a.ndim <= 2 and b.ndim <= 2:
             c = np.matmul(a, b)

@@ -40,7 +40,7 @@ from lowering.tile.dtypes import (
     as_dtype,
 )
 from lowering.tile.findings import KernelDefect, OutOfBounds
-from lowering.tile.lanes import Lanes
+from lowering.tile.lanes import Lanes, has_lanes
 from lowering.tile.ops import _ints, _tile, apply, rule
 from lowering.tile.surface import export
 
@@ -87,18 +87,14 @@ def scalar_min(lhs: Any, rhs: Any) -> Any:
     """``pl.min(a, b)``: the smaller of two scalars (pypto ``tile_ops.min``, ``arith.minsi``
     on index values); a plain Python number."""
     a, b = _scalar_operand(lhs, "min"), _scalar_operand(rhs, "min")
-    return Lanes.of(np.minimum(a, b)) if _lanes(lhs, rhs) else min(a, b)
+    return Lanes.of(np.minimum(a, b)) if has_lanes((lhs, rhs)) else min(a, b)
 
 
 @export("max", spaces=("pl", "tile"))
 def scalar_max(lhs: Any, rhs: Any) -> Any:
     """``pl.max(a, b)``: the larger of two scalars; a plain Python number."""
     a, b = _scalar_operand(lhs, "max"), _scalar_operand(rhs, "max")
-    return Lanes.of(np.maximum(a, b)) if _lanes(lhs, rhs) else max(a, b)
-
-
-def _lanes(*vs: Any) -> bool:
-    return any(type(v) is Lanes for v in vs)
+    return Lanes.of(np.maximum(a, b)) if has_lanes((lhs, rhs)) else max(a, b)
 
 
 def cast_scalar(rt: Run, value: Any, target_type: Any, mode: str | int) -> int | float:

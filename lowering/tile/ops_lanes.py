@@ -194,7 +194,7 @@ def check_outside(name: str, args: tuple, kwargs: dict) -> None:
     """After a loop ran in lanes: an op of a value of its lanes (kept past the loop) cannot
     be told which iteration's it is. (Every op after a lane loop pays this: the common
     argument kinds are told apart without a call each — a tile, two offset lists and a
-    valid shape: 0.9 µs, against 3.5 µs with a call per argument.)"""
+    valid shape: 0.9 µs, against 3.5 µs with a call per argument, on an Intel Xeon.)"""
     for x in args:
         if type(x) not in _PLAIN and _kept(x):
             raise LaneEscape(f"pl.{name} after the loop of a value of its lanes")
