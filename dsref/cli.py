@@ -13,6 +13,7 @@ import dsref
 from dsref import compile_cache
 from dsref.config import MODEL_VARIANTS, SEMANTICS, VARIANTS, semantics_names
 from dsref.io import FORMATS, PROGRESS_BYTES, ExtraMissing, golden_bytes
+from dsref.memory import keep_freed_memory
 
 
 def _configure(args: argparse.Namespace):
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     compile_cache.enable()  # compiled XLA programs kept on disk between commands
+    keep_freed_memory()  # whole-tensor temporaries reuse touched pages (dsref.memory)
     rc = None
     try:
         rc = args.fn(args)

@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from dsref.config import Config, V4Config, YarnRope, config
-from dsref.model import get_model
+from dsref.model import base_reads, get_model
 from dsref.run import InputError, aligned_empty, range_inputs
 
 BF16 = ml_dtypes.bfloat16
@@ -193,20 +193,18 @@ def make_inputs(
                          "RoPE tables cover)")
     if seq_lens is not None:
         seq_lens = _check_seq_lens(cfg, batch, seq_lens)
-    if m.base:  # a stage range: the whole model's inputs carried through the stages before it
-        whole = make_inputs(m.base, cfg, batch=batch, seed=seed, seq=seq, tables=tables, ties=ties,
-                            seq_lens=seq_lens)
-        return range_inputs(m.name, cfg, whole)
-    _fits_in_memory(m, cfg, batch, seq)
+    _fits_in_memory(get_model(m.base) if m.base else m, cfg, batch, seq)
     rng = np.random.default_rng(seed)
     if isinstance(cfg, V4Config):
-        return _v4_inputs(cfg, rng, batch, seq, tables, ties)
-    if seq != 1:
+        ins = _v4_inputs(cfg, rng, batch, seq, tables, ties)
+    elif seq != 1:
         raise ValueError(f"seq: v32.decode_front decodes one token per entry, got seq={seq}")
-    ins = _v32_inputs(cfg, rng, batch, tables, ties)
-    if seq_lens is not None:
-        ins["seq_lens"] = seq_lens
-    return ins
+    else:  # a stage range draws the whole model's inputs it reads, with the same bits
+        ins = _v32_inputs(cfg, rng, batch, tables, ties, reads=set(base_reads(m)))
+        if seq_lens is not None:
+            ins["seq_lens"] = seq_lens
+    # a stage range: the whole model's inputs carried through the stages before it
+    return range_inputs(m.name, cfg, ins) if m.base else ins
 
 
 def _check_seq_lens(cfg: Config, batch: int, seq_lens: Sequence[int]) -> np.ndarray:
@@ -261,7 +259,10 @@ def _fits_in_memory(m, cfg: Config, batch: int, seq: int) -> None:
                          f"machine has {avail / 2**30:.1f} GiB available")
 
 
-def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool) -> dict[str, np.ndarray]:
+def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool, reads: set[str]
+                ) -> dict[str, np.ndarray]:
+    """V3.2's inputs: scope 1's first, then the sparse stages' (drawn only where ``reads``
+    names one of them: a stage range within scope 1 skips 140 MB of draws at full dims)."""
     d, ql, kl, r, h = cfg.hidden, cfg.q_lora, cfg.kv_lora, cfg.rope, cfg.heads
     ins = {
         "hidden_states": _normal(rng, (batch, d), dtype=BF16),
@@ -288,6 +289,8 @@ def _v32_inputs(cfg, rng, batch: int, tables: str, ties: bool) -> dict[str, np.n
     if ties:
         ins["hidden_states"] = _tie_rows(rng, (batch, d))
         ins["input_rms_weight"] = _tie_weights(rng, (1, d))
+    if reads <= ins.keys():
+        return ins
     return ins | _v32_sparse_inputs(cfg, rng, batch)
 
 

@@ -242,5 +242,17 @@ def _range_model(name: str) -> Model:
     return m
 
 
+def base_reads(m: Model) -> tuple[str, ...]:
+    """For a stage range, the inputs of its whole model it needs (its own, and those the
+    stages before it read to make the rest), in the whole model's order; for a whole model,
+    all of its inputs."""
+    if not m.base:
+        return m.input_names
+    whole = get_model(m.base)
+    prefix = whole.stages[:whole.stages.index(m.stages[0])]
+    read = set(m.input_names).union(*(STAGES[s].inputs for s in prefix))
+    return tuple(n for n in whole.input_names if n in read)
+
+
 def model_names() -> list[str]:
     return list(MODELS)

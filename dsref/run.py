@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from dsref.config import Config, V4Config
-from dsref.model import Model, TensorSpec, dataflow, get_model
+from dsref.model import Model, TensorSpec, base_reads, dataflow, get_model
 from dsref.numerics import BF16_EXPONENT, x64
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -233,16 +233,23 @@ def model_jaxpr(model: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> ja
 def range_inputs(model: str, cfg: Config, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The inputs of the stage range ``model`` (``MODEL[A:B]``) from the whole model's
     ``inputs``: those it shares with the whole model as given, the values the stages before
-    ``A`` produce computed by them (jitted, the reference itself)."""
+    ``A`` produce computed by them (jitted, the reference itself). ``inputs`` needs only the
+    whole model's inputs the range reads (:func:`dsref.model.base_reads`)."""
     m = get_model(model)
     whole = get_model(m.family)
-    validate(whole.name, cfg, inputs)
+    if not isinstance(cfg, whole.config_type):
+        raise InputError(f"config: {whole.name} expects a {whole.config_type.__name__}, got "
+                         f"{type(cfg).__name__}")
+    specs = whole.input_specs(cfg, *infer_batch_seq(whole, inputs))
+    reads = set(base_reads(m))
+    check_tensors({n: s for n, s in specs.items() if n in reads or n in inputs}, cfg, inputs,
+                  f"input for {whole.name}")
     made = tuple(n for n in m.input_names if n not in whole.input_names)
     values: dict = {}
     if made:
         prefix = whole.stages[:whole.stages.index(m.stages[0])]
         fn = functools.partial(dataflow(prefix, made), cfg=cfg)
         with x64():
-            values = jax.jit(fn)({k: jnp.asarray(v) for k, v in inputs.items()})
+            values = jax.jit(fn)({k: jnp.asarray(v) for k, v in inputs.items() if k in reads})
             values = {k: np.asarray(v) for k, v in values.items()}
     return {n: np.asarray(inputs[n]) if n in inputs else values[n] for n in m.input_names}

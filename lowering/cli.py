@@ -25,6 +25,7 @@ import numpy as np
 import dsref
 from dsref import compile_cache
 from dsref.cli import model_arg
+from dsref.memory import keep_freed_memory
 from lowering import pipeline
 from lowering.registry import kernel_for
 from lowering.report import (
@@ -250,6 +251,7 @@ def semantics_flags(sp: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     compile_cache.enable()  # compiled XLA programs kept on disk between commands
+    keep_freed_memory()  # whole-tensor temporaries reuse touched pages (dsref.memory)
     rc = None
     try:
         check_outputs(args)

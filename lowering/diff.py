@@ -294,10 +294,10 @@ def _width(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype) -> int:
         return 0
     if not _is_float(dtype):
         return int(np.max(hi - lo))
-    fin = np.isfinite(lo) & np.isfinite(hi)
-    if not fin.any():
+    wide = (lo != hi) & np.isfinite(lo) & np.isfinite(hi)  # a pinned element is 0 ulps wide
+    if not wide.any():
         return 0
-    return int(np.max(ulp_distance(lo[fin].astype(dtype), hi[fin].astype(dtype))))
+    return int(np.max(ulp_distance(lo[wide].astype(dtype), hi[wide].astype(dtype))))
 
 
 def _nonfinite_reason(nonfinite: np.ndarray, shape: tuple[int, ...]) -> str:

@@ -12,6 +12,7 @@ from conftest import assert_bitwise
 
 import dsref
 from dsref.model import STAGES
+from dsref.run import range_inputs
 
 V32, V4 = "v32.decode_front", "v4.qkv_proj_rope"
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -238,6 +239,26 @@ def test_stage_ranges_equal_oracle_bitwise(model):
         assert tuple(made) == m.input_names
         for n, got in made.items():
             assert_bitwise(got, given[n], f"make_inputs({name}): {n}")
+
+
+def test_range_inputs_take_what_the_range_reads():
+    """``range_inputs`` needs only the whole model's inputs a range reads (scope 1's for a
+    range within it, not the sparse stages' caches) and still names a missing one or an
+    unknown one."""
+    cfg = dsref.config("v32-tiny")
+    whole = dsref.make_inputs(V32, cfg, batch=2, seed=1)
+    name = f"{V32}[q_lora_proj:kv_a_proj]"
+    reads = dsref.model.base_reads(dsref.get_model(name))
+    assert "hidden_states" in reads and "wq_b" in reads and "k_cache_idx" not in reads
+    part = {n: whole[n] for n in reads}
+    got, want = range_inputs(name, cfg, part), range_inputs(name, cfg, whole)
+    assert got.keys() == want.keys()
+    for n in got:
+        assert_bitwise(got[n], want[n], n)
+    with pytest.raises(dsref.InputError, match="wq_a: missing input"):
+        range_inputs(name, cfg, {n: v for n, v in part.items() if n != "wq_a"})
+    with pytest.raises(dsref.InputError, match="wq_z: unknown input"):
+        range_inputs(name, cfg, {**part, "wq_z": part["wq_a"]})
 
 
 def test_stage_range_names_and_boundaries():

@@ -602,3 +602,27 @@ def test_lowest_set_bit_of_bf16_weights_per_column_from_their_bits():
     want = np.min(_lsb_by_frexp(w.astype(np.float64)), axis=0, keepdims=True)
     assert got.shape == (1, 9) and np.array_equal(got, want), (got, want)
     assert got[0, 3] == np.inf and got[0, 4] == -133 and got[0, 6] == -2
+
+
+@pytest.mark.parametrize("acc", [bd.ordered(16), bd.ANY])
+def test_row_wise_bounds_by_blocks_equal_the_whole(monkeypatch, acc):
+    """A row-wise stage's bound worked out a block of token rows at a time is the whole one,
+    ends and envelope bit for bit, for exact inputs and for interval ones."""
+    cfg = dsref.config("v4-tiny")
+    rng = np.random.default_rng(16)
+    t, width = 7, cfg.heads * cfg.head_dim
+    qf = (rng.standard_normal((t, width)) * np.exp2(rng.integers(-8, 4, (t, width)))).astype(F32)
+    cos, sin = (rng.uniform(-1, 1, (t, cfg.rope // 2)).astype(F32) for _ in range(2))
+    lo = qf.astype(np.float64)
+    cases = {"point": qf, "interval": bd.Iv(lo, np.where(rng.random(lo.shape) < 0.3,
+                                                          np.nextafter(lo, np.inf), lo))}
+    for qf_in in cases.values():
+        ins = {"qf": qf_in, "rope_cos": cos, "rope_sin": sin}
+        monkeypatch.setattr(bd, "_BLOCK_ELEMS", 1 << 30)
+        whole = bd.stage_bounds(V4, "q_head_rms_rope", cfg, ins, acc)["q"]
+        monkeypatch.setattr(bd, "_BLOCK_ELEMS", 3 * width)  # blocks of 3, 3 and 1 rows
+        blocked = bd.stage_bounds(V4, "q_head_rms_rope", cfg, ins, acc)["q"]
+        pairs = [(whole, blocked)] + ([(whole.envelope, blocked.envelope)]
+                                      if acc.sequential else [])
+        for a, b in pairs:
+            assert b is not None and np.array_equal(a.lo, b.lo) and np.array_equal(a.hi, b.hi)
