@@ -30,8 +30,9 @@ V3.2 scope 1 and the whole fused front; ``v4-flash`` B=64 S=2):
   which loads the compiled programs from it (what every later run of a command sees);
 - ``lowering_diff``: ``lowering diff`` of both models at their tiny configs, in-process.
 
-``--quick`` uses the tiny configs everywhere (a smoke run, not a measurement). These are
-measurements, not tests: nothing here asserts a time.
+``--quick`` uses the tiny configs everywhere (a smoke run, not a measurement). The process keeps
+freed memory as the commands do (``dsref.memory.keep_freed_memory``; the record says whether
+it took). These are measurements, not tests: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -175,9 +176,11 @@ def bench_lowering_diff(backend_args: list[str]) -> dict:
 def run(quick: bool = False, backend: str = "numpy", device: str | None = None,
         eager: bool = True, progress: bool = False, rounds: int | None = None,
         cli: bool = True) -> dict:
+    from dsref.memory import keep_freed_memory
     from dsref.progress import progress_steps
     from lowering.backends import get_backend
 
+    kept = keep_freed_memory()  # as the dsref / lowering commands do before their work
     bk = get_backend(backend, device=device)
     runs = QUICK if quick else FULL
     rounds = rounds or (3 if quick else 7)
@@ -185,7 +188,8 @@ def run(quick: bool = False, backend: str = "numpy", device: str | None = None,
     gflops = f64_gemm_gflops(256 if quick else 1024)
     backend_args = ["--backend", backend] + (["--device", device] if device else [])
     res: dict[str, Any] = {
-        "machine": machine(), "cpu_kind": cpu_kind(), "quick": quick, "backend": str(bk),
+        "machine": machine(), "cpu_kind": cpu_kind(), "keep_freed_memory": kept,
+        "quick": quick, "backend": str(bk),
         "rounds": rounds, "copy_bandwidth_GBps": bw / 1e9, "f64_gemm_gflops": gflops,
         "models": {},
     }

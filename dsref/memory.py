@@ -11,15 +11,22 @@ bounds at full dims: 0.65–1.66 s → 0.48–0.57 s, interleaved rounds in one 
 @ 2.80GHz, 2 cores).
 
 The price is that a process keeps its peak heap until it exits, which is what a one-shot
-command wants and a long-lived host program may not: the ``dsref`` and ``lowering`` commands
-call it, the library never does.
+command wants and a long-lived host program may not, and that large blocks freed in the
+middle of the heap fragment it: code with its own allocation pattern can need far more
+(pypto-lib kernel files with their torch goldens peaked at 1.3-2.2x the memory). The ``dsref``
+commands and ``lowering``'s commands on our own models call it (not ``run-kernel`` /
+``sweep``); the library never does. ``DSREF_KEEP_FREED_MEMORY=0`` in the environment turns it
+off for the commands too.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
+
+ENV = "DSREF_KEEP_FREED_MEMORY"
 
 #: mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -32,7 +39,10 @@ TRIM_THRESHOLD = 1 << 30
 def keep_freed_memory() -> bool:
     """Have glibc's ``malloc`` serve large blocks from its heap (no ``mmap``) and return at
     most :data:`TRIM_THRESHOLD` freed bytes to the system. Returns whether it took effect
-    (False off glibc: other allocators are left as they are)."""
+    (False off glibc: other allocators are left as they are; False when ``$DSREF_KEEP_FREED_MEMORY``
+    is ``0``)."""
+    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -248,10 +248,18 @@ def semantics_flags(sp: argparse.ArgumentParser) -> None:
                     help="one semantic variant, on top of --semantics")
 
 
+#: commands that run a kernel file's own code (its torch golden, its inputs): their
+#: allocations fragment a heap that keeps freed memory (six pypto-lib HEAD files under
+#: run-kernel peaked at 1.3-2.2x the memory, 6.5 -> 9.5 GB for mtp lm_head.py), so they leave
+#: glibc's malloc as it is
+RUNS_OTHERS_CODE = frozenset(("run-kernel", "sweep"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     compile_cache.enable()  # compiled XLA programs kept on disk between commands
-    keep_freed_memory()  # whole-tensor temporaries reuse touched pages (dsref.memory)
+    if args.command not in RUNS_OTHERS_CODE:
+        keep_freed_memory()  # whole-tensor temporaries reuse touched pages (dsref.memory)
     rc = None
     try:
         check_outputs(args)

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import sys, numpy as np
 from dsref.memory import keep_freed_memory
-took = keep_freed_memory() if sys.argv[1] == "keep" else None
+took = keep_freed_memory() if sys.argv[1] != "plain" else None
 
 def rss():
     for line in open("/proc/self/status"):
@@ -34,9 +34,9 @@ pytestmark = pytest.mark.skipif(
     reason="keep_freed_memory acts on glibc's malloc only")
 
 
-def _run(mode: str) -> tuple[str, int]:
+def _run(mode: str, **env: str) -> tuple[str, int]:
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.split()
+                         text=True, check=True, env={**os.environ, **env}).stdout.split()
     return out[0], int(out[1])
 
 
@@ -50,6 +50,11 @@ def test_without_it_glibc_returns_the_block_on_free():
     took, kept_mb = _run("plain")
     assert took == "None"
     assert kept_mb < 100  # the oracle the test above differs from: mmap'd, unmapped on free
+
+
+def test_the_environment_turns_it_off():
+    took, kept_mb = _run("keep", DSREF_KEEP_FREED_MEMORY="0")
+    assert took == "False" and kept_mb < 100
 
 
 @pytest.mark.parametrize("cli", ["dsref", "lowering"])
@@ -67,3 +72,18 @@ def test_the_commands_keep_freed_memory(cli, monkeypatch):
     except SystemExit:
         pass
     assert called == [1]
+
+
+def test_run_kernel_and_sweep_leave_malloc_as_it_is(monkeypatch, tmp_path):
+    """The commands that run a kernel file's own code do not call it (its allocations
+    fragment a heap that keeps freed memory)."""
+    from lowering import cli
+
+    called = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: called.append(1))
+    for args in (["run-kernel", str(tmp_path / "none.py")], ["sweep", str(tmp_path)]):
+        try:
+            cli.main(args)
+        except SystemExit:
+            pass
+    assert called == []
