@@ -3,6 +3,7 @@
     python benchmarks/sweep.py PYPTO_LIB_DIR [--commit SHA] [--jobs N] [--timeout S]
                                [--out benchmarks/sweep_results.json]
     python benchmarks/sweep.py PYPTO_LIB_DIR --from-json SWEEP.json [--commit SHA]
+    python benchmarks/sweep.py DIR --fits benchmarks/sweep_results.json
 
 ``--from-json``: no new run — the figures of a finished ``lowering sweep DIR --json SWEEP.json``
 (its wall time, jobs and per-file seconds), so one sweep gives both the table and the benchmark.
@@ -13,7 +14,9 @@ sweep, files per minute, verdict counts per directory, and per file the emulator
 golden (torch) seconds and their ratio — where the emulator is the bottleneck — and where all
 the seconds went: the file's own code (imports, specs, weights: ``setup_s``), its inputs
 (``inputs_s``), the emulator, the golden, the comparison, and the rest (process start,
-imports, files that timed out). A measurement, not a test: nothing here asserts a time.
+imports, files that timed out); and what a shorter per-file limit would buy: the minutes
+the same files would take on this machine's cores and how many would keep their verdict
+(``what_fits``, ``--fits RECORD``). A measurement, not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -46,6 +49,35 @@ def checkout_commit(root: Path, given: str | None) -> str:
         return "unknown"
 
 
+#: per-file time limits the record's "what fits" table tries (seconds)
+FIT_TIMEOUTS = (30, 60, 120, 180, 300, 600)
+
+
+def what_fits(per_file: list[dict], cores: int, timeouts=FIT_TIMEOUTS) -> list[dict]:
+    """For each per-file time limit T: the core-seconds a sweep of these files would take
+    (each file ``min(its seconds, T)``), that as minutes on ``cores`` cores, and the files that
+    would still get a verdict (those that got one within T). From one sweep's per-file
+    seconds, so a file's seconds are as that sweep ran it (beside another, where it ran
+    ``--jobs 2``)."""
+    n = len(per_file)
+    out = []
+    for t in timeouts:
+        core_s = sum(min(f["seconds"], t) for f in per_file)
+        verdicts = sum(1 for f in per_file if f["verdict"] in ("PASS", "FAIL")
+                       and f["seconds"] <= t)
+        out.append({"timeout_s": t, "core_s": round(core_s, 1),
+                    "minutes": round(core_s / cores / 60, 1), "with_verdict": verdicts,
+                    "with_verdict_pct": round(100 * verdicts / max(n, 1), 1)})
+    return out
+
+
+def print_fits(fits: list[dict], cores: int) -> None:
+    print(f"  what a per-file limit buys ({cores} cores):")
+    for f in fits:
+        print(f"    --timeout {f['timeout_s']:>4}: {f['minutes']:5.1f} min, "
+              f"{f['with_verdict']} with a verdict ({f['with_verdict_pct']}%)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dir", help="a pypto-lib checkout")
@@ -55,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).with_name("sweep_results.json")))
     p.add_argument("--from-json", metavar="SWEEP_JSON",
                    help="a finished `lowering sweep --json` result instead of a new run")
+    p.add_argument("--fits", metavar="RECORD",
+                   help="print what per-file time limits would buy from a record this script "
+                        "wrote (e.g. benchmarks/sweep_results.json); runs nothing")
     args = p.parse_args(argv)
+    if args.fits:
+        rec = json.loads(Path(args.fits).read_text())
+        print_fits(what_fits(rec["per_file"], rec["cores"]), rec["cores"])
+        return 0
     root = Path(args.dir).resolve()
     jobs = args.jobs or len(os.sched_getaffinity(0))
     if args.from_json:
@@ -96,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": {d: {v: c.get(v, 0) for v in VERDICTS} for d, c in per.items()},
         "per_file": per_file,
     }
+    res["what_fits"] = what_fits(per_file, res["cores"])
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"{res['files']} files in {res['wall_s']} s on {res['cpu']} ({jobs} jobs): "
           f"{res['files_per_minute']} files/min; emulator ÷ golden median "
@@ -104,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  file-seconds by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
     for d, c in res["summary"].items():
         print(f"  {d:<36} " + "  ".join(f"{v} {c[v]}" for v in VERDICTS))
+    print_fits(res["what_fits"], res["cores"])
     slow = sorted((f for f in per_file if f["emulator_over_golden"]),
                   key=lambda f: -f["emulator_over_golden"])[:5]
     for f in slow:

@@ -365,7 +365,8 @@ def lsb_exponent(x: np.ndarray) -> np.ndarray:
 
 def min_lsb(x: np.ndarray, axis: int) -> np.ndarray:
     """``np.min(lsb_exponent(x), axis=axis, keepdims=True)``, the minimum taken over the int16
-    codes (no float64 array of the size of ``x``: 35-40% less time on the V4 q heads)."""
+    codes (no float64 array of the size of ``x``: with the NaN-free fast path of
+    :func:`_lsb_codes`, 0.20 -> 0.11 s over the V4 Flash q heads' bound, Intel Xeon)."""
     return _as_exponent(np.min(_lsb_codes(x), axis=axis, keepdims=True))
 
 

@@ -67,7 +67,14 @@ def test_sweep_benchmark_from_a_finished_sweep(tmp_path, capsys):
     assert res["with_verdict_pct"] == 66.7 and res["sim_set_with_verdict_pct"] == 100.0
     spent = res["seconds_by_phase"]
     assert spent["emulator_s"] == 8.0 and spent["setup_s"] == 1.5 and spent["other_s"] == 62.0
+    # a 30 s limit: 3 + 9 + 30 core-seconds, 0.35 min on 2 cores, both verdicts kept
+    fits = {f["timeout_s"]: f for f in res["what_fits"]}
+    assert fits[30] == {"timeout_s": 30, "core_s": 42.0, "minutes": 0.3, "with_verdict": 2,
+                        "with_verdict_pct": 66.7}
+    assert fits[600]["core_s"] == 72.0
     assert "1.5 files/min" in capsys.readouterr().out
+    assert mod.main([str(tmp_path), "--fits", str(out)]) == 0
+    assert "--timeout   30:   0.3 min, 2 with a verdict (66.7%)" in capsys.readouterr().out
 
 
 def test_quick_run_never_overwrites_the_record(tmp_path, monkeypatch, capsys):
