@@ -67,7 +67,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -1113,26 +1113,45 @@ def run_host(host_fn: Callable[..., Any], *, world: int, inputs: dict[str, np.nd
     the whole program again without them, as does any error or cross-rank race of a run
     that used them. The host's input arrays are never written: the ranks share them
     read-only, and a store into one starts the program again with a copy per rank."""
-    kname = name or getattr(host_fn, "__name__", "host")
+    call = _HostCall(host_fn, world, inputs, outputs, inouts or {}, kwargs or {}, platform,
+                     backend, name or getattr(host_fn, "__name__", "host"), seed,
+                     permute_parallel, zero_outputs, budget_model, input_store, schedule_seed)
     deny = runner.lane_denials(host_fn)
     private = False
     while True:
         try:
-            return _run_host(host_fn, world, inputs, outputs, inouts, kwargs, platform, backend,
-                             kname, seed, permute_parallel, zero_outputs, budget_model,
-                             input_store, schedule_seed, deny, private)
+            return _run_host(call, deny, private)
         except _InputStore:
             private = True
         except LaneEscape as e:
             runner.deny_lanes(deny, e)
 
 
-def _run_host(host_fn: Callable[..., Any], world: int, inputs: dict[str, np.ndarray],
-              outputs: dict, inouts: dict | None, kwargs: dict | None, platform: str,
-              backend: Any, kname: str, seed: int, permute_parallel: bool, zero_outputs: bool,
-              budget_model: str, input_store: str, schedule_seed: int | None,
-              deny: dict[tuple[str, int], str], private: bool) -> KernelRun:
-    """One run of a host program (see :func:`run_host`)."""
+class _HostCall(NamedTuple):
+    """What :func:`run_host` was asked to run, the same for every attempt."""
+
+    host_fn: Callable[..., Any]
+    world: int
+    inputs: dict[str, np.ndarray]
+    outputs: dict
+    inouts: dict
+    kwargs: dict
+    platform: str
+    backend: Any
+    name: str
+    seed: int
+    permute_parallel: bool
+    zero_outputs: bool
+    budget_model: str
+    input_store: str
+    schedule_seed: int | None
+
+
+def _run_host(call: _HostCall, deny: dict[tuple[str, int], str], private: bool) -> KernelRun:
+    """One run of a host program (see :func:`run_host`): its loops in ``deny`` one iteration
+    at a time, each rank with a copy of the inputs where ``private``."""
+    (host_fn, world, inputs, outputs, inouts, kwargs, platform, backend, kname, seed,
+     permute_parallel, zero_outputs, budget_model, input_store, schedule_seed) = call
     host = HostRun(backend, platform, f"{kname} host", seed, checks=False)
     prog = Program(world, kname, host.bk, schedule_seed)
     prog.private_inputs = private
@@ -1146,7 +1165,7 @@ def _run_host(host_fn: Callable[..., Any], world: int, inputs: dict[str, np.ndar
         a = np.full(tuple(shape), 0 if zero_outputs else host.fill_value(dt),
                     get_backend("numpy").native(dt.name))
         roots[n] = HostTensor(core.BaseTensor(n, a, dt, "output"))
-    for n, (arr, owned) in (inouts or {}).items():
+    for n, (arr, owned) in inouts.items():
         if owned is not None:
             raise _unmodelled(f"owned rows of the in/out {n!r} of a host program")
         a = np.array(arr)
@@ -1154,7 +1173,7 @@ def _run_host(host_fn: Callable[..., Any], world: int, inputs: dict[str, np.ndar
     prev_prog, _state.program = getattr(_state, "program", None), prog
     prev = core.activate(host)
     try:
-        host_fn(**roots, **(kwargs or {}))
+        host_fn(**roots, **kwargs)
     finally:
         core.activate(prev)
         _state.program = prev_prog
